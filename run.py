@@ -1,0 +1,254 @@
+"""Neural style transfer from the command line.
+
+  python run.py --content photo.jpg --style painting.jpg --output out.png
+  python run.py --demo            # built-in sample images, writes demo.png
+
+Flags map onto ``nst_jax.Config``; the work happens in the library. A user's mistake
+(bad flag, missing file, unknown layer, unwritable output, size too large) prints one
+line on stderr and exits with code 2. Ctrl-C saves the image reached so far (exit 130).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+
+import nst_jax
+from nst_jax import _atomic
+from nst_jax.objective import LossConfig
+from nst_jax.optimize import Config
+
+_L, _C = LossConfig, Config
+F = flags.FLAGS
+
+# Inputs and outputs.
+flags.DEFINE_string("content", None, "Content image file.")
+flags.DEFINE_string("style", None, "Style image file.")
+flags.DEFINE_string(
+    "output",
+    None,
+    "Output image (.png keeps the settings). Default: out.png, or demo.png with --demo.",
+)
+flags.DEFINE_string(
+    "weights",
+    None,
+    "VGG19 weights (.npz, .h5, or torchvision .pth). Default: "
+    "the verified Keras/Caffe VGG19, fetched and cached on first use.",
+)
+flags.DEFINE_bool(
+    "demo",
+    False,
+    "Use images shipped with scikit-image (Chelsea the cat; a stained micrograph) "
+    "for whichever of --content/--style is not given.",
+)
+# Run shape.
+flags.DEFINE_integer(
+    "size",
+    384,
+    "Longest side of the output, in pixels. The style image is resized to the same longest side.",
+)
+flags.DEFINE_integer("steps", _C.steps, "Optimiser steps.")
+flags.DEFINE_enum("optimizer", _C.optimizer, ["lbfgs", "adam"], "Optimiser.")
+flags.DEFINE_float("lr", _C.lr, "Adam learning rate (pixels live in [0, 1]).")
+flags.DEFINE_string("init", _C.init, "Start from 'content', 'noise', 'style', or an image file.")
+flags.DEFINE_integer("seed", _C.seed, "PRNG seed (noise init).")
+flags.DEFINE_enum("pooling", _L.pooling, ["avg", "max"], "VGG19 pooling.")
+flags.DEFINE_integer("lbfgs_memory", _C.lbfgs_memory, "L-BFGS history size.")
+flags.DEFINE_enum("linesearch", _C.linesearch, ["zoom", "backtracking"], "L-BFGS line search.")
+flags.DEFINE_integer("linesearch_steps", _C.linesearch_steps, "Most evaluations per line search.")
+# Loss settings.
+flags.DEFINE_float("content_weight", _L.content_weight, "Content weight (alpha).")
+flags.DEFINE_float("style_weight", _L.style_weight, "Style weight (beta).")
+flags.DEFINE_float("tv_weight", _L.tv_weight, "Total-variation weight.")
+flags.DEFINE_list("content_layers", list(_L.content_layers), "Content layers.")
+flags.DEFINE_list("style_layers", list(_L.style_layers), "Style layers.")
+flags.DEFINE_list("style_layer_weights", None, "One weight per style layer (default: equal).")
+# Progress and records.
+flags.DEFINE_integer(
+    "save_every", 0, "Also save a snapshot every N steps (0: never), as OUTPUT_STEM.stepNNNNN.png."
+)
+flags.DEFINE_string("report", None, "Write a JSON report (losses, timings, settings) here.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+class UsageError(ValueError):
+    """A user's mistake: reported in one line, exit code 2."""
+
+
+def _config() -> Config:
+    try:
+        layer_weights = (
+            None
+            if F.style_layer_weights is None
+            else tuple(float(v) for v in F.style_layer_weights)
+        )
+    except ValueError:
+        raise UsageError(f"bad --style_layer_weights: {F.style_layer_weights}") from None
+    loss = LossConfig(
+        content_weight=F.content_weight,
+        style_weight=F.style_weight,
+        tv_weight=F.tv_weight,
+        content_layers=tuple(F.content_layers),
+        style_layers=tuple(F.style_layers),
+        style_layer_weights=layer_weights,
+        pooling=F.pooling,
+    )
+    init = F.init if F.init in nst_jax.optimize.INITS else "content"
+    return Config(
+        loss=loss,
+        steps=F.steps,
+        optimizer=F.optimizer,
+        lr=F.lr,
+        init=init,
+        seed=F.seed,
+        lbfgs_memory=F.lbfgs_memory,
+        linesearch=F.linesearch,
+        linesearch_steps=F.linesearch_steps,
+    )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)  # JAX logs backend probing at INFO under absl.
+    if len(argv) > 1:
+        raise UsageError(f"unexpected argument {argv[1]!r} (flags look like --name=value)")
+    if F.size <= 0:
+        raise UsageError(f"--size must be positive, got {F.size}")
+    if F.save_every < 0:
+        raise UsageError(f"--save_every must be >= 0, got {F.save_every}")
+    if not F.demo and (F.content is None or F.style is None):
+        raise UsageError("give --content and --style, or --demo")
+    config = _config()
+
+    output = Path(F.output or ("demo.png" if F.demo else "out.png"))
+    inputs = [Path(p) for p in (F.content, F.style, F.weights, F.init) if p]
+    for path in inputs:
+        if _same_file(path, output):
+            raise UsageError(f"--output {output} is an input file; refusing to overwrite it")
+    nst_jax.image.check_writable(output)
+    report = Path(F.report) if F.report else None
+    if report is not None:
+        if report.suffix.lower() != ".json":
+            raise UsageError(f"--report must end in .json, got {report}")
+        if any(_same_file(p, report) for p in inputs):
+            raise UsageError(f"--report {report} is an input file; refusing to overwrite it")
+        nst_jax.image.check_writable(report.with_suffix(".png"))
+
+    demo_content, demo_style = nst_jax.demo_images() if F.demo else (None, None)
+    content_full = nst_jax.load_image(F.content) if F.content else demo_content
+    style_full = nst_jax.load_image(F.style) if F.style else demo_style
+    shape = nst_jax.image.resized_shape(content_full.shape[:2], F.size)
+    nst_jax.optimize.check_memory_estimate(shape, config.loss)
+    content = nst_jax.resize(content_full, shape)
+    style = nst_jax.resize_longest(style_full, F.size)
+    init_image = None
+    if F.init not in nst_jax.optimize.INITS:
+        init_image = nst_jax.resize(nst_jax.load_image(F.init), shape)
+
+    weights = nst_jax.load_weights(F.weights, progress=F.progress)
+    settings = {
+        "nst_jax": nst_jax.__version__,
+        "content": F.content or "demo:chelsea",
+        "style": F.style or "demo:immunohistochemistry",
+        "init": F.init,
+        "size": F.size,
+        "weights": F.weights or "default",
+        "weights_sha256": weights.sha256,
+        "config": dataclasses.asdict(config),
+    }
+
+    def snapshot(step, image, losses):
+        if F.save_every and step % F.save_every == 0 and step < config.steps:
+            nst_jax.save_image(
+                output.with_name(f"{output.stem}.step{step:05d}{output.suffix}"),
+                image,
+                settings={**settings, "step": step},
+            )
+
+    t0 = time.perf_counter()
+    result = nst_jax.stylize(
+        content,
+        style,
+        config,
+        weights=weights,
+        init_image=init_image,
+        callback=snapshot,
+        chunk=_chunk(F.save_every, config.steps),
+        progress=F.progress,
+    )
+    nst_jax.save_image(output, result.image, settings={**settings, "step": result.steps})
+    if report is not None:
+        _write_report(
+            report, result, settings, content.shape, style.shape, time.perf_counter() - t0
+        )
+    if result.interrupted:
+        print(f"interrupted at step {result.steps}; saved {output}", file=sys.stderr)
+        return 130
+    print(
+        f"saved {output} ({result.steps} steps, style {result.initial['style']:.4g} -> "
+        f"{result.final['style']:.4g}, content {result.final['content']:.4g})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _chunk(save_every: int, steps: int) -> int:
+    """Steps per compiled call: every snapshot lands on a chunk boundary."""
+    if save_every <= 0:
+        return 10
+    return max(d for d in range(1, min(save_every, 20) + 1) if save_every % d == 0)
+
+
+def _write_report(path, result, settings, content_shape, style_shape, wall_seconds):
+    history = {k: [round(float(v), 6) for v in vals] for k, vals in result.history.items()}
+    report = {
+        "initial_losses": result.initial,
+        "final_losses": result.final,
+        "steps": result.steps,
+        "interrupted": result.interrupted,
+        "seconds_per_step": result.seconds_per_step,
+        "compile_seconds": result.compile_seconds,
+        "wall_seconds": wall_seconds,
+        "content_size": list(content_shape[:2]),
+        "style_size": list(style_shape[:2]),
+        "weights_sha256": settings["weights_sha256"],
+        "settings": settings,
+        "flags": {f.name: f.value for f in F.get_key_flags_for_module(sys.argv[0])},
+        "history": history,
+    }
+    with _atomic.atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
+
+
+def _run(argv):
+    try:
+        sys.exit(main(argv))
+    except (ValueError, TypeError) as e:  # The library's word for a user's mistake.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # Weights could not be fetched, disk full, ...
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted before the first step; nothing to save", file=sys.stderr)
+        sys.exit(130)
+
+
+def _parse_flags(argv):
+    try:
+        return F(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(_run, flags_parser=_parse_flags)

@@ -1,0 +1,188 @@
+"""run.py end to end, in subprocesses, as a user runs it."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import nst_jax
+
+RUN = Path(__file__).resolve().parent.parent / "run.py"
+
+
+def run(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, str(RUN), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:60, 0:80] / 60.0
+    content = np.stack([xx / 1.4, yy, 0.5 + 0.4 * np.sin(6 * xx)], -1)
+    style = rng.random((50, 50, 3)) ** 2
+    nst_jax.save_image(folder / "content.png", content.astype(np.float32))
+    nst_jax.save_image(folder / "style.png", style.astype(np.float32))
+    (folder / "notes.png").write_text("not an image")
+    return folder
+
+
+def _one_line_error(result, match):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and match in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--content", "{d}/missing.png"], "image not found"),
+        (["--content", "{d}/notes.png"], "not a readable image"),
+        (["--style_layers", "conv1_1,conv9_1"], "unknown VGG19 layer 'conv9_1'"),
+        (["--content_layers", "relu4_2"], "unknown VGG19 layer 'relu4_2'"),
+        (["--style_weight=-1"], "style_weight must be >= 0"),
+        (["--tv_weight=-0.5"], "tv_weight must be >= 0"),
+        (["--style_layer_weights", "1,2"], "2 style layer weights for 5"),
+        (["--size=-5"], "--size must be positive"),
+        (["--steps=-1"], "steps must be >= 0"),
+        (["--steps=abc"], "steps"),
+        (["--optimizer=sgd"], "optimizer"),
+        (["--output", "{d}/no/such/folder/out.png"], "does not exist"),
+        (["--output", "/proc/out.png"], "cannot write"),
+        (["--output", "{d}/out.gif2"], "unsupported output format"),
+        (["--output", "{d}/content.png"], "refusing to overwrite"),
+        (["--report", "{d}/style.png"], "--report must end in .json"),
+        (["--size", "200000"], "largest size that fits is about --size"),
+        (["--weights", "{d}/notes.png"], "unsupported weights format"),
+        (["--init", "{d}/missing.png"], "image not found"),
+        (["stray_argument"], "unexpected argument"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(images, extra, match):
+    before = (images / "content.png").read_bytes()
+    args = [
+        "--content",
+        images / "content.png",
+        "--style",
+        images / "style.png",
+        "--output",
+        images / "out.png",
+        "--steps",
+        "1",
+        "--size",
+        "32",
+    ]
+    result = run(*args, *[e.format(d=images) for e in extra])
+    _one_line_error(result, match)
+    assert (images / "content.png").read_bytes() == before
+    assert not (images / "out.png").exists()
+
+
+def test_missing_inputs(images):
+    _one_line_error(run("--output", images / "x.png"), "give --content and --style, or --demo")
+
+
+def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weights):
+    out, report = tmp_path / "out.png", tmp_path / "report.json"
+    result = run(
+        "--content",
+        images / "content.png",
+        "--style",
+        images / "style.png",
+        "--output",
+        out,
+        "--size",
+        "64",
+        "--steps",
+        "6",
+        "--optimizer",
+        "adam",
+        "--save_every",
+        "3",
+        "--report",
+        report,
+        "--seed",
+        "7",
+        "--progress=false",
+    )
+    assert result.returncode == 0, result.stderr
+    image = np.asarray(Image.open(out))
+    assert image.shape == (48, 64, 3)
+    settings = nst_jax.read_settings(out)
+    assert settings["config"]["steps"] == 6 and settings["config"]["seed"] == 7
+    assert settings["config"]["optimizer"] == "adam"
+    assert settings["weights_sha256"] == real_weights.sha256
+    assert (tmp_path / "out.step00003.png").is_file()
+    data = json.loads(report.read_text())
+    assert data["steps"] == 6 and len(data["history"]["total"]) == 6
+    assert data["final_losses"]["style"] < data["initial_losses"]["style"]
+    assert data["content_size"] == [48, 64] and data["style_size"] == [64, 64]
+    assert data["seconds_per_step"] > 0 and data["compile_seconds"] > 0
+    assert data["weights_sha256"] == real_weights.sha256
+    assert data["flags"]["size"] == 64 and data["flags"]["save_every"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.png",
+        "out.step00003.png",
+        "report.json",
+    ]
+
+
+def test_demo_runs_without_user_files(tmp_path, real_weights):
+    out = tmp_path / "demo.png"
+    result = run("--demo", "--size", "48", "--steps", "2", "--output", out, "--progress=false")
+    assert result.returncode == 0, result.stderr
+    assert np.asarray(Image.open(out)).shape == (32, 48, 3)  # Chelsea is 300x451.
+    assert nst_jax.read_settings(out)["content"] == "demo:chelsea"
+
+
+def test_ctrl_c_saves_the_current_image(images, tmp_path, real_weights):
+    out = tmp_path / "out.png"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(RUN),
+            "--content",
+            str(images / "content.png"),
+            "--style",
+            str(images / "style.png"),
+            "--output",
+            str(out),
+            "--size",
+            "48",
+            "--steps",
+            "100000",
+            "--optimizer",
+            "adam",
+            "--save_every",
+            "1",
+            "--progress=false",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    snapshot = tmp_path / "out.step00001.png"
+    deadline = time.monotonic() + 240
+    while not snapshot.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert snapshot.exists(), proc.stderr.read() if proc.poll() is not None else "timeout"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted at step" in stderr and "Traceback" not in stderr
+    assert np.asarray(Image.open(out)).shape == (36, 48, 3)
+    assert nst_jax.read_settings(out)["step"] >= 1

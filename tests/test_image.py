@@ -1,0 +1,136 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import nst_jax
+from nst_jax import image as im
+
+
+def _save(tmp_path, pil, name="x.png", **kw):
+    path = tmp_path / name
+    pil.save(path, **kw)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mode, value, expected",
+    [
+        ("L", 128, (128 / 255,) * 3),
+        ("1", 1, (1.0, 1.0, 1.0)),
+        ("RGB", (10, 20, 30), (10 / 255, 20 / 255, 30 / 255)),
+        ("RGBA", (0, 0, 0, 0), (1.0, 1.0, 1.0)),  # Transparent -> white background.
+        ("RGBA", (255, 0, 0, 255), (1.0, 0.0, 0.0)),
+        ("LA", (0, 255), (0.0, 0.0, 0.0)),
+        ("I;16", 32768, (32768 / 65535,) * 3),
+        ("CMYK", (0, 0, 0, 0), (1.0, 1.0, 1.0)),
+    ],
+)
+def test_modes_convert_to_rgb(tmp_path, mode, value, expected):
+    name = "x.jpg" if mode == "CMYK" else ("x.tif" if mode == "I;16" else "x.png")
+    path = _save(tmp_path, Image.new(mode, (5, 4), value), name)
+    x = nst_jax.load_image(path)
+    assert x.shape == (4, 5, 3) and x.dtype == np.float32
+    np.testing.assert_allclose(x[2, 2], expected, atol=3 / 255)
+
+
+def test_palette_image(tmp_path):
+    pil = Image.new("RGB", (6, 6), (200, 50, 10)).convert("P", palette=Image.Palette.ADAPTIVE)
+    x = nst_jax.load_image(_save(tmp_path, pil))
+    np.testing.assert_allclose(x[0, 0], (200 / 255, 50 / 255, 10 / 255), atol=2 / 255)
+
+
+def test_16bit_keeps_precision(tmp_path):
+    a = np.array([[0, 1000, 65535]], dtype=np.uint16)
+    x = nst_jax.load_image(_save(tmp_path, Image.fromarray(a), "x.png"))
+    np.testing.assert_allclose(x[0, :, 0], a[0] / 65535, atol=1e-6)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    a = np.zeros((4, 8, 3), np.uint8)
+    a[0, 0] = 255  # A white top-left pixel in the stored (landscape) pixels.
+    pil = Image.fromarray(a)
+    exif = pil.getexif()
+    exif[0x0112] = 6  # "Rotate 90 CW to display".
+    path = _save(tmp_path, pil, "x.png", exif=exif)
+    x = nst_jax.load_image(path)
+    assert x.shape == (8, 4, 3)  # Displayed upright: portrait.
+    assert x[0, -1].min() == 1.0  # The stored top-left lands top-right.
+
+
+def test_missing_and_corrupt_files_raise_value_error(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        nst_jax.load_image(tmp_path / "nope.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        nst_jax.load_image(bad)
+    truncated = tmp_path / "trunc.png"
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="PNG")
+    truncated.write_bytes(buf.getvalue()[:60])
+    with pytest.raises(ValueError):
+        nst_jax.load_image(truncated)
+
+
+def test_resize_longest_keeps_aspect():
+    x = np.random.default_rng(0).random((30, 60, 3)).astype(np.float32)
+    y = nst_jax.resize_longest(x, 20)
+    assert y.shape == (10, 20, 3)
+    assert 0.0 <= y.min() and y.max() <= 1.0
+    with pytest.raises(ValueError):
+        im.resized_shape((3, 4), 0)
+
+
+def test_save_roundtrip_keeps_pixels_and_settings(tmp_path):
+    x = np.random.default_rng(1).random((9, 11, 3)).astype(np.float32)
+    path = nst_jax.save_image(tmp_path / "o.png", x, settings={"steps": 3, "style": "s.jpg"})
+    y = nst_jax.load_image(path)
+    np.testing.assert_allclose(y, x, atol=0.5 / 255 + 1e-6)
+    assert nst_jax.read_settings(path) == {"steps": 3, "style": "s.jpg"}
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]  # No temporary files left.
+
+
+def test_failed_save_leaves_old_file_intact(tmp_path, monkeypatch):
+    path = nst_jax.save_image(tmp_path / "o.png", np.zeros((4, 4, 3), np.float32))
+    before = path.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", boom)
+    with pytest.raises(OSError):
+        nst_jax.save_image(path, np.ones((4, 4, 3), np.float32))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
+
+
+def test_check_writable(tmp_path):
+    assert im.check_writable(tmp_path / "a.png") == tmp_path / "a.png"
+    with pytest.raises(ValueError, match="does not exist"):
+        im.check_writable(tmp_path / "missing" / "a.png")
+    with pytest.raises(ValueError, match="folder"):
+        im.check_writable(tmp_path)
+    with pytest.raises(ValueError, match="format"):
+        im.check_writable(tmp_path / "a.xyz")
+    with pytest.raises(ValueError, match="cannot write"):
+        im.check_writable("/proc/a.png")
+
+
+def test_preprocess_caffe_and_torchvision():
+    x = np.zeros((2, 2, 3), np.float32)
+    x[..., 0] = 1.0  # Pure red.
+    caffe = np.asarray(nst_jax.preprocess(x, nst_jax.CAFFE))
+    np.testing.assert_allclose(caffe[0, 0], [-103.939, -116.779, 255 - 123.68], rtol=1e-6)
+    tv = np.asarray(nst_jax.preprocess(x, nst_jax.TORCHVISION))
+    np.testing.assert_allclose(
+        tv[0, 0], [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], rtol=1e-5
+    )
+
+
+def test_demo_images_are_rgb_floats():
+    content, style = nst_jax.demo_images()
+    for x in (content, style):
+        assert x.ndim == 3 and x.shape[-1] == 3 and x.dtype == np.float32
+        assert 0.0 <= x.min() and x.max() <= 1.0

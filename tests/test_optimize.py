@@ -1,0 +1,222 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nst_jax
+from nst_jax import optimize
+from nst_jax.objective import LossConfig
+
+from .conftest import SMALL_WIDTHS, smooth_image
+
+LOSS = LossConfig(widths=SMALL_WIDTHS, style_weight=1.0, tv_weight=0.0)
+
+
+def _config(**kw):
+    return nst_jax.Config(loss=kw.pop("loss", LOSS), **kw)
+
+
+@pytest.fixture
+def pair(rng):
+    return smooth_image(rng, 32, 40), rng.random((36, 36, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_losses_fall_and_image_stays_in_range(small_weights, pair, optimizer):
+    content, style = pair
+    cfg = _config(steps=15, optimizer=optimizer, lr=0.05)
+    result = nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False)
+    assert result.steps == 15 and len(result.history["total"]) == 15
+    assert result.final["total"] < 0.5 * result.initial["total"]
+    assert result.final["style"] < result.initial["style"]
+    assert result.image.shape == content.shape
+    assert 0.0 <= result.image.min() and result.image.max() <= 1.0
+    assert not np.allclose(result.image, content)
+    assert result.seconds_per_step > 0 and result.compile_seconds > 0
+
+
+def test_history_starts_at_the_content(small_weights, pair):
+    content, style = pair
+    result = nst_jax.stylize(
+        content, style, _config(steps=3, optimizer="adam"), weights=small_weights, progress=False
+    )
+    assert result.history["content"][0] == pytest.approx(0.0, abs=1e-6)
+    assert result.history["content"][-1] > 0.0
+    w = LOSS
+    expected = (
+        w.content_weight * result.history["content"]
+        + w.style_weight * result.history["style"]
+        + w.tv_weight * result.history["tv"]
+    )
+    np.testing.assert_allclose(result.history["total"], expected, rtol=1e-5)
+
+
+def test_vmap_over_contents_equals_separate_runs(small_weights, rng):
+    contents = np.stack([smooth_image(rng, 24, 24), smooth_image(rng, 24, 24)])
+    style = rng.random((24, 24, 3)).astype(np.float32)
+    keys = jax.random.split(jax.random.key(0), 2)
+    for optimizer in ("adam", "lbfgs"):
+        cfg = _config(steps=5, optimizer=optimizer)
+
+        def run(content, key, cfg=cfg):
+            return nst_jax.transfer(
+                small_weights.params,
+                content,
+                style,
+                cfg,
+                preprocessing=small_weights.preprocessing,
+                key=key,
+            )
+
+        batched, hist = jax.jit(jax.vmap(run))(contents, keys)
+        assert batched.shape == contents.shape and hist.shape == (2, 5, 4)
+        for i in range(2):
+            single, single_hist = jax.jit(run)(contents[i], keys[i])
+            np.testing.assert_allclose(batched[i], single, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(hist[i], single_hist, rtol=1e-4)
+        assert not np.allclose(batched[0], batched[1])
+
+
+def test_transfer_matches_stylize(small_weights, pair):
+    content, style = pair
+    cfg = _config(steps=7, optimizer="lbfgs")
+    image, hist = nst_jax.transfer(
+        small_weights.params,
+        content,
+        style,
+        cfg,
+        preprocessing=small_weights.preprocessing,
+        key=jax.random.key(cfg.seed),
+    )
+    # stylize splits the same steps into chunks of 3: the result must not change.
+    result = nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False, chunk=3)
+    np.testing.assert_allclose(result.image, image, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.history["total"], hist[:, 0], rtol=1e-4)
+
+
+def test_initialisations(small_weights, pair):
+    content, style = pair
+    key = jax.random.key(3)
+    assert np.array_equal(optimize.initial_image(content, style, "content", key=key), content)
+    noise = np.asarray(optimize.initial_image(content, style, "noise", key=key))
+    assert noise.shape == content.shape and 0 <= noise.min() and noise.max() <= 1
+    assert noise.std() > 0.2
+    again = optimize.initial_image(content, style, "noise", key=jax.random.key(3))
+    np.testing.assert_array_equal(noise, again)
+    styled = np.asarray(optimize.initial_image(content, style, "style", key=key))
+    assert styled.shape == content.shape
+    np.testing.assert_allclose(styled.mean(axis=(0, 1)), style.mean(axis=(0, 1)), atol=0.02)
+
+
+def test_seed_makes_noise_runs_reproducible(small_weights, pair):
+    content, style = pair
+
+    def run(seed):
+        cfg = _config(steps=3, optimizer="adam", init="noise", seed=seed)
+        return nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False).image
+
+    a, b, c = run(1), run(1), run(2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_init_image_is_used(small_weights, pair):
+    content, style = pair
+    start = np.full_like(content, 0.5)
+    cfg = _config(steps=1, optimizer="adam", lr=1e-6)
+    result = nst_jax.stylize(
+        content, style, cfg, weights=small_weights, progress=False, init_image=start
+    )
+    np.testing.assert_allclose(result.image, start, atol=1e-4)
+    with pytest.raises(ValueError, match="init_image shape"):
+        nst_jax.stylize(
+            content, style, cfg, weights=small_weights, progress=False, init_image=start[:20]
+        )
+
+
+def test_callback_and_ctrl_c_keep_finished_work(small_weights, pair):
+    content, style = pair
+    seen = []
+
+    def callback(step, image, losses):
+        seen.append((step, image.copy()))
+        if step == 4:
+            raise KeyboardInterrupt
+
+    cfg = _config(steps=10, optimizer="adam")
+    result = nst_jax.stylize(
+        content, style, cfg, weights=small_weights, progress=False, chunk=2, callback=callback
+    )
+    assert [s for s, _ in seen] == [2, 4]
+    assert result.interrupted and result.steps == 4
+    np.testing.assert_array_equal(result.image, seen[-1][1])
+    assert len(result.history["total"]) == 4
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(steps=-1), "steps"),
+        (dict(optimizer="sgd"), "optimizer"),
+        (dict(lr=0.0), "lr"),
+        (dict(init="banana"), "init"),
+        (dict(linesearch="exact"), "linesearch"),
+    ],
+)
+def test_bad_config_raises(kw, match):
+    with pytest.raises(ValueError, match=match):
+        nst_jax.Config(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(style_weight=-1.0), "style_weight"),
+        (dict(content_weight=float("nan")), "content_weight"),
+        (dict(style_layers=("conv1_1", "conv9_9")), "conv9_9"),
+        (dict(style_layer_weights=(1.0,)), "1 style layer weights for 5"),
+        (dict(style_layer_weights=(1, 1, 1, 1, -1)), ">= 0"),
+        (dict(pooling="min"), "pooling"),
+    ],
+)
+def test_bad_loss_config_raises(kw, match):
+    with pytest.raises(ValueError, match=match):
+        LossConfig(**kw)
+
+
+def test_too_large_a_size_names_what_fits(small_weights, monkeypatch):
+    monkeypatch.setattr(optimize, "available_memory_bytes", lambda device=None: 200 * 2**20)
+    with pytest.raises(ValueError, match=r"largest size that fits is about --size \d+"):
+        optimize.check_memory_estimate((8000, 8000), LossConfig())
+    optimize.check_memory_estimate((64, 64), LossConfig())  # Fits.
+
+
+def test_memory_estimate_bounds_xla(small_weights):
+    """The quick estimate should not be below what XLA says the compiled step needs."""
+    loss = LossConfig()
+    shape = (96, 128)
+    estimate = optimize.estimate_memory_bytes(shape, loss)
+    x = jax.ShapeDtypeStruct(shape + (3,), jnp.float32)
+    params = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nst_jax.init_params(jax.random.key(0))
+    )
+
+    def step(image):
+        def f(img):
+            feats = nst_jax.features(
+                params_,
+                img,
+                ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1"),
+                preprocessing=nst_jax.CAFFE,
+            )
+            return sum(jnp.sum(v) for v in feats.values())
+
+        return jax.grad(f)(image)
+
+    params_ = nst_jax.init_params(jax.random.key(0))
+    analysis = jax.jit(step).lower(x).compile().memory_analysis()
+    if analysis is None:
+        pytest.fail("XLA gave no memory analysis on this backend")
+    xla = analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+    assert xla <= estimate <= 6 * xla, (xla, estimate)
+    del params

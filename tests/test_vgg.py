@@ -1,0 +1,100 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nst_jax
+from nst_jax.vgg import LAYERS, VGG19, layer_stride, pool2x2
+
+from .conftest import SMALL_WIDTHS
+
+
+def _apply(params, x, layers, **kw):
+    return VGG19(layers=layers, widths=SMALL_WIDTHS, **kw).apply({"params": params}, x)
+
+
+def test_returns_requested_layers_with_expected_shapes(small_weights, rng):
+    x = rng.standard_normal((34, 50, 3)).astype(np.float32)
+    layers = ("conv1_1", "conv3_2", "conv5_1", "conv2_2")
+    out = _apply(small_weights.params, x, layers)
+    assert set(out) == set(layers)
+    for name, act in out.items():
+        s = layer_stride(name)
+        assert act.shape == (34 // s, 50 // s, SMALL_WIDTHS[int(name[4]) - 1])
+        assert float(act.min()) >= 0.0  # ReLU applied.
+
+
+def test_batched_input_matches_single(small_weights, rng):
+    x = rng.standard_normal((2, 16, 16, 3)).astype(np.float32)
+    batched = _apply(small_weights.params, x, ("conv2_1",))["conv2_1"]
+    single = _apply(small_weights.params, x[1], ("conv2_1",))["conv2_1"]
+    np.testing.assert_allclose(batched[1], single, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer, convs", [("conv1_1", 1), ("conv2_1", 3), ("conv5_1", 13)])
+def test_stops_at_deepest_requested_layer(small_weights, layer, convs):
+    x = jnp.zeros((32, 32, 3))
+    jaxpr = jax.make_jaxpr(lambda x: _apply(small_weights.params, x, (layer,)))(x)
+    assert str(jaxpr).count("conv_general_dilated") == convs
+
+
+def test_pooling_choices_differ_and_are_validated(small_weights, rng):
+    x = rng.standard_normal((16, 16, 3)).astype(np.float32)
+    a = _apply(small_weights.params, x, ("conv2_1",), pooling="max")["conv2_1"]
+    b = _apply(small_weights.params, x, ("conv2_1",), pooling="avg")["conv2_1"]
+    assert not np.allclose(a, b)
+    with pytest.raises(ValueError, match="pooling"):
+        _apply(small_weights.params, x, ("conv2_1",), pooling="median")
+
+
+def test_unknown_layer_raises(small_weights):
+    with pytest.raises(ValueError, match="unknown VGG19 layer 'conv6_1'"):
+        _apply(small_weights.params, jnp.zeros((8, 8, 3)), ("conv6_1",))
+
+
+def test_pool2x2_matches_numpy(rng):
+    x = rng.standard_normal((5, 7, 2)).astype(np.float32)  # Odd sizes floor.
+    blocks = x[:4, :6].reshape(2, 2, 3, 2, 2)
+    np.testing.assert_allclose(pool2x2(x, "max"), blocks.max(axis=(1, 3)))
+    np.testing.assert_allclose(pool2x2(x, "avg"), blocks.mean(axis=(1, 3)), rtol=1e-6)
+
+
+def np_conv_relu(x, kernel, bias):
+    """Independent reference: 'SAME' 3x3 cross-correlation as a sum of shifted matmuls."""
+    h, w, _ = x.shape
+    xp = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+    out = np.zeros((h, w, kernel.shape[-1]))
+    for dy in range(3):
+        for dx in range(3):
+            out += xp[dy : dy + h, dx : dx + w] @ kernel[dy, dx]
+    return np.maximum(out + bias, 0.0)
+
+
+def test_real_weights_match_numpy_convolution(real_weights, rng):
+    params = {
+        k: {n: np.asarray(v, np.float64) for n, v in p.items()}
+        for k, p in real_weights.params.items()
+    }
+    image = rng.random((12, 14, 3)).astype(np.float32)
+    x = np.asarray(nst_jax.preprocess(image, real_weights.preprocessing), np.float64)
+    # Caffe preprocessing: BGR, 0-255, mean pixel subtracted.
+    np.testing.assert_allclose(x[..., 0], image[..., 2] * 255 - 103.939, rtol=1e-5)
+
+    ref = {}
+    for name in LAYERS[: LAYERS.index("conv2_1") + 1]:
+        if name == "conv2_1":
+            h, w, c = x.shape
+            x = x[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2, c).max(axis=(1, 3))
+        x = np_conv_relu(x, params[name]["kernel"], params[name]["bias"])
+        ref[name] = x
+    got = nst_jax.features(
+        real_weights.params,
+        image,
+        ("conv1_1", "conv1_2", "conv2_1"),
+        preprocessing=real_weights.preprocessing,
+        pooling="max",
+    )
+    for name in ("conv1_1", "conv1_2", "conv2_1"):
+        scale = np.abs(ref[name]).max()
+        np.testing.assert_allclose(np.asarray(got[name]), ref[name], atol=1e-4 * scale)
+        assert scale > 1.0  # Real, not degenerate, activations.

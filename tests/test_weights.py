@@ -1,0 +1,154 @@
+import hashlib
+import io
+import tarfile
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+import nst_jax
+from nst_jax import weights as wl
+from nst_jax.image import CAFFE
+from nst_jax.vgg import LAYERS
+
+WIDTHS = {1: 2, 2: 3, 3: 2, 4: 3, 5: 2}
+
+
+def _fake_params(rng):
+    params, cin = {}, 3
+    for name in LAYERS:
+        cout = WIDTHS[int(name[4])]
+        params[name] = {
+            "kernel": rng.standard_normal((3, 3, cin, cout)).astype(np.float32),
+            "bias": rng.standard_normal(cout).astype(np.float32),
+        }
+        cin = cout
+    return params
+
+
+def _write_keras_h5(path, params):
+    """The layout of Keras' notop file: block{b}_conv{i}/block{b}_conv{i}_{W,b}_1:0."""
+    with h5py.File(path, "w") as f:
+        for name, p in params.items():
+            keras = f"block{name[4]}_conv{name[6]}"
+            g = f.create_group(keras)
+            g[f"{keras}_W_1:0"] = p["kernel"]
+            g[f"{keras}_b_1:0"] = p["bias"]
+
+
+def test_h5_converts_and_roundtrips_through_npz(tmp_path, rng):
+    params = _fake_params(rng)
+    h5 = tmp_path / "w.h5"
+    _write_keras_h5(h5, params)
+    loaded = nst_jax.load_weights(h5)
+    assert loaded.preprocessing == CAFFE
+    assert loaded.sha256 == hashlib.sha256(h5.read_bytes()).hexdigest()
+    for name in LAYERS:
+        np.testing.assert_array_equal(loaded.params[name]["kernel"], params[name]["kernel"])
+    npz = wl.save_npz(tmp_path / "w.npz", loaded.params, CAFFE, loaded.sha256)
+    again = nst_jax.load_weights(npz)
+    assert again.preprocessing == CAFFE and again.sha256 == loaded.sha256
+    np.testing.assert_array_equal(again.params["conv5_4"]["bias"], params["conv5_4"]["bias"])
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, payload=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="not an nst_jax weights file"):
+        nst_jax.load_weights(path)
+
+
+def test_wrong_files_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        nst_jax.load_weights(tmp_path / "missing.npz")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a Keras VGG19"):
+        nst_jax.load_weights(bad)
+    with pytest.raises(ValueError, match="unsupported weights format"):
+        (tmp_path / "w.bin").write_bytes(b"x")
+        nst_jax.load_weights(tmp_path / "w.bin")
+
+
+def test_torch_state_dict_layout(rng):
+    params = _fake_params(rng)
+    indices = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+    state = {}
+    for name, idx in zip(LAYERS, indices, strict=True):
+        state[f"features.{idx}.weight"] = np.transpose(params[name]["kernel"], (3, 2, 0, 1))
+        state[f"features.{idx}.bias"] = params[name]["bias"]
+    got = wl.params_from_torch_state(state)
+    np.testing.assert_array_equal(got["conv3_2"]["kernel"], params["conv3_2"]["kernel"])
+    # Same function either way: a torch-layout conv equals the Flax-layout conv.
+    x = rng.random((8, 8, 3)).astype(np.float32)
+    a = nst_jax.features(got, x, ("conv1_2",), preprocessing=CAFFE, widths=(2, 3, 2, 3, 2))
+    b = nst_jax.features(params, x, ("conv1_2",), preprocessing=CAFFE, widths=(2, 3, 2, 3, 2))
+    np.testing.assert_allclose(a["conv1_2"], b["conv1_2"])
+    with pytest.raises(ValueError, match="torchvision"):
+        wl.params_from_torch_state({})
+
+
+def test_fetch_tries_sources_in_order_and_verifies_hash(tmp_path):
+    payload = b"pretend weights"
+    sha = hashlib.sha256(payload).hexdigest()
+    calls = []
+
+    def offline(dest, progress):
+        calls.append("offline")
+        raise OSError("no network")
+
+    def wrong(dest, progress):
+        calls.append("wrong")
+        dest.write_bytes(b"tampered")
+
+    def good(dest, progress):
+        calls.append("good")
+        dest.write_bytes(payload)
+
+    sources = [("a", offline), ("b", wrong), ("c", good)]
+    path = wl.fetch(cache=tmp_path, progress=False, sources=sources, sha256=sha)
+    assert calls == ["offline", "wrong", "good"]
+    assert path.read_bytes() == payload
+    assert sorted(p.name for p in tmp_path.iterdir()) == [wl.H5_NAME]  # No temp files.
+    # Cached and verified: no source is asked again.
+    wl.fetch(cache=tmp_path, progress=False, sources=[("x", offline)], sha256=sha)
+    assert calls == ["offline", "wrong", "good"]
+
+
+def test_fetch_reports_every_failure(tmp_path):
+    def offline(dest, progress):
+        raise OSError("no network")
+
+    def wrong(dest, progress):
+        dest.write_bytes(b"tampered")
+
+    with pytest.raises(OSError) as e:
+        wl.fetch(
+            cache=tmp_path, progress=False, sources=[("a", offline), ("b", wrong)], sha256="0" * 64
+        )
+    msg = str(e.value)
+    assert "a: no network" in msg and "b: hash mismatch" in msg and "--weights" in msg
+    assert not (tmp_path / wl.H5_NAME).exists()
+
+
+def test_extract_member_streams_one_file(tmp_path):
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in [("pkg-1.0/setup.py", b"evil"), ("pkg-1.0/pkg/w.h5", b"weights")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    dest = tmp_path / "out.h5"
+    wl.extract_member(archive, "pkg/w.h5", dest, progress=False)
+    assert dest.read_bytes() == b"weights"
+    with pytest.raises(OSError, match="not found"):
+        wl.extract_member(archive, "pkg/other.h5", dest, progress=False)
+
+
+def test_default_weights_are_the_verified_file(real_weights):
+    assert real_weights.sha256 == wl.H5_SHA256
+    assert real_weights.preprocessing == CAFFE
+    shapes = jax.tree.map(np.shape, real_weights.params)
+    assert shapes["conv1_1"]["kernel"] == (3, 3, 3, 64)
+    assert shapes["conv5_4"]["kernel"] == (3, 3, 512, 512)
