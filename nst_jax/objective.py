@@ -37,8 +37,8 @@ class LossConfig:
     """
 
     content_weight: float = 1.0
-    style_weight: float = 1e-3
-    tv_weight: float = 10.0
+    style_weight: float = 1e-2
+    tv_weight: float = 5e3
     content_layers: tuple[str, ...] = ("conv4_2",)
     style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None

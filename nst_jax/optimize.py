@@ -56,7 +56,7 @@ class Config:
 
     loss: obj.LossConfig = obj.LossConfig()
     steps: int = 300
-    optimizer: str = "lbfgs"
+    optimizer: str = "adam"
     lr: float = 0.02
     init: str = "content"
     seed: int = 0

@@ -1,0 +1,60 @@
+"""Shared helpers for the benchmarks: images, timing, and small text tables."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nst_jax  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def demo_pair(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The demo content and style, longest side ``size``."""
+    content, style = nst_jax.demo_images()
+    return nst_jax.resize_longest(content, size), nst_jax.resize_longest(style, size)
+
+
+def best_of(fn, *args, repeats: int = 5) -> float:
+    """Minimum wall time of ``fn(*args)`` over ``repeats`` runs after one warm-up."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def machine() -> dict:
+    return {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table."""
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        out.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(out)
+
+
+def save(name: str, data: dict, markdown: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), **data}, indent=2))
+    (RESULTS / f"{name}.md").write_text(markdown + "\n")
+    print(markdown)

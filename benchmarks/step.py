@@ -1,0 +1,191 @@
+"""Seconds per optimisation step, compile time and achieved FLOP/s; JAX against PyTorch.
+
+  python benchmarks/step.py [--sizes 256,512]
+
+The JAX step is the one ``nst_jax.stylize`` compiles (Adam, the default layers and
+losses). The PyTorch step is a plain eager implementation of the same step: the same
+VGG19 weights, layers, pooling, Gram/content/TV losses and Adam update. PyTorch is
+optional (``pip install torch==2.13.0``); without it only the JAX column is filled.
+
+FLOPs come from XLA's cost analysis of the compiled step; the matmul peak is a
+2048x2048 float32 matmul measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from common import best_of, demo_pair, save, table
+
+import nst_jax
+from nst_jax import optimize
+
+STEPS = 5
+
+
+def jax_step(weights, content, style, config):
+    """(seconds per step, compile seconds, flops per step) of the stylize step."""
+    static = dict(config=config, preprocessing=weights.preprocessing)
+    setup = jax.jit(functools.partial(optimize.init, **static))
+    targets, state = setup(weights.params, content, style, None, key=jax.random.key(0))
+    step = jax.jit(
+        functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
+        donate_argnums=(2,),
+    )
+    t = time.perf_counter()
+    compiled = step.lower(weights.params, targets, state).compile()
+    compile_seconds = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", float("nan")))
+    state, _ = compiled(weights.params, targets, state)  # Warm-up.
+    times = []
+    for _ in range(STEPS):
+        t = time.perf_counter()
+        state, losses = compiled(weights.params, targets, state)
+        jax.block_until_ready(losses)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), compile_seconds, flops
+
+
+def torch_step(weights, content, style, config):
+    """Seconds per step of the same step in eager PyTorch, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from nst_jax.vgg import LAYERS
+
+    loss_cfg = config.loss
+    prep = weights.preprocessing
+    convs = {
+        name: (
+            torch.from_numpy(np.ascontiguousarray(np.transpose(p["kernel"], (3, 2, 0, 1)))),
+            torch.from_numpy(np.asarray(p["bias"])),
+        )
+        for name, p in weights.params.items()
+    }
+    wanted = set(loss_cfg.content_layers + loss_cfg.style_layers)
+    deepest = max(LAYERS.index(n) for n in wanted)
+    mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std).view(1, 3, 1, 1)
+    pool = (
+        torch.nn.functional.avg_pool2d
+        if loss_cfg.pooling == "avg"
+        else (torch.nn.functional.max_pool2d)
+    )
+
+    def features(img):  # img: [1, 3, H, W] RGB in [0, 1]
+        x = img.flip(1) if prep.bgr else img
+        x = (x * prep.scale - mean) / std
+        out = {}
+        for name in LAYERS[: deepest + 1]:
+            if name.endswith("_1") and name != "conv1_1":
+                x = pool(x, 2)
+            w, b = convs[name]
+            x = torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1))
+            if name in wanted:
+                out[name] = x
+        return out
+
+    def gram(f):
+        _, c, h, w = f.shape
+        m = f.reshape(c, h * w)
+        return m @ m.T / (h * w)
+
+    def to_torch(a):
+        return torch.from_numpy(np.ascontiguousarray(np.transpose(a, (2, 0, 1))[None]))
+
+    with torch.no_grad():
+        c_feats = features(to_torch(content))
+        s_grams = {k: gram(v) for k, v in features(to_torch(style)).items()}
+    image = to_torch(content).clone().requires_grad_(True)
+    opt = torch.optim.Adam([image], lr=config.lr)
+    layer_w = dict(zip(loss_cfg.style_layers, loss_cfg.layer_weights, strict=True))
+
+    def one_step():
+        opt.zero_grad()
+        feats = features(image)
+        content_loss = sum(
+            torch.mean((feats[k] - c_feats[k]) ** 2) for k in loss_cfg.content_layers
+        )
+        style_loss = sum(
+            layer_w[k] * torch.sum((gram(feats[k]) - g) ** 2) / (4 * g.shape[0] ** 2)
+            for k, g in s_grams.items()
+        )
+        dx = image[..., :-1, 1:] - image[..., :-1, :-1]
+        dy = image[..., 1:, :-1] - image[..., :-1, :-1]
+        tv = torch.mean(torch.sum(dx**2 + dy**2, dim=1))
+        loss = (
+            loss_cfg.content_weight * content_loss
+            + loss_cfg.style_weight * style_loss
+            + loss_cfg.tv_weight * tv
+        )
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            image.clamp_(0, 1)
+        return float(loss.detach())
+
+    one_step()  # Warm-up.
+    times = []
+    for _ in range(STEPS):
+        t = time.perf_counter()
+        one_step()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def matmul_peak_gflops(n: int = 2048) -> float:
+    a = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32))
+    f = jax.jit(lambda a, b: a @ b)
+    return 2 * n**3 / best_of(f, a, a + 1.0, repeats=10) / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="256,512")
+    args = parser.parse_args()
+    weights = nst_jax.load_weights(progress=False)
+    config = nst_jax.Config(optimizer="adam")
+    peak = matmul_peak_gflops()
+    rows, data = [], {"matmul_peak_gflops": peak, "sizes": {}}
+    for size in map(int, args.sizes.split(",")):
+        content, style = demo_pair(size)
+        seconds, compile_seconds, flops = jax_step(weights, content, style, config)
+        torch_seconds = torch_step(weights, content, style, config)
+        gflops = flops / seconds / 1e9
+        data["sizes"][size] = dict(
+            jax_seconds=seconds,
+            torch_seconds=torch_seconds,
+            compile_seconds=compile_seconds,
+            flops=flops,
+        )
+        rows.append(
+            {
+                "size": f"{content.shape[1]}x{content.shape[0]}",
+                "JAX s/step": f"{seconds:.3f}",
+                "PyTorch s/step": "-" if torch_seconds is None else f"{torch_seconds:.3f}",
+                "JAX/PyTorch": "-" if torch_seconds is None else f"{seconds / torch_seconds:.2f}",
+                "GFLOP/step": f"{flops / 1e9:.1f}",
+                "GFLOP/s": f"{gflops:.0f}",
+                "of matmul peak": f"{gflops / peak:.0%}",
+                "compile s": f"{compile_seconds:.1f}",
+            }
+        )
+        print(rows[-1], flush=True)
+    md = (
+        f"One Adam step of the default objective (VGG19 to conv5_1), CPU, "
+        f"{jax.device_count()} device(s); matmul peak {peak:.0f} GFLOP/s measured in the "
+        "same run.\n\n" + table(rows, list(rows[0]))
+    )
+    save("step", data, md)
+
+
+if __name__ == "__main__":
+    main()
