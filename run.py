@@ -53,7 +53,7 @@ flags.DEFINE_integer(
     "Longest side of the output, in pixels. The style image is resized to the same longest side.",
 )
 flags.DEFINE_integer("steps", _C.steps, "Optimiser steps.")
-flags.DEFINE_enum("optimizer", _C.optimizer, ["lbfgs", "adam"], "Optimiser.")
+flags.DEFINE_enum("optimizer", _C.optimizer, ["adam", "lbfgs"], "Optimiser.")
 flags.DEFINE_float("lr", _C.lr, "Adam learning rate (pixels live in [0, 1]).")
 flags.DEFINE_string("init", _C.init, "Start from 'content', 'noise', 'style', or an image file.")
 flags.DEFINE_integer("seed", _C.seed, "PRNG seed (noise init).")

@@ -115,8 +115,10 @@ def torch_step(weights, content, style, config):
             torch.mean((feats[k] - c_feats[k]) ** 2) for k in loss_cfg.content_layers
         )
         style_loss = sum(
-            layer_w[k] * torch.sum((gram(feats[k]) - g) ** 2) / (4 * g.shape[0] ** 2)
-            for k, g in s_grams.items()
+            layer_w[k]
+            * torch.sum((gram(feats[k]) - s_grams[k]) ** 2)
+            / (4 * s_grams[k].shape[0] ** 2)
+            for k in loss_cfg.style_layers
         )
         dx = image[..., :-1, 1:] - image[..., :-1, :-1]
         dy = image[..., 1:, :-1] - image[..., :-1, :-1]

@@ -57,7 +57,7 @@ class Config:
     loss: obj.LossConfig = obj.LossConfig()
     steps: int = 300
     optimizer: str = "adam"
-    lr: float = 0.02
+    lr: float = 0.05
     init: str = "content"
     seed: int = 0
     lbfgs_memory: int = 10
