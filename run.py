@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,29 @@ flags.DEFINE_float("tv_weight", _L.tv_weight, "Total-variation weight.")
 flags.DEFINE_list("content_layers", list(_L.content_layers), "Content layers.")
 flags.DEFINE_list("style_layers", list(_L.style_layers), "Style layers.")
 flags.DEFINE_list("style_layer_weights", None, "One weight per style layer (default: equal).")
+flags.DEFINE_string(
+    "style_loss",
+    "gram:1",
+    "Mix of style statistics, NAME:WEIGHT,...: gram, mmd_poly, mmd_linear, mmd_gauss, "
+    "meanstd, histogram. E.g. gram:1,histogram:0.5.",
+)
+flags.DEFINE_string(
+    "stat_layers",
+    "",
+    "Per-statistic layers, NAME=LAYER+LAYER;NAME=...; e.g. histogram=conv1_1+conv4_1. "
+    "Statistics not named use --style_layers.",
+)
+flags.DEFINE_float("tv_beta", _L.tv_beta, "Exponent beta of the total variation.")
+flags.DEFINE_float("alpha_norm_weight", _L.alpha_norm_weight, "Weight of the alpha-norm.")
+flags.DEFINE_float("alpha", _L.alpha, "Exponent of the alpha-norm.")
+flags.DEFINE_float("mmd_c", _L.mmd_c, "Offset c of the polynomial MMD kernel (x.y + c)^d.")
+flags.DEFINE_integer("mmd_degree", _L.mmd_degree, "Degree d of the polynomial MMD kernel.")
+flags.DEFINE_float("mmd_sigma", _L.mmd_sigma, "Gaussian MMD bandwidth (0: median heuristic).")
+flags.DEFINE_integer(
+    "mmd_samples",
+    _L.mmd_samples,
+    "Positions sampled per layer and step by the pairwise MMD kernels.",
+)
 # Progress and records.
 flags.DEFINE_integer(
     "save_every", 0, "Also save a snapshot every N steps (0: never), as OUTPUT_STEM.stepNNNNN.png."
@@ -89,6 +113,12 @@ def _config() -> Config:
         )
     except ValueError:
         raise UsageError(f"bad --style_layer_weights: {F.style_layer_weights}") from None
+    stat_layers = []
+    for part in filter(None, (p.strip() for p in F.stat_layers.split(";"))):
+        name, eq, layers = part.partition("=")
+        if not eq or not layers:
+            raise UsageError(f"bad --stat_layers entry {part!r}; use NAME=LAYER+LAYER")
+        stat_layers.append((name.strip(), tuple(x.strip() for x in layers.split("+"))))
     loss = LossConfig(
         content_weight=F.content_weight,
         style_weight=F.style_weight,
@@ -97,6 +127,15 @@ def _config() -> Config:
         style_layers=tuple(F.style_layers),
         style_layer_weights=layer_weights,
         pooling=F.pooling,
+        style_loss=nst_jax.objective.parse_style_loss(F.style_loss),
+        stat_layers=tuple(stat_layers),
+        tv_beta=F.tv_beta,
+        alpha_norm_weight=F.alpha_norm_weight,
+        alpha=F.alpha,
+        mmd_c=F.mmd_c,
+        mmd_degree=F.mmd_degree,
+        mmd_sigma=F.mmd_sigma,
+        mmd_samples=F.mmd_samples,
     )
     init = F.init if F.init in nst_jax.optimize.INITS else "content"
     return Config(
@@ -251,4 +290,7 @@ def _parse_flags(argv):
 
 
 if __name__ == "__main__":
+    # A shell that starts us in the background sets SIGINT to "ignore", and Python then
+    # never raises KeyboardInterrupt; restore it so Ctrl-C (or kill -INT) saves the image.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     app.run(_run, flags_parser=_parse_flags)

@@ -95,3 +95,163 @@ def total_variation(image: jax.Array, *, beta: float = 2.0, eps: float = 1e-8) -
     if beta == 2.0:
         return jnp.mean(sq)
     return jnp.mean(jnp.power(sq + eps, beta / 2.0))
+
+
+def mean_std(features: jax.Array, *, eps: float = 1e-5) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and standard deviation over positions.
+
+    Args:
+      features: ``[H, W, C]``.
+
+    Returns:
+      ``(mean [C], std [C])``, float32.
+    """
+    _check_rank("mean_std", features, 3)
+    f = features.reshape(-1, features.shape[-1]).astype(jnp.float32)
+    mean = jnp.mean(f, axis=0)
+    return mean, jnp.sqrt(jnp.var(f, axis=0) + eps)
+
+
+def mean_std_loss(features: jax.Array, target: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Batch-norm-statistics style loss (Li et al. 2017, "Demystifying NST", eq. 12).
+
+    ``L = 1/C Σ_c (μ_c − μ_c^s)² + (σ_c − σ_c^s)²``: matching these is matching a linear-
+    plus-variance view of the feature distribution.
+
+    Args:
+      features: ``[H, W, C]``.
+      target: ``(mean [C], std [C])`` of the style features (see ``mean_std``).
+    """
+    mean, std = mean_std(features)
+    return jnp.mean(jnp.square(mean - target[0]) + jnp.square(std - target[1]))
+
+
+def mmd2_linear(x: jax.Array, y_mean: jax.Array) -> jax.Array:
+    """MMD² with the linear kernel ``k(x, y) = xᵀy``: ``‖mean(x) − mean(y)‖²``.
+
+    Exact in O(M C) (Li et al. 2017): the linear kernel matches only the feature means.
+
+    Args:
+      x: ``[M, C]`` feature vectors of the output, one per position.
+      y_mean: ``[C]`` mean feature vector of the style.
+    """
+    _check_rank("mmd2_linear", x, 2)
+    return jnp.sum(jnp.square(jnp.mean(x.astype(jnp.float32), axis=0) - y_mean))
+
+
+def mmd2_poly2(x: jax.Array, y_gram: jax.Array, y_mean: jax.Array, *, c: float = 0.0):
+    """MMD² with the kernel ``k(x, y) = (xᵀy + c)²``, exactly, in O(M C²).
+
+    With ``G = Xᵀ X / M`` and ``μ = mean(X)``, the mean of ``k`` over all pairs is
+    ``⟨G_x, G_y⟩_F + 2c μ_xᵀμ_y + c²``, so
+    ``MMD² = ‖G_x − G_y‖²_F + 2c ‖μ_x − μ_y‖²``. With ``c = 0`` and ``1/M²`` in both terms this
+    is ``4 N² E_l``, Gatys' Gram loss (Li et al. 2017, Theorem 1).
+
+    Args:
+      x: ``[M, C]`` output features.
+      y_gram: ``[C, C]`` normalised Gram matrix of the style (``gram``).
+      y_mean: ``[C]`` mean of the style features.
+    """
+    _check_rank("mmd2_poly2", x, 2)
+    x = x.astype(jnp.float32)
+    gx = jnp.matmul(x.T, x, precision=jax.lax.Precision.HIGHEST) / x.shape[0]
+    dm = jnp.mean(x, axis=0) - y_mean
+    return jnp.sum(jnp.square(gx - y_gram)) + 2.0 * c * jnp.sum(jnp.square(dm))
+
+
+def gaussian_kernel_mean(x: jax.Array, y: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Mean of ``exp(−‖x_i − y_j‖² / (2σ²))`` over all ``[M] x [N]`` pairs."""
+    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
+    d2 = (
+        jnp.sum(jnp.square(x), axis=1)[:, None]
+        + jnp.sum(jnp.square(y), axis=1)[None, :]
+        - 2.0 * jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+    )
+    return jnp.mean(jnp.exp(-jnp.maximum(d2, 0.0) / (2.0 * jnp.square(sigma))))
+
+
+def mmd2_gaussian(x: jax.Array, y: jax.Array, sigma: jax.Array, *, kyy: jax.Array | None = None):
+    """MMD² with the Gaussian kernel ``k(x, y) = exp(−‖x − y‖² / (2σ²))`` (Li et al. 2017).
+
+    ``MMD² = E k(x, x') + E k(y, y') − 2 E k(x, y)``, over all pairs of the rows given.
+    Memory and time are O(M N C): callers pass a sample of positions (``objective.py``
+    draws a fresh, seeded sample of a fixed size every step), never all of them.
+
+    Args:
+      x: ``[M, C]`` output feature samples.
+      y: ``[N, C]`` style feature samples.
+      sigma: kernel bandwidth, a scalar.
+      kyy: ``E k(y, y')`` if already known (it does not depend on the output).
+    """
+    _check_rank("mmd2_gaussian", x, 2)
+    kyy = gaussian_kernel_mean(y, y, sigma) if kyy is None else kyy
+    return gaussian_kernel_mean(x, x, sigma) + kyy - 2.0 * gaussian_kernel_mean(x, y, sigma)
+
+
+def match_histogram(values: jax.Array, quantiles: jax.Array) -> jax.Array:
+    """Histogram matching by sorting: the value of rank r becomes the style's r-th quantile.
+
+    Args:
+      values: ``[M, C]`` output activations.
+      quantiles: ``[M, C]`` sorted style activations, resampled to ``M`` values per channel.
+
+    Returns:
+      ``[M, C]``: per channel, the same ordering as ``values`` with the style's values.
+    """
+    order = jnp.argsort(values, axis=0)
+    channels = jnp.arange(values.shape[1])[None, :]
+    return jnp.zeros_like(quantiles).at[order, channels].set(quantiles)
+
+
+def histogram_loss(features: jax.Array, quantiles: jax.Array) -> jax.Array:
+    """Histogram loss of Risser et al. (2017): ``mean (O − Õ)²``, with ``Õ`` held constant.
+
+    ``Õ`` is ``O`` histogram-matched to the style, per channel, by sorting
+    (``match_histogram``). It is zero when the output's activations have exactly the
+    style's distribution.
+
+    Args:
+      features: ``[H, W, C]`` output activations.
+      quantiles: ``[H * W, C]`` style quantiles (``style_quantiles``).
+    """
+    _check_rank("histogram_loss", features, 3)
+    o = features.reshape(-1, features.shape[-1]).astype(jnp.float32)
+    if o.shape != quantiles.shape:
+        raise ValueError(f"shape mismatch: features {o.shape} vs quantiles {quantiles.shape}")
+    target = jax.lax.stop_gradient(match_histogram(o, quantiles))
+    return jnp.mean(jnp.square(o - target))
+
+
+def style_quantiles(features: jax.Array, m: int) -> jax.Array:
+    """The style's per-channel distribution as ``m`` sorted values (linear interpolation).
+
+    Args:
+      features: ``[H, W, C]`` style activations, any size.
+      m: number of positions in the output's activation at this layer.
+
+    Returns:
+      ``[m, C]``, each column sorted ascending.
+    """
+    _check_rank("style_quantiles", features, 3)
+    s = jnp.sort(features.reshape(-1, features.shape[-1]).astype(jnp.float32), axis=0)
+    n = s.shape[0]
+    pos = jnp.linspace(0.0, n - 1.0, m)
+    lo = jnp.floor(pos).astype(jnp.int32)
+    hi = jnp.minimum(lo + 1, n - 1)
+    frac = (pos - lo)[:, None]
+    return s[lo] * (1.0 - frac) + s[hi] * frac
+
+
+def alpha_norm(image: jax.Array, *, alpha: float = 6.0) -> jax.Array:
+    """The α-norm regulariser ``mean |x − mean(x)|^α`` (Mahendran & Vedaldi 2015, eq. 3).
+
+    ``‖x‖_α^α`` on the mean-subtracted image, averaged over pixels and channels so its
+    weight carries across sizes. Large α keeps pixel values from running away.
+
+    Args:
+      image: ``[H, W, C]``.
+    """
+    _check_rank("alpha_norm", image, 3)
+    x = image.astype(jnp.float32)
+    x = x - jnp.mean(x, axis=(0, 1), keepdims=True)
+    return jnp.mean(jnp.power(jnp.abs(x) + 1e-12, alpha))

@@ -1,23 +1,61 @@
 """The style-transfer objective: ``f(image) -> (loss, terms)`` from targets and weights.
 
-``L(x) = α Σ_c L_content + β Σ_l w_l E_l + λ_tv TV(x)`` (Gatys et al. 2016, eq. 7), with
-the content and style targets computed once from the content and style images.
+``L(x) = α L_content + β Σ_s m_s Σ_l w_l L_s,l + λ_tv TV_β(x) + λ_α ‖x‖_α^α``
+(Gatys et al. 2016, eq. 7), where ``s`` runs over the style statistics in the mix
+(Gram, MMD kernels, mean/std, histogram), each with its own layers ``l`` and mix weight
+``m_s``. The targets are computed once from the content and style images.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from nst_jax import losses
 from nst_jax.image import Preprocessing, preprocess
-from nst_jax.vgg import POOLING, VGG19, WIDTHS, check_layers
+from nst_jax.vgg import LAYERS, POOLING, VGG19, WIDTHS, check_layers, layer_stride
 
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+
+# Each statistic's loss is multiplied by its scale so that a mix weight of 1 pulls about
+# as hard as the Gram loss does. mmd_poly is exactly 4 N² times the Gram loss (Li et al.
+# 2017), so its scale is exact; the others were calibrated on the demo pair
+# (benchmarks/calibrate.py): the ratio of the Gram loss to theirs at the content image.
+STATISTICS = ("gram", "mmd_poly", "mmd_linear", "mmd_gauss", "meanstd", "histogram")
+SCALES = {
+    "gram": 1.0,
+    "mmd_poly": 1.0,  # Divided by 4 N² per layer, below.
+    "mmd_linear": 40.0,
+    "mmd_gauss": 6e8,
+    "meanstd": 1e4,
+    "histogram": 9e3,
+}
+
+
+def parse_style_loss(spec: str) -> tuple[tuple[str, float], ...]:
+    """``"gram:1,histogram:0.5"`` -> ``(("gram", 1.0), ("histogram", 0.5))``.
+
+    A name without ``:w`` gets weight 1.
+
+    Raises:
+      ValueError: an unknown statistic, a repeated one, or a weight that is not a
+        non-negative number.
+    """
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, weight = part.partition(":")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"bad weight {weight!r} for style loss {name!r}") from None
+        out.append((name.strip(), value))
+    if not out:
+        raise ValueError("--style_loss is empty; e.g. gram:1 or gram:1,histogram:0.5")
+    return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,12 +64,25 @@ class LossConfig:
 
     Attributes:
       content_weight: α, the weight of the content loss.
-      style_weight: β, the weight of the style loss.
-      tv_weight: weight of the total-variation smoothness penalty.
+      style_weight: β, the weight of the whole style loss.
+      tv_weight: λ_tv, weight of the total-variation penalty.
+      tv_beta: β exponent of the total variation; 2 is the usual smooth penalty.
+      alpha_norm_weight: λ_α, weight of the α-norm of the mean-subtracted image.
+      alpha: exponent of the α-norm.
       content_layers: VGG19 layers whose activations the content loss compares.
-      style_layers: VGG19 layers whose Gram matrices the style loss compares.
+      style_layers: VGG19 layers of every style statistic without its own layers.
       style_layer_weights: one weight per style layer, ``w_l``; ``None`` means equal
-        weights that sum to 1.
+        weights summing to 1.
+      style_loss: the mix of style statistics, ``((name, weight), ...)`` with names from
+        ``STATISTICS``.
+      stat_layers: per-statistic layers, ``((name, (layer, ...)), ...)``, overriding
+        ``style_layers`` for that statistic (equal layer weights).
+      mmd_c: the polynomial kernel's offset c in ``(xᵀy + c)^d``.
+      mmd_degree: the polynomial kernel's degree d; 2 is computed exactly, others from
+        sampled positions like the Gaussian kernel.
+      mmd_sigma: Gaussian kernel bandwidth; 0 picks the median heuristic on the style.
+      mmd_samples: positions sampled per layer and step for the pairwise (Gaussian, or
+        polynomial d ≠ 2) kernels.
       pooling: ``"avg"`` or ``"max"`` pooling in VGG19.
       widths: VGG channel widths; only tests change it, to run narrow networks.
     """
@@ -39,17 +90,39 @@ class LossConfig:
     content_weight: float = 1.0
     style_weight: float = 1e-2
     tv_weight: float = 5e3
+    tv_beta: float = 2.0
+    alpha_norm_weight: float = 0.0
+    alpha: float = 6.0
     content_layers: tuple[str, ...] = ("conv4_2",)
     style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None
+    style_loss: tuple[tuple[str, float], ...] = (("gram", 1.0),)
+    stat_layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    mmd_c: float = 0.0
+    mmd_degree: int = 2
+    mmd_sigma: float = 0.0
+    mmd_samples: int = 1024
     pooling: str = "avg"
     widths: tuple[int, ...] = WIDTHS
 
     def __post_init__(self):
-        for name in ("content_weight", "style_weight", "tv_weight"):
+        for name in (
+            "content_weight",
+            "style_weight",
+            "tv_weight",
+            "alpha_norm_weight",
+            "mmd_c",
+            "mmd_sigma",
+        ):
             value = getattr(self, name)
             if not value >= 0:  # Also catches NaN.
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if not self.tv_beta > 0:
+            raise ValueError(f"tv_beta must be > 0, got {self.tv_beta}")
+        if not self.alpha >= 1:
+            raise ValueError(f"alpha must be >= 1, got {self.alpha}")
+        if self.mmd_degree < 1 or self.mmd_samples < 2:
+            raise ValueError("mmd_degree must be >= 1 and mmd_samples >= 2")
         object.__setattr__(self, "content_layers", check_layers(self.content_layers))
         object.__setattr__(self, "style_layers", check_layers(self.style_layers))
         if self.style_layer_weights is not None:
@@ -61,6 +134,21 @@ class LossConfig:
             if any(not v >= 0 for v in w):
                 raise ValueError(f"style layer weights must be >= 0, got {list(w)}")
             object.__setattr__(self, "style_layer_weights", w)
+        mix = tuple((str(n), float(w)) for n, w in self.style_loss)
+        names = [n for n, _ in mix]
+        for n, w in mix:
+            if n not in STATISTICS:
+                raise ValueError(f"unknown style loss {n!r}; choose from {', '.join(STATISTICS)}")
+            if not w >= 0:
+                raise ValueError(f"style loss weight for {n} must be >= 0, got {w}")
+        if len(set(names)) != len(names) or not mix:
+            raise ValueError(f"style losses must be distinct and non-empty, got {names}")
+        object.__setattr__(self, "style_loss", mix)
+        per_stat = tuple((str(n), check_layers(ls)) for n, ls in self.stat_layers)
+        for n, _ in per_stat:
+            if n not in STATISTICS:
+                raise ValueError(f"unknown style loss {n!r} in stat_layers")
+        object.__setattr__(self, "stat_layers", per_stat)
         if self.pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {self.pooling!r}")
 
@@ -71,25 +159,39 @@ class LossConfig:
             return self.style_layer_weights
         return (1.0 / len(self.style_layers),) * len(self.style_layers)
 
+    def statistic_layers(self, name: str) -> tuple[tuple[str, float], ...]:
+        """``((layer, w_l), ...)`` that the statistic ``name`` uses."""
+        own = dict(self.stat_layers).get(name)
+        if own is None:
+            return tuple(zip(self.style_layers, self.layer_weights, strict=True))
+        return tuple((layer, 1.0 / len(own)) for layer in own)
+
+    @property
+    def all_style_layers(self) -> tuple[str, ...]:
+        used = {layer for name, _ in self.style_loss for layer, _ in self.statistic_layers(name)}
+        return tuple(layer for layer in LAYERS if layer in used)
+
 
 class Targets(NamedTuple):
     """What the optimised image is compared against.
 
     Attributes:
       content: ``{layer: [h, w, c]}`` activations of the content image.
-      style: ``{layer: [c, c]}`` normalised Gram matrices of the style image.
+      style: ``{"statistic/layer": target}``; the target's form depends on the
+        statistic: a ``[c, c]`` Gram matrix, ``(mean, std)``, quantiles ``[h * w, c]``, ...
     """
 
     content: dict[str, jax.Array]
-    style: dict[str, jax.Array]
+    style: dict[str, Any]
 
 
 class Terms(NamedTuple):
-    """The unweighted loss terms; the total is their weighted sum."""
+    """The loss terms, unweighted by α, β and λ; the total is their weighted sum."""
 
     content: jax.Array
     style: jax.Array
     tv: jax.Array
+    alpha_norm: jax.Array
 
 
 def features(
@@ -115,6 +217,51 @@ def features(
     return model.apply({"params": params}, preprocess(image, preprocessing))
 
 
+def _flat(f: jax.Array) -> jax.Array:
+    return f.reshape(-1, f.shape[-1]).astype(jnp.float32)
+
+
+def _sample_rows(x: jax.Array, n: int, key: jax.Array) -> jax.Array:
+    """``n`` rows of ``x`` drawn uniformly with replacement (all rows if there are fewer)."""
+    if x.shape[0] <= n:
+        return x
+    return x[jax.random.randint(key, (n,), 0, x.shape[0])]
+
+
+def _pairwise_target(y: jax.Array, config: LossConfig, kernel: str, key: jax.Array):
+    ys = _sample_rows(y, config.mmd_samples, key)
+    if kernel == "gauss":
+        if config.mmd_sigma > 0:
+            sigma = jnp.float32(config.mmd_sigma)
+        else:  # Median heuristic: σ² = median ‖y_i − y_j‖² / 2.
+            d2 = jnp.sum(jnp.square(ys[:, None, :] - ys[None, :, :]), axis=-1)
+            sigma = jnp.sqrt(jnp.maximum(jnp.median(d2) / 2.0, 1e-12))
+        return {"samples": ys, "sigma": sigma, "kyy": losses.gaussian_kernel_mean(ys, ys, sigma)}
+    k = _poly_kernel_mean(ys, ys, config)
+    return {"samples": ys, "kyy": k}
+
+
+def _poly_kernel_mean(x, y, config):
+    return jnp.mean(jnp.power(jnp.matmul(x, y.T) + config.mmd_c, config.mmd_degree))
+
+
+def _style_target(
+    name: str, f: jax.Array, out_shape: tuple[int, int], config: LossConfig, key: jax.Array
+):
+    y = _flat(f)
+    if name == "gram":
+        return losses.gram(f)
+    if name == "mmd_linear":
+        return jnp.mean(y, axis=0)
+    if name == "meanstd":
+        return losses.mean_std(f)
+    if name == "histogram":
+        return losses.style_quantiles(f, out_shape[0] * out_shape[1])
+    if name == "mmd_poly" and config.mmd_degree == 2:
+        return {"gram": losses.gram(f), "mean": jnp.mean(y, axis=0)}
+    return _pairwise_target(y, config, "gauss" if name == "mmd_gauss" else "poly", key)
+
+
 def make_targets(
     params: dict,
     content: jax.Array,
@@ -122,20 +269,54 @@ def make_targets(
     config: LossConfig,
     *,
     preprocessing: Preprocessing,
+    key: jax.Array | None = None,
 ) -> Targets:
-    """Content activations and style Gram matrices, computed once before optimising.
+    """Content activations and style statistics, computed once before optimising.
 
     Args:
-      content: ``[H, W, 3]`` RGB in [0, 1].
+      content: ``[H, W, 3]`` RGB in [0, 1]; the output has its shape.
       style: ``[H', W', 3]`` RGB in [0, 1]; any size.
+      key: PRNG key for the style samples of the pairwise MMD kernels.
     """
+    key = jax.random.key(0) if key is None else key
     kw = dict(preprocessing=preprocessing, pooling=config.pooling, widths=config.widths)
     content_feats = features(params, content, config.content_layers, **kw)
-    style_feats = features(params, style, config.style_layers, **kw)
-    return Targets(
-        content={k: jax.lax.stop_gradient(v) for k, v in content_feats.items()},
-        style={k: jax.lax.stop_gradient(losses.gram(v)) for k, v in style_feats.items()},
-    )
+    style_feats = features(params, style, config.all_style_layers, **kw)
+    h, w = content.shape[:2]
+    style_targets = {}
+    for name, _ in config.style_loss:
+        for layer, _ in config.statistic_layers(name):
+            s = layer_stride(layer)
+            key, sub = jax.random.split(key)
+            style_targets[f"{name}/{layer}"] = _style_target(
+                name, style_feats[layer], (h // s, w // s), config, sub
+            )
+    return jax.lax.stop_gradient(Targets(content=content_feats, style=style_targets))
+
+
+def _statistic_loss(name: str, f: jax.Array, target, config: LossConfig, key: jax.Array):
+    """One statistic at one layer, scaled so that weight 1 pulls about like Gram."""
+    n = f.shape[-1]
+    if name == "gram":
+        value = losses.gram_loss(f, target)
+    elif name == "mmd_linear":
+        value = losses.mmd2_linear(_flat(f), target)
+    elif name == "meanstd":
+        value = losses.mean_std_loss(f, target)
+    elif name == "histogram":
+        value = losses.histogram_loss(f, target)
+    elif name == "mmd_poly" and config.mmd_degree == 2:
+        value = losses.mmd2_poly2(_flat(f), target["gram"], target["mean"], c=config.mmd_c)
+        value = value / (4.0 * n * n)
+    else:
+        x = _sample_rows(_flat(f), config.mmd_samples, key)
+        y = target["samples"]
+        if name == "mmd_gauss":
+            value = losses.mmd2_gaussian(x, y, target["sigma"], kyy=target["kyy"])
+        else:
+            kxx, kxy = _poly_kernel_mean(x, x, config), _poly_kernel_mean(x, y, config)
+            value = (kxx + target["kyy"] - 2.0 * kxy) / (4.0 * n * n)
+    return SCALES[name] * value
 
 
 def loss_terms(
@@ -145,9 +326,15 @@ def loss_terms(
     config: LossConfig,
     *,
     preprocessing: Preprocessing,
+    key: jax.Array | None = None,
 ) -> Terms:
-    """The content, style and TV terms for ``image`` (``[H, W, 3]``), unweighted by α/β."""
-    layers = tuple(dict.fromkeys(config.content_layers + config.style_layers))
+    """The loss terms for ``image`` (``[H, W, 3]``), unweighted by α, β and λ.
+
+    ``key`` draws the positions that the pairwise MMD kernels sample; a fixed key gives a
+    deterministic objective (L-BFGS's line search relies on that within a step).
+    """
+    key = jax.random.key(0) if key is None else key
+    layers = tuple(dict.fromkeys(config.content_layers + config.all_style_layers))
     feats = features(
         params,
         image,
@@ -157,23 +344,28 @@ def loss_terms(
         widths=config.widths,
     )
     content = sum(losses.content_loss(feats[k], targets.content[k]) for k in config.content_layers)
-    style = sum(
-        w * losses.gram_loss(feats[k], targets.style[k])
-        for k, w in zip(config.style_layers, config.layer_weights, strict=True)
-    )
+    style = jnp.float32(0.0)
+    for name, mix in config.style_loss:
+        for layer, w in config.statistic_layers(name):
+            key, sub = jax.random.split(key)
+            target = targets.style[f"{name}/{layer}"]
+            style = style + mix * w * _statistic_loss(name, feats[layer], target, config, sub)
+    alpha = losses.alpha_norm(image, alpha=config.alpha) if config.alpha_norm_weight else 0.0
     return Terms(
         content=jnp.asarray(content, jnp.float32),
         style=jnp.asarray(style, jnp.float32),
-        tv=losses.total_variation(image),
+        tv=losses.total_variation(image, beta=config.tv_beta),
+        alpha_norm=jnp.asarray(alpha, jnp.float32),
     )
 
 
 def total(terms: Terms, config: LossConfig) -> jax.Array:
-    """``α content + β style + λ_tv tv``."""
+    """``α content + β style + λ_tv tv + λ_α alpha_norm``."""
     return (
         config.content_weight * terms.content
         + config.style_weight * terms.style
         + config.tv_weight * terms.tv
+        + config.alpha_norm_weight * terms.alpha_norm
     )
 
 
@@ -184,7 +376,8 @@ def objective(
     config: LossConfig,
     *,
     preprocessing: Preprocessing,
+    key: jax.Array | None = None,
 ) -> tuple[jax.Array, Terms]:
     """``(total loss, terms)`` for ``image`` ``[H, W, 3]``; differentiate w.r.t. ``image``."""
-    terms = loss_terms(params, image, targets, config, preprocessing=preprocessing)
+    terms = loss_terms(params, image, targets, config, preprocessing=preprocessing, key=key)
     return total(terms, config), terms

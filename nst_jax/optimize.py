@@ -31,7 +31,7 @@ from nst_jax.image import Preprocessing
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise", "style")
 LINESEARCHES = ("zoom", "backtracking")
-HISTORY_KEYS = ("total", "content", "style", "tv")
+HISTORY_KEYS = ("total", "content", "style", "tv", "alpha_norm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +94,10 @@ class Result(NamedTuple):
 
     Attributes:
       image: ``[H, W, 3]`` float32 RGB in [0, 1].
-      history: ``{total, content, style, tv}``, each ``[steps_done]``: the losses at the
-        start of each step, unweighted except ``total``.
-      final: the same four losses at the returned image.
-      initial: the same four losses at the starting image.
+      history: ``{total, content, style, tv, alpha_norm}``, each ``[steps_done]``: the
+        losses at the start of each step, unweighted except ``total``.
+      final: the same losses at the returned image.
+      initial: the same losses at the starting image.
       steps: the number of steps done (fewer than asked if interrupted).
       compile_seconds: time spent compiling.
       seconds_per_step: mean wall time of a step after compilation.
@@ -156,12 +156,23 @@ def step(
     preprocessing: Preprocessing,
     optimizer: optax.GradientTransformationExtraArgs,
 ) -> tuple[State, jax.Array]:
-    """One optimiser step: ``(state, [4] losses at the state's image)``.
+    """One optimiser step: ``(state, [5] losses at the state's image)``.
 
-    ``config``, ``preprocessing`` and ``optimizer`` are static.
+    ``config``, ``preprocessing`` and ``optimizer`` are static. Adam draws fresh MMD
+    sample positions every step; L-BFGS keeps one key for the whole run, since its line
+    search and curvature pairs need one deterministic objective.
     """
+    if config.optimizer == "adam":
+        key, sub = jax.random.split(state.key)
+    else:
+        key = sub = state.key
     objective = functools.partial(
-        obj.objective, params, targets=targets, config=config.loss, preprocessing=preprocessing
+        obj.objective,
+        params,
+        targets=targets,
+        config=config.loss,
+        preprocessing=preprocessing,
+        key=sub,
     )
     if config.optimizer == "adam":
         (value, terms), grad = jax.value_and_grad(objective, has_aux=True)(state.image)
@@ -182,13 +193,14 @@ def step(
             targets,
             config.loss,
             preprocessing=preprocessing,
+            key=sub,
         )
         updates, opt_state = optimizer.update(
             grad, state.opt_state, state.image, value=value, grad=grad, value_fn=value_fn
         )
         image = optax.apply_updates(state.image, updates)
-    losses = jnp.stack([value, terms.content, terms.style, terms.tv]).astype(jnp.float32)
-    return State(image, opt_state, state.key), losses
+    losses = jnp.stack([value, *terms]).astype(jnp.float32)
+    return State(image, opt_state, key), losses
 
 
 def init(
@@ -202,8 +214,10 @@ def init(
     key: jax.Array,
 ) -> tuple[obj.Targets, State]:
     """Targets from the content and style images, and the starting state."""
-    targets = obj.make_targets(params, content, style, config.loss, preprocessing=preprocessing)
-    init_key, key = jax.random.split(key)
+    init_key, target_key, key = jax.random.split(key, 3)
+    targets = obj.make_targets(
+        params, content, style, config.loss, preprocessing=preprocessing, key=target_key
+    )
     if init_image is None:
         image = initial_image(content, style, config.init, key=init_key)
     else:
@@ -248,7 +262,7 @@ def transfer(
       init_image: optional ``[H, W, 3]`` start, overriding ``config.init``.
 
     Returns:
-      ``(image [H, W, 3] in [0, 1], history [steps, 4])``; history columns are
+      ``(image [H, W, 3] in [0, 1], history [steps, 5])``; history columns are
       ``HISTORY_KEYS``, the losses before each step.
     """
     _check_images(content, style, init_image)
@@ -269,7 +283,7 @@ def transfer(
 def _final_losses(params, targets, image, *, config, preprocessing):
     image = jnp.clip(image, 0.0, 1.0)
     value, terms = obj.objective(params, image, targets, config.loss, preprocessing=preprocessing)
-    return jnp.stack([value, terms.content, terms.style, terms.tv])
+    return jnp.stack([value, *terms])
 
 
 def available_memory_bytes(device: jax.Device | None = None) -> int | None:
@@ -299,7 +313,7 @@ def estimate_memory_bytes(shape: tuple[int, int], loss: obj.LossConfig) -> int:
     from nst_jax.vgg import LAYERS, layer_stride
 
     h, w = shape
-    used = loss.content_layers + loss.style_layers
+    used = loss.content_layers + loss.all_style_layers
     deepest = max(LAYERS.index(name) for name in used)
     elements = 0
     for name in LAYERS[: deepest + 1]:

@@ -70,6 +70,11 @@ def _one_line_error(result, match):
         (["--weights", "{d}/notes.png"], "unsupported weights format"),
         (["--init", "{d}/missing.png"], "image not found"),
         (["stray_argument"], "unexpected argument"),
+        (["--style_loss", "gramm:1"], "unknown style loss 'gramm'"),
+        (["--style_loss", "gram:-1"], "must be >= 0"),
+        (["--stat_layers", "histogram"], "bad --stat_layers entry"),
+        (["--stat_layers", "histogram=conv1_1+conv7_1"], "unknown VGG19 layer 'conv7_1'"),
+        (["--tv_beta=0"], "tv_beta must be > 0"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(images, extra, match):
@@ -176,12 +181,15 @@ def test_ctrl_c_saves_the_current_image(images, tmp_path, real_weights):
         text=True,
     )
     snapshot = tmp_path / "out.step00001.png"
-    deadline = time.monotonic() + 240
-    while not snapshot.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert snapshot.exists(), proc.stderr.read() if proc.poll() is not None else "timeout"
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 240
+        while not snapshot.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert snapshot.exists(), proc.stderr.read() if proc.poll() is not None else "timeout"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # Never leave a runaway process behind, whatever happened above.
     assert proc.returncode == 130, stderr
     assert "interrupted at step" in stderr and "Traceback" not in stderr
     assert np.asarray(Image.open(out)).shape == (36, 48, 3)

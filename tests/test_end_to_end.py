@@ -14,6 +14,10 @@ def test_real_weights_stylize_the_demo(real_weights):
     )
     assert result.final["style"] <= 0.3 * result.initial["style"]
     assert np.abs(result.image - content).mean() > 0.02
-    # Still the same picture: far closer to the content than to a shuffled copy of it.
-    shuffled = content[::-1, ::-1]
-    assert np.abs(result.image - content).mean() < 0.6 * np.abs(result.image - shuffled).mean()
+
+    # Still the same picture: its coarse layout follows the content's, not a rotated copy's.
+    def layout(x):
+        return nst_jax.resize(x, (x.shape[0] // 8, x.shape[1] // 8)).mean(-1).ravel()
+
+    assert np.corrcoef(layout(result.image), layout(content))[0, 1] > 0.7
+    assert np.corrcoef(layout(result.image), layout(content[::-1, ::-1]))[0, 1] < 0.5

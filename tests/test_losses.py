@@ -85,3 +85,116 @@ def test_gradients_match_finite_differences(rng):
 def test_wrong_shapes_raise(fn, args):
     with pytest.raises(ValueError):
         fn(*args)
+
+
+def _pairwise_mmd2(x, y, k):
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    return k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()
+
+
+def test_mmd_poly2_is_4n2_times_gram_loss(rng):
+    """Li et al. 2017: with k(x, y) = (xᵀy)² and 1/M² in both, MMD² = 4 N_l² E_l."""
+    f = rng.standard_normal((4, 5, 6)).astype(np.float32)
+    s = rng.standard_normal((3, 7, 6)).astype(np.float32)
+    x, y = f.reshape(-1, 6), s.reshape(-1, 6)
+    mmd = losses.mmd2_poly2(x, losses.gram(s), y.mean(0))
+    np.testing.assert_allclose(mmd, 4 * 6**2 * losses.gram_loss(f, losses.gram(s)), rtol=1e-5)
+    np.testing.assert_allclose(mmd, _pairwise_mmd2(x, y, lambda a, b: (a @ b.T) ** 2), rtol=1e-4)
+    c = 0.7
+    with_c = losses.mmd2_poly2(x, losses.gram(s), y.mean(0), c=c)
+    expected = _pairwise_mmd2(x, y, lambda a, b: (a @ b.T + c) ** 2)
+    np.testing.assert_allclose(with_c, expected, rtol=1e-4)
+
+
+def test_mmd_linear_matches_pairwise_and_only_sees_means(rng):
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    y = rng.standard_normal((20, 4)).astype(np.float32) + 0.5
+    got = jax.jit(losses.mmd2_linear)(x, y.mean(0))
+    np.testing.assert_allclose(got, _pairwise_mmd2(x, y, lambda a, b: a @ b.T), rtol=1e-4)
+    # Same mean, different spread: the linear kernel cannot tell them apart.
+    z = (x - x.mean(0)) * 3 + x.mean(0)
+    np.testing.assert_allclose(losses.mmd2_linear(z, x.mean(0)), 0.0, atol=1e-5)
+
+
+def test_mmd_gaussian_matches_pairwise_and_is_zero_on_itself(rng):
+    x = rng.standard_normal((25, 3)).astype(np.float32)
+    y = rng.standard_normal((15, 3)).astype(np.float32) * 2
+    sigma = 1.3
+
+    def k(a, b):
+        return np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * sigma**2))
+
+    got = jax.jit(losses.mmd2_gaussian)(x, y, jnp.float32(sigma))
+    np.testing.assert_allclose(got, _pairwise_mmd2(x, y, k), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(losses.mmd2_gaussian(x, x, jnp.float32(sigma)), 0.0, atol=1e-6)
+    assert float(got) > 0
+
+
+def test_mean_std_loss(rng):
+    f = rng.standard_normal((5, 6, 4)).astype(np.float32)
+    s = (rng.standard_normal((7, 3, 4)) * 2 + 1).astype(np.float32)
+    target = losses.mean_std(s)
+    ff, ss = f.reshape(-1, 4), s.reshape(-1, 4)
+    expected = np.mean((ff.mean(0) - ss.mean(0)) ** 2 + (ff.std(0) - ss.std(0)) ** 2)
+    np.testing.assert_allclose(jax.jit(losses.mean_std_loss)(f, target), expected, rtol=1e-3)
+    np.testing.assert_allclose(losses.mean_std_loss(f, losses.mean_std(f)), 0.0, atol=1e-9)
+
+
+def test_histogram_matching_matches_numpy(rng):
+    values = rng.standard_normal((50, 3)).astype(np.float32)
+    quantiles = np.sort(rng.random((50, 3)).astype(np.float32), axis=0)
+    got = np.asarray(jax.jit(losses.match_histogram)(values, quantiles))
+    for c in range(3):
+        expected = np.empty(50, np.float32)
+        expected[np.argsort(values[:, c])] = quantiles[:, c]
+        np.testing.assert_array_equal(got[:, c], expected)
+
+
+def test_histogram_loss_zero_for_same_distribution_positive_otherwise(rng):
+    s = rng.random((6, 8, 5)).astype(np.float32)
+    q = losses.style_quantiles(s, 48)
+    assert float(losses.histogram_loss(s, q)) < 1e-12
+    shuffled = rng.permutation(s.reshape(-1, 5)).reshape(6, 8, 5)  # Same histogram.
+    assert float(losses.histogram_loss(shuffled, q)) == 0.0
+    other = rng.random((6, 8, 5)).astype(np.float32) ** 3
+    assert float(losses.histogram_loss(other, q)) > 1e-3
+    with pytest.raises(ValueError):
+        losses.histogram_loss(other, q[:10])
+
+
+def test_style_quantiles_resample_to_output_size(rng):
+    s = rng.random((10, 10, 2)).astype(np.float32)
+    q = np.asarray(losses.style_quantiles(s, 37))
+    assert q.shape == (37, 2)
+    assert np.all(np.diff(q, axis=0) >= 0)
+    np.testing.assert_allclose(q[0], s.reshape(-1, 2).min(0))
+    np.testing.assert_allclose(q[-1], s.reshape(-1, 2).max(0))
+
+
+def test_alpha_norm_matches_numpy(rng):
+    x = rng.random((5, 6, 3)).astype(np.float32)
+    got = jax.jit(lambda x: losses.alpha_norm(x, alpha=6.0))(x)
+    centred = x - x.mean(axis=(0, 1))
+    np.testing.assert_allclose(got, np.mean(np.abs(centred) ** 6), rtol=1e-4)
+    assert float(losses.alpha_norm(jnp.full((4, 4, 3), 0.7))) < 1e-12
+
+
+def test_new_losses_gradients(rng):
+    f = jnp.asarray(rng.standard_normal((3, 4, 3)), jnp.float32)
+    s = jnp.asarray(rng.standard_normal((4, 4, 3)), jnp.float32)
+    x = jnp.asarray(rng.random((5, 5, 3)), jnp.float32)
+    tol = dict(modes=["rev"], eps=1e-2, atol=3e-2, rtol=3e-2)
+    check_grads(lambda f: losses.mean_std_loss(f, losses.mean_std(s)), (f,), order=1, **tol)
+    check_grads(
+        lambda f: losses.mmd2_poly2(f.reshape(-1, 3), losses.gram(s), s.mean((0, 1)), c=0.5),
+        (f,),
+        order=1,
+        **tol,
+    )
+    check_grads(
+        lambda f: losses.mmd2_gaussian(f.reshape(-1, 3), s.reshape(-1, 3), jnp.float32(2.0)),
+        (f,),
+        order=1,
+        **tol,
+    )
+    check_grads(lambda x: losses.alpha_norm(x, alpha=3.0), (x,), order=1, **tol)

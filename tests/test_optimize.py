@@ -69,7 +69,7 @@ def test_vmap_over_contents_equals_separate_runs(small_weights, rng):
             )
 
         batched, hist = jax.jit(jax.vmap(run))(contents, keys)
-        assert batched.shape == contents.shape and hist.shape == (2, 5, 4)
+        assert batched.shape == contents.shape and hist.shape == (2, 5, 5)
         for i in range(2):
             single, single_hist = jax.jit(run)(contents[i], keys[i])
             np.testing.assert_allclose(batched[i], single, rtol=1e-4, atol=1e-5)
@@ -220,3 +220,49 @@ def test_memory_estimate_bounds_xla(small_weights):
     xla = analysis.temp_size_in_bytes + analysis.output_size_in_bytes
     assert xla <= estimate <= 6 * xla, (xla, estimate)
     del params
+
+
+def test_style_loss_mix_is_the_weighted_sum(small_weights, pair):
+    from nst_jax import objective as obj
+
+    content, style = pair
+    image = smooth_image(np.random.default_rng(5), *content.shape[:2])
+
+    def style_term(mix, **kw):
+        loss = LossConfig(widths=SMALL_WIDTHS, style_loss=mix, **kw)
+        targets = obj.make_targets(
+            small_weights.params, content, style, loss, preprocessing=small_weights.preprocessing
+        )
+        terms = obj.loss_terms(
+            small_weights.params, image, targets, loss, preprocessing=small_weights.preprocessing
+        )
+        return float(terms.style)
+
+    gram, hist = style_term((("gram", 1.0),)), style_term((("histogram", 1.0),))
+    both = style_term((("gram", 1.0), ("histogram", 0.5)))
+    np.testing.assert_allclose(both, gram + 0.5 * hist, rtol=1e-4)
+    # Per-statistic layers: histogram on conv1_1 alone differs from all five layers.
+    only = style_term((("histogram", 1.0),), stat_layers=(("histogram", ("conv1_1",)),))
+    assert only != pytest.approx(hist)
+
+
+@pytest.mark.parametrize(
+    "name", ["gram", "mmd_poly", "mmd_linear", "mmd_gauss", "meanstd", "histogram"]
+)
+def test_each_statistic_is_optimised(small_weights, pair, name):
+    content, style = pair
+    loss = LossConfig(widths=SMALL_WIDTHS, style_loss=((name, 1.0),), mmd_samples=64, tv_weight=0.0)
+    cfg = _config(steps=12, optimizer="adam", lr=0.05, loss=loss)
+    result = nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False)
+    assert result.final["style"] < 0.8 * result.initial["style"], result.history["style"]
+
+
+def test_parse_style_loss():
+    from nst_jax.objective import parse_style_loss
+
+    assert parse_style_loss("gram:1,histogram:0.5") == (("gram", 1.0), ("histogram", 0.5))
+    assert parse_style_loss("mmd_poly") == (("mmd_poly", 1.0),)
+    with pytest.raises(ValueError, match="bad weight"):
+        parse_style_loss("gram:x")
+    with pytest.raises(ValueError, match="unknown style loss"):
+        LossConfig(style_loss=(("gramm", 1.0),))

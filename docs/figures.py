@@ -1,0 +1,62 @@
+"""Makes the README's figures from the demo pair. Run from the repository root:
+
+python docs/figures.py [--size 192] [--steps 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nst_jax  # noqa: E402
+from nst_jax.objective import STATISTICS, LossConfig  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def labelled_row(tiles: list[np.ndarray], labels: list[str]) -> np.ndarray:
+    """Tiles side by side, each with its label in a white band above it."""
+    h = max(t.shape[0] for t in tiles)
+    out = []
+    for tile, label in zip(tiles, labels, strict=True):
+        band = Image.new("RGB", (tile.shape[1], 18), "white")
+        ImageDraw.Draw(band).text((4, 3), label, fill="black")
+        padded = np.ones((h, tile.shape[1], 3), np.float32)
+        padded[: tile.shape[0]] = tile
+        column = np.concatenate([np.asarray(band, np.float32) / 255.0, padded], axis=0)
+        out += [column, np.ones((column.shape[0], 4, 3), np.float32)]
+    return np.concatenate(out[:-1], axis=1)
+
+
+def style_losses(size: int, steps: int) -> None:
+    content, style = nst_jax.demo_images()
+    content = nst_jax.resize_longest(content, size)
+    style = nst_jax.resize_longest(style, size)
+    weights = nst_jax.load_weights()
+    tiles = [content, nst_jax.resize(style, (content.shape[0], content.shape[0]))]
+    labels = ["content", "style"]
+    for name in STATISTICS:
+        config = nst_jax.Config(steps=steps, loss=LossConfig(style_loss=((name, 1.0),)))
+        result = nst_jax.stylize(content, style, config, weights=weights, progress=False)
+        print(f"{name}: style {result.initial['style']:.4g} -> {result.final['style']:.4g}")
+        tiles.append(result.image)
+        labels.append(name)
+    nst_jax.save_image(HERE / "style_losses.png", labelled_row(tiles, labels))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--steps", type=int, default=150)
+    args = parser.parse_args()
+    style_losses(args.size, args.steps)
+
+
+if __name__ == "__main__":
+    main()
