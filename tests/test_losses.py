@@ -155,7 +155,7 @@ def test_histogram_loss_zero_for_same_distribution_positive_otherwise(rng):
     q = losses.style_quantiles(s, 48)
     assert float(losses.histogram_loss(s, q)) < 1e-12
     shuffled = rng.permutation(s.reshape(-1, 5)).reshape(6, 8, 5)  # Same histogram.
-    assert float(losses.histogram_loss(shuffled, q)) == 0.0
+    assert float(losses.histogram_loss(shuffled, q)) < 1e-12
     other = rng.random((6, 8, 5)).astype(np.float32) ** 3
     assert float(losses.histogram_loss(other, q)) > 1e-3
     with pytest.raises(ValueError):
