@@ -159,15 +159,23 @@ def mmd2_poly2(x: jax.Array, y_gram: jax.Array, y_mean: jax.Array, *, c: float =
     return jnp.sum(jnp.square(gx - y_gram)) + 2.0 * c * jnp.sum(jnp.square(dm))
 
 
-def gaussian_kernel_mean(x: jax.Array, y: jax.Array, sigma: jax.Array) -> jax.Array:
-    """Mean of ``exp(−‖x_i − y_j‖² / (2σ²))`` over all ``[M] x [N]`` pairs."""
+def squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:
+    """``[M, N]`` matrix of ``‖x_i − y_j‖²`` for ``x`` ``[M, C]``, ``y`` ``[N, C]``.
+
+    Expanded as ``‖x‖² + ‖y‖² − 2 xᵀy``, so memory is O(M N), not O(M N C).
+    """
     x, y = x.astype(jnp.float32), y.astype(jnp.float32)
     d2 = (
         jnp.sum(jnp.square(x), axis=1)[:, None]
         + jnp.sum(jnp.square(y), axis=1)[None, :]
         - 2.0 * jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
     )
-    return jnp.mean(jnp.exp(-jnp.maximum(d2, 0.0) / (2.0 * jnp.square(sigma))))
+    return jnp.maximum(d2, 0.0)
+
+
+def gaussian_kernel_mean(x: jax.Array, y: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Mean of ``exp(−‖x_i − y_j‖² / (2σ²))`` over all ``[M] x [N]`` pairs."""
+    return jnp.mean(jnp.exp(-squared_distances(x, y) / (2.0 * jnp.square(sigma))))
 
 
 def mmd2_gaussian(x: jax.Array, y: jax.Array, sigma: jax.Array, *, kyy: jax.Array | None = None):

@@ -234,7 +234,7 @@ def _pairwise_target(y: jax.Array, config: LossConfig, kernel: str, key: jax.Arr
         if config.mmd_sigma > 0:
             sigma = jnp.float32(config.mmd_sigma)
         else:  # Median heuristic: σ² = median ‖y_i − y_j‖² / 2.
-            d2 = jnp.sum(jnp.square(ys[:, None, :] - ys[None, :, :]), axis=-1)
+            d2 = losses.squared_distances(ys, ys)
             sigma = jnp.sqrt(jnp.maximum(jnp.median(d2) / 2.0, 1e-12))
         return {"samples": ys, "sigma": sigma, "kyy": losses.gaussian_kernel_mean(ys, ys, sigma)}
     k = _poly_kernel_mean(ys, ys, config)

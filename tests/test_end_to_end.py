@@ -1,8 +1,10 @@
 """The real VGG19 weights on the demo pair, at a small size."""
 
 import numpy as np
+import pytest
 
 import nst_jax
+from nst_jax.objective import STATISTICS
 
 
 def test_real_weights_stylize_the_demo(real_weights):
@@ -21,3 +23,16 @@ def test_real_weights_stylize_the_demo(real_weights):
 
     assert np.corrcoef(layout(result.image), layout(content))[0, 1] > 0.7
     assert np.corrcoef(layout(result.image), layout(content[::-1, ::-1]))[0, 1] < 0.5
+
+
+@pytest.mark.parametrize("name", STATISTICS)
+def test_each_style_statistic_falls_with_real_weights(real_weights, name):
+    content, style = nst_jax.demo_images()
+    content = nst_jax.resize_longest(content, 64)
+    style = nst_jax.resize_longest(style, 64)
+    loss = nst_jax.LossConfig(style_loss=((name, 1.0),), mmd_samples=256)
+    result = nst_jax.stylize(
+        content, style, nst_jax.Config(steps=20, loss=loss), weights=real_weights, progress=False
+    )
+    assert result.final["style"] < 0.5 * result.initial["style"], result.history["style"]
+    assert np.abs(result.image - content).mean() > 0.01
