@@ -438,8 +438,8 @@ def stylize(
             rows.append(hist)
             done += n
             latest = dict(zip(HISTORY_KEYS, map(float, hist[-1]), strict=True))
-            bar.update(n)
             bar.set_postfix({k: f"{v:.4g}" for k, v in latest.items()}, refresh=False)
+            bar.update(n)  # Redraws with the new losses.
             if callback is not None:
                 callback(done, np.clip(image, 0.0, 1.0), latest)
     except KeyboardInterrupt:
