@@ -58,3 +58,34 @@ def save(name: str, data: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), **data}, indent=2))
     (RESULTS / f"{name}.md").write_text(markdown + "\n")
     print(markdown)
+
+
+def compiled_step(weights, content, style, config):
+    """The step ``nst_jax.stylize`` runs, compiled: ``(step, targets, state, compile_s)``."""
+    import functools
+
+    from nst_jax import optimize
+
+    static = dict(config=config, preprocessing=weights.preprocessing)
+    setup = jax.jit(functools.partial(optimize.init, **static))
+    targets, state = setup(weights.params, content, style, None, key=jax.random.key(0))
+    step = jax.jit(
+        functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
+        donate_argnums=(2,),
+    )
+    t = time.perf_counter()
+    compiled = step.lower(weights.params, targets, state).compile()
+    return compiled, targets, state, time.perf_counter() - t
+
+
+def median_step_seconds(step, params, targets, state, steps: int) -> float:
+    """Median wall time of ``steps`` calls of a compiled step, after one warm-up call."""
+    state, losses = step(params, targets, state)
+    jax.block_until_ready(losses)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, losses = step(params, targets, state)
+        jax.block_until_ready(losses)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))

@@ -9,38 +9,19 @@ Each statistic alone on the default style layers, one Adam step of the whole obj
 from __future__ import annotations
 
 import argparse
-import functools
-import time
 
-import jax
 import numpy as np
-from common import demo_pair, save, table
+from common import compiled_step, demo_pair, median_step_seconds, save, table
 
 import nst_jax
-from nst_jax import optimize
 from nst_jax.objective import STATISTICS, LossConfig
 
 STEPS = 7
 
 
 def seconds_per_step(weights, content, style, config) -> float:
-    static = dict(config=config, preprocessing=weights.preprocessing)
-    targets, state = jax.jit(functools.partial(optimize.init, **static))(
-        weights.params, content, style, None, key=jax.random.key(0)
-    )
-    step = jax.jit(
-        functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
-        donate_argnums=(2,),
-    )
-    state, losses = step(weights.params, targets, state)
-    jax.block_until_ready(losses)
-    times = []
-    for _ in range(STEPS):
-        t = time.perf_counter()
-        state, losses = step(weights.params, targets, state)
-        jax.block_until_ready(losses)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    step, targets, state, _ = compiled_step(weights, content, style, config)
+    return median_step_seconds(step, weights.params, targets, state, STEPS)
 
 
 def main():

@@ -14,43 +14,25 @@ FLOPs come from XLA's cost analysis of the compiled step; the matmul peak is a
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import best_of, demo_pair, save, table
+from common import best_of, compiled_step, demo_pair, median_step_seconds, save, table
 
 import nst_jax
-from nst_jax import optimize
 
 STEPS = 5
 
 
 def jax_step(weights, content, style, config):
     """(seconds per step, compile seconds, flops per step) of the stylize step."""
-    static = dict(config=config, preprocessing=weights.preprocessing)
-    setup = jax.jit(functools.partial(optimize.init, **static))
-    targets, state = setup(weights.params, content, style, None, key=jax.random.key(0))
-    step = jax.jit(
-        functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
-        donate_argnums=(2,),
-    )
-    t = time.perf_counter()
-    compiled = step.lower(weights.params, targets, state).compile()
-    compile_seconds = time.perf_counter() - t
-    cost = compiled.cost_analysis()
+    step, targets, state, compile_seconds = compiled_step(weights, content, style, config)
+    cost = step.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", float("nan")))
-    state, _ = compiled(weights.params, targets, state)  # Warm-up.
-    times = []
-    for _ in range(STEPS):
-        t = time.perf_counter()
-        state, losses = compiled(weights.params, targets, state)
-        jax.block_until_ready(losses)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), compile_seconds, flops
+    return median_step_seconds(step, weights.params, targets, state, STEPS), compile_seconds, flops
 
 
 def torch_step(weights, content, style, config):
