@@ -422,6 +422,7 @@ def stylize(
     compile_seconds = time.perf_counter() - t0
 
     bar = _progress_bar(config.steps, progress)
+    alpha_on = config.loss.alpha_norm_weight > 0
     image = np.asarray(state.image)
     rows, done, interrupted, run_seconds = [], 0, False, 0.0
     try:
@@ -438,7 +439,8 @@ def stylize(
             rows.append(hist)
             done += n
             latest = dict(zip(HISTORY_KEYS, map(float, hist[-1]), strict=True))
-            bar.set_postfix({k: f"{v:.4g}" for k, v in latest.items()}, refresh=False)
+            shown = {k: v for k, v in latest.items() if k != "alpha_norm" or alpha_on}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
             bar.update(n)  # Redraws with the new losses.
             if callback is not None:
                 callback(done, np.clip(image, 0.0, 1.0), latest)
