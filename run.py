@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from absl import app, flags, logging
 
 import nst_jax
@@ -46,6 +47,13 @@ flags.DEFINE_bool(
     False,
     "Use images shipped with scikit-image (Chelsea the cat; a stained micrograph) "
     "for whichever of --content/--style is not given.",
+)
+flags.DEFINE_enum(
+    "mode",
+    "stylize",
+    ["stylize", "texture"],
+    "stylize: repaint --content in --style. texture: synthesise from --style alone, from "
+    "noise, with the style's aspect ratio at --size (no --content).",
 )
 # Run shape.
 flags.DEFINE_integer(
@@ -163,9 +171,14 @@ def main(argv):
         raise UsageError(f"--size must be positive, got {F.size}")
     if F.save_every < 0:
         raise UsageError(f"--save_every must be >= 0, got {F.save_every}")
-    if not F.demo and (F.content is None or F.style is None):
+    texture = F.mode == "texture"
+    if texture and F.content:
+        raise UsageError("--mode texture takes no --content; it synthesises from --style")
+    if not F.demo and F.style is None or not (F.demo or texture or F.content):
         raise UsageError("give --content and --style, or --demo")
     config = _config()
+    if texture:
+        config = nst_jax.optimize.texture_config(config)
 
     output = Path(F.output or ("demo.png" if F.demo else "out.png"))
     inputs = [Path(p) for p in (F.content, F.style, F.weights, F.init) if p]
@@ -182,8 +195,11 @@ def main(argv):
         nst_jax.image.check_writable(report.with_suffix(".png"))
 
     demo_content, demo_style = nst_jax.demo_images() if F.demo else (None, None)
-    content_full = nst_jax.load_image(F.content) if F.content else demo_content
     style_full = nst_jax.load_image(F.style) if F.style else demo_style
+    if texture:  # A blank canvas: only its shape matters.
+        content_full = np.zeros((*style_full.shape[:2], 3), np.float32)
+    else:
+        content_full = nst_jax.load_image(F.content) if F.content else demo_content
     shape = nst_jax.image.resized_shape(content_full.shape[:2], F.size)
     nst_jax.optimize.check_memory_estimate(shape, config.loss)
     content = nst_jax.resize(content_full, shape)
@@ -195,7 +211,8 @@ def main(argv):
     weights = nst_jax.load_weights(F.weights, progress=F.progress)
     settings = {
         "nst_jax": nst_jax.__version__,
-        "content": F.content or "demo:chelsea",
+        "mode": F.mode,
+        "content": None if texture else (F.content or "demo:chelsea"),
         "style": F.style or "demo:immunohistochemistry",
         "init": F.init,
         "size": F.size,

@@ -50,12 +50,25 @@ def style_losses(size: int, steps: int) -> None:
     nst_jax.save_image(HERE / "style_losses.png", labelled_row(tiles, labels))
 
 
+def texture(size: int, steps: int) -> None:
+    _, style = nst_jax.demo_images()
+    style = nst_jax.resize_longest(style, size)
+    result = nst_jax.synthesize(style, (size, size * 2), nst_jax.Config(steps=steps))
+    print(f"texture: style {result.initial['style']:.4g} -> {result.final['style']:.4g}")
+    row = labelled_row([style, result.image], ["style", "texture, from noise (--mode texture)"])
+    nst_jax.save_image(HERE / "texture.png", row)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--only", choices=["style_losses", "texture"], default=None)
     args = parser.parse_args()
-    style_losses(args.size, args.steps)
+    if args.only in (None, "style_losses"):
+        style_losses(args.size, args.steps)
+    if args.only in (None, "texture"):
+        texture(args.size, args.steps)
 
 
 if __name__ == "__main__":

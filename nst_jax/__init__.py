@@ -18,7 +18,15 @@ from nst_jax.image import (
 )
 from nst_jax.losses import content_loss, gram, gram_loss, total_variation
 from nst_jax.objective import LossConfig, Targets, Terms, features, make_targets
-from nst_jax.optimize import Config, Result, initial_image, make_optimizer, stylize, transfer
+from nst_jax.optimize import (
+    Config,
+    Result,
+    initial_image,
+    make_optimizer,
+    stylize,
+    synthesize,
+    transfer,
+)
 from nst_jax.vgg import LAYERS, VGG19, init_params
 from nst_jax.weights import Weights
 from nst_jax.weights import load as load_weights
@@ -54,6 +62,7 @@ __all__ = [
     "resize_longest",
     "save_image",
     "stylize",
+    "synthesize",
     "total_variation",
     "transfer",
 ]

@@ -280,7 +280,9 @@ def make_targets(
     """
     key = jax.random.key(0) if key is None else key
     kw = dict(preprocessing=preprocessing, pooling=config.pooling, widths=config.widths)
-    content_feats = features(params, content, config.content_layers, **kw)
+    content_feats = (
+        features(params, content, config.content_layers, **kw) if config.content_layers else {}
+    )
     style_feats = features(params, style, config.all_style_layers, **kw)
     h, w = content.shape[:2]
     style_targets = {}

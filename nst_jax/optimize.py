@@ -466,6 +466,30 @@ def stylize(
     )
 
 
+def texture_config(config: Config) -> Config:
+    """``config`` for texture synthesis: no content term, start from noise."""
+    loss = dataclasses.replace(config.loss, content_weight=0.0, content_layers=())
+    return dataclasses.replace(config, loss=loss, init="noise")
+
+
+def synthesize(
+    style: np.ndarray, shape: tuple[int, int], config: Config = Config(), **kwargs
+) -> Result:
+    """Texture synthesis (Gatys et al. 2015): style statistics alone, from noise.
+
+    Args:
+      style: ``[H', W', 3]`` float RGB in [0, 1].
+      shape: ``(H, W)`` of the texture; any size, independent of the style's.
+      config: as for ``stylize``; its content term is dropped and the init is noise.
+      **kwargs: passed to ``stylize`` (``weights``, ``callback``, ``progress``, ...).
+
+    Returns:
+      A ``Result``; its ``content`` losses are zero.
+    """
+    canvas = np.zeros((*shape, 3), np.float32)
+    return stylize(canvas, style, texture_config(config), **kwargs)
+
+
 def _progress_bar(total: int, enabled: bool):
     import sys
 

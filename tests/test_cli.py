@@ -194,3 +194,38 @@ def test_ctrl_c_saves_the_current_image(images, tmp_path, real_weights):
     assert "interrupted at step" in stderr and "Traceback" not in stderr
     assert np.asarray(Image.open(out)).shape == (36, 48, 3)
     assert nst_jax.read_settings(out)["step"] >= 1
+
+
+def test_texture_mode(images, tmp_path, real_weights):
+    out = tmp_path / "texture.png"
+    result = run(
+        "--mode",
+        "texture",
+        "--style",
+        images / "style.png",
+        "--size",
+        "40",
+        "--steps",
+        "3",
+        "--output",
+        out,
+        "--progress=false",
+    )
+    assert result.returncode == 0, result.stderr
+    assert np.asarray(Image.open(out)).shape == (40, 40, 3)  # The style is square.
+    settings = nst_jax.read_settings(out)
+    assert settings["mode"] == "texture" and settings["content"] is None
+    assert settings["config"]["loss"]["content_weight"] == 0.0
+    _one_line_error(
+        run(
+            "--mode",
+            "texture",
+            "--style",
+            images / "style.png",
+            "--content",
+            images / "content.png",
+            "--output",
+            out,
+        ),
+        "takes no --content",
+    )

@@ -266,3 +266,13 @@ def test_parse_style_loss():
         parse_style_loss("gram:x")
     with pytest.raises(ValueError, match="unknown style loss"):
         LossConfig(style_loss=(("gramm", 1.0),))
+
+
+def test_texture_synthesis_from_style_alone(small_weights, rng):
+    style = rng.random((30, 30, 3)).astype(np.float32)
+    cfg = _config(steps=12, optimizer="adam", lr=0.05)
+    result = nst_jax.synthesize(style, (20, 44), cfg, weights=small_weights, progress=False)
+    assert result.image.shape == (20, 44, 3)  # Any shape, not the style's.
+    assert np.all(result.history["content"] == 0.0)
+    assert result.final["style"] < 0.5 * result.initial["style"]
+    assert result.image.std() > 0.05  # Started from noise, not a blank canvas.
