@@ -237,12 +237,8 @@ def _pairwise_target(y: jax.Array, config: LossConfig, kernel: str, key: jax.Arr
             d2 = losses.squared_distances(ys, ys)
             sigma = jnp.sqrt(jnp.maximum(jnp.median(d2) / 2.0, 1e-12))
         return {"samples": ys, "sigma": sigma, "kyy": losses.gaussian_kernel_mean(ys, ys, sigma)}
-    k = _poly_kernel_mean(ys, ys, config)
-    return {"samples": ys, "kyy": k}
-
-
-def _poly_kernel_mean(x, y, config):
-    return jnp.mean(jnp.power(jnp.matmul(x, y.T) + config.mmd_c, config.mmd_degree))
+    kyy = losses.poly_kernel_mean(ys, ys, c=config.mmd_c, degree=config.mmd_degree)
+    return {"samples": ys, "kyy": kyy}
 
 
 def _style_target(
@@ -316,8 +312,9 @@ def _statistic_loss(name: str, f: jax.Array, target, config: LossConfig, key: ja
         if name == "mmd_gauss":
             value = losses.mmd2_gaussian(x, y, target["sigma"], kyy=target["kyy"])
         else:
-            kxx, kxy = _poly_kernel_mean(x, x, config), _poly_kernel_mean(x, y, config)
-            value = (kxx + target["kyy"] - 2.0 * kxy) / (4.0 * n * n)
+            value = losses.mmd2_poly(
+                x, y, c=config.mmd_c, degree=config.mmd_degree, kyy=target["kyy"]
+            ) / (4.0 * n * n)
     return SCALES[name] * value
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -26,12 +27,14 @@ import numpy as np
 import optax
 
 from nst_jax import objective as obj
+from nst_jax import weights as weights_lib
 from nst_jax.image import Preprocessing
+from nst_jax.vgg import LAYERS, layer_stride
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise", "style")
 LINESEARCHES = ("zoom", "backtracking")
-HISTORY_KEYS = ("total", "content", "style", "tv", "alpha_norm")
+HISTORY_KEYS = ("total", *obj.Terms._fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,8 +313,6 @@ def estimate_memory_bytes(shape: tuple[int, int], loss: obj.LossConfig) -> int:
     four (pre-activation, output, and their gradients), plus the image-sized buffers of
     the optimiser. Tests check it against XLA's own figure for the compiled step.
     """
-    from nst_jax.vgg import LAYERS, layer_stride
-
     h, w = shape
     used = loss.content_layers + loss.all_style_layers
     deepest = max(LAYERS.index(name) for name in used)
@@ -392,8 +393,6 @@ def stylize(
     Raises:
       ValueError: bad shapes or settings, or a size too large for memory.
     """
-    from nst_jax import weights as weights_lib
-
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     content = np.asarray(content, np.float32)
@@ -433,7 +432,7 @@ def stylize(
             for _ in range(n):
                 state, losses = compiled(params, targets, state)
                 pending.append(losses)
-            hist = np.asarray(jnp.stack(pending))  # Waits for the chunk to finish.
+            hist = np.stack(jax.device_get(pending))  # Waits for the chunk to finish.
             image = np.asarray(state.image)
             run_seconds += time.perf_counter() - t
             rows.append(hist)
@@ -491,8 +490,6 @@ def synthesize(
 
 
 def _progress_bar(total: int, enabled: bool):
-    import sys
-
     from tqdm.auto import tqdm
 
     return tqdm(
