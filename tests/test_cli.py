@@ -146,6 +146,57 @@ def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weigh
     ]
 
 
+def test_flags_reach_the_config(images, tmp_path, real_weights):
+    out = tmp_path / "out.png"
+    result = run(
+        "--content",
+        images / "content.png",
+        "--style",
+        images / "style.png",
+        "--output",
+        out,
+        "--size",
+        "40",
+        "--steps",
+        "2",
+        "--progress=false",
+        "--init",
+        images / "style.png",
+        "--style_loss",
+        "gram:1,histogram:0.5",
+        "--stat_layers",
+        "histogram=conv1_1+conv4_1",
+        "--tv_beta",
+        "1.5",
+        "--alpha_norm_weight",
+        "0.001",
+        "--alpha",
+        "4",
+        "--mmd_samples",
+        "64",
+        "--pooling",
+        "max",
+        "--optimizer",
+        "lbfgs",
+        "--lbfgs_memory",
+        "5",
+        "--linesearch",
+        "backtracking",
+        "--style_layer_weights",
+        "1,1,1,1,2",
+    )
+    assert result.returncode == 0, result.stderr
+    settings = nst_jax.read_settings(out)
+    loss = settings["config"]["loss"]
+    assert loss["style_loss"] == [["gram", 1.0], ["histogram", 0.5]]
+    assert loss["stat_layers"] == [["histogram", ["conv1_1", "conv4_1"]]]
+    assert (loss["tv_beta"], loss["alpha_norm_weight"], loss["alpha"]) == (1.5, 0.001, 4.0)
+    assert loss["pooling"] == "max" and loss["style_layer_weights"] == [1, 1, 1, 1, 2]
+    assert settings["config"]["lbfgs_memory"] == 5
+    assert settings["config"]["linesearch"] == "backtracking"
+    assert settings["init"] == str(images / "style.png")
+
+
 def test_demo_runs_without_user_files(tmp_path, real_weights):
     out = tmp_path / "demo.png"
     result = run("--demo", "--size", "48", "--steps", "2", "--output", out, "--progress=false")

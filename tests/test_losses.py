@@ -213,3 +213,12 @@ def test_binned_histogram_matching_approximates_exact(rng):
     other = rng.random((128, 128, 32)).astype(np.float32) ** 3
     same, different = losses.histogram_loss(s, q), losses.histogram_loss(other, q)
     assert float(same) < 1e-4 * float(different)
+
+
+def test_mmd_poly_sampled_matches_pairwise(rng):
+    x = rng.standard_normal((20, 4)).astype(np.float32)
+    y = rng.standard_normal((15, 4)).astype(np.float32) + 0.3
+    got = jax.jit(lambda x, y: losses.mmd2_poly(x, y, c=0.5, degree=3))(x, y)
+    expected = _pairwise_mmd2(x, y, lambda a, b: (a @ b.T + 0.5) ** 3)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    np.testing.assert_allclose(losses.mmd2_poly(x, x, degree=3), 0.0, atol=1e-3)

@@ -276,3 +276,47 @@ def test_texture_synthesis_from_style_alone(small_weights, rng):
     assert np.all(result.history["content"] == 0.0)
     assert result.final["style"] < 0.5 * result.initial["style"]
     assert result.image.std() > 0.05  # Started from noise, not a blank canvas.
+
+
+def test_pairwise_kernel_settings_are_used(small_weights, pair):
+    from nst_jax import objective as obj
+
+    content, style = pair
+    loss = LossConfig(widths=SMALL_WIDTHS, style_loss=(("mmd_gauss", 1.0),), mmd_sigma=3.5)
+    targets = obj.make_targets(
+        small_weights.params, content, style, loss, preprocessing=small_weights.preprocessing
+    )
+    assert float(targets.style["mmd_gauss/conv1_1"]["sigma"]) == pytest.approx(3.5)
+    # A polynomial kernel of degree 3 takes the sampled path and is still optimised.
+    loss = LossConfig(
+        widths=SMALL_WIDTHS,
+        style_loss=(("mmd_poly", 1.0),),
+        mmd_degree=3,
+        mmd_c=1.0,
+        mmd_samples=64,
+        tv_weight=0.0,
+    )
+    result = nst_jax.stylize(
+        content, style, _config(steps=12, lr=0.05, loss=loss), weights=small_weights, progress=False
+    )
+    assert result.final["style"] < 0.8 * result.initial["style"]
+
+
+def test_alpha_norm_enters_the_total(small_weights, pair):
+    content, style = pair
+    loss = LossConfig(
+        widths=SMALL_WIDTHS,
+        style_weight=1.0,
+        tv_weight=2.0,
+        tv_beta=1.5,
+        alpha_norm_weight=3.0,
+        alpha=4.0,
+    )
+    result = nst_jax.stylize(
+        content, style, _config(steps=3, loss=loss), weights=small_weights, progress=False
+    )
+    h = result.history
+    assert h["alpha_norm"][0] > 0
+    np.testing.assert_allclose(
+        h["total"], h["content"] + h["style"] + 2.0 * h["tv"] + 3.0 * h["alpha_norm"], rtol=1e-5
+    )
