@@ -51,9 +51,25 @@ flags.DEFINE_bool(
 flags.DEFINE_enum(
     "mode",
     "stylize",
-    ["stylize", "texture"],
+    ["stylize", "texture", "invert"],
     "stylize: repaint --content in --style. texture: synthesise from --style alone, from "
-    "noise, with the style's aspect ratio at --size (no --content).",
+    "noise, with the style's aspect ratio at --size (no --content). invert: reconstruct "
+    "--content from its --layer activations, from noise (Mahendran & Vedaldi 2015).",
+)
+# Sweeps: rows are separate programs, columns one vmapped batch. More than one tile
+# writes a labelled grid to --output.
+flags.DEFINE_string("layer", "conv4_2", "--mode invert: the layer to reconstruct from.")
+flags.DEFINE_list("layers", None, "--mode invert: one grid row per layer, e.g. conv1_1,conv3_1.")
+flags.DEFINE_string(
+    "style_layer_sets",
+    None,
+    "--mode texture: one grid row per set of style layers, SET;SET with SET=L,L, or "
+    "'growing' for conv1_1; conv1_1+conv2_1; ... over --style_layers.",
+)
+flags.DEFINE_integer("inits", 1, "Grid columns from this many seeds (--seed, --seed+1, ...).")
+flags.DEFINE_list("tv_weights", None, "Grid columns, one per TV weight (lambda_beta sweep).")
+flags.DEFINE_list(
+    "ratios", None, "Grid columns, one per content/style ratio alpha/beta (beta = alpha / r)."
 )
 # Run shape.
 flags.DEFINE_integer(
@@ -75,6 +91,12 @@ flags.DEFINE_float("content_weight", _L.content_weight, "Content weight (alpha).
 flags.DEFINE_float("style_weight", _L.style_weight, "Style weight (beta).")
 flags.DEFINE_float("tv_weight", _L.tv_weight, "Total-variation weight.")
 flags.DEFINE_list("content_layers", list(_L.content_layers), "Content layers.")
+flags.DEFINE_enum(
+    "content_loss",
+    _L.content_loss,
+    ["mse", "normalized"],
+    "mse: mean squared feature difference. normalized: |F - P|^2 / |P|^2 (invert's).",
+)
 flags.DEFINE_list("style_layers", list(_L.style_layers), "Style layers.")
 flags.DEFINE_list("style_layer_weights", None, "One weight per style layer (default: equal).")
 flags.DEFINE_string(
@@ -132,6 +154,7 @@ def _config() -> Config:
         style_weight=F.style_weight,
         tv_weight=F.tv_weight,
         content_layers=tuple(F.content_layers),
+        content_loss=F.content_loss,
         style_layers=tuple(F.style_layers),
         style_layer_weights=layer_weights,
         pooling=F.pooling,
@@ -145,6 +168,12 @@ def _config() -> Config:
         mmd_sigma=F.mmd_sigma,
         mmd_samples=F.mmd_samples,
     )
+    if F.mode == "invert":  # Mahendran & Vedaldi's regularisers, unless set.
+        defaults = nst_jax.optimize.INVERSION_LOSS
+        names = ("tv_weight", "tv_beta", "alpha_norm_weight", "alpha")
+        loss = dataclasses.replace(
+            loss, **{n: getattr(defaults, n) for n in names if not F[n].present}
+        )
     init = F.init if F.init in nst_jax.optimize.INITS else "content"
     return Config(
         loss=loss,
@@ -171,14 +200,20 @@ def main(argv):
         raise UsageError(f"--size must be positive, got {F.size}")
     if F.save_every < 0:
         raise UsageError(f"--save_every must be >= 0, got {F.save_every}")
-    texture = F.mode == "texture"
+    texture, invert = F.mode == "texture", F.mode == "invert"
     if texture and F.content:
         raise UsageError("--mode texture takes no --content; it synthesises from --style")
-    if not F.demo and F.style is None or not (F.demo or texture or F.content):
+    if invert and F.style:
+        raise UsageError("--mode invert takes no --style; it reconstructs --content")
+    if F.mode == "stylize" and not (F.demo or (F.content and F.style)):
         raise UsageError("give --content and --style, or --demo")
+    if not F.demo and (texture and not F.style or invert and not F.content):
+        raise UsageError(f"--mode {F.mode} needs --{'style' if texture else 'content'}, or --demo")
     config = _config()
-    if texture:
-        config = nst_jax.optimize.texture_config(config)
+    rows, cols = _rows(config), _columns(config)
+    grid = len(rows) * len(cols.labels) > 1
+    if grid and F.save_every:
+        raise UsageError("--save_every is for single runs, not grids")
 
     output = Path(F.output or ("demo.png" if F.demo else "out.png"))
     inputs = [Path(p) for p in (F.content, F.style, F.weights, F.init) if p]
@@ -195,15 +230,18 @@ def main(argv):
         nst_jax.image.check_writable(report.with_suffix(".png"))
 
     demo_content, demo_style = nst_jax.demo_images() if F.demo else (None, None)
-    style_full = nst_jax.load_image(F.style) if F.style else demo_style
+    style_full = demo_style if F.demo and not F.style else None
+    if F.style:
+        style_full = nst_jax.load_image(F.style)
     if texture:  # A blank canvas: only its shape matters.
         content_full = np.zeros((*style_full.shape[:2], 3), np.float32)
     else:
         content_full = nst_jax.load_image(F.content) if F.content else demo_content
     shape = nst_jax.image.resized_shape(content_full.shape[:2], F.size)
-    nst_jax.optimize.check_memory_estimate(shape, config.loss)
+    for _, row in rows:
+        nst_jax.optimize.check_memory_estimate(shape, row.loss, batch=len(cols.labels))
     content = nst_jax.resize(content_full, shape)
-    style = nst_jax.resize_longest(style_full, F.size)
+    style = content if invert else nst_jax.resize_longest(style_full, F.size)
     init_image = None
     if F.init not in nst_jax.optimize.INITS:
         init_image = nst_jax.resize(nst_jax.load_image(F.init), shape)
@@ -213,13 +251,17 @@ def main(argv):
         "nst_jax": nst_jax.__version__,
         "mode": F.mode,
         "content": None if texture else (F.content or "demo:chelsea"),
-        "style": F.style or "demo:immunohistochemistry",
+        "style": None if invert else (F.style or "demo:immunohistochemistry"),
         "init": F.init,
         "size": F.size,
         "weights": F.weights or "default",
         "weights_sha256": weights.sha256,
-        "config": dataclasses.asdict(config),
+        "config": dataclasses.asdict(rows[0][1]),
     }
+    t0 = time.perf_counter()
+    if grid:
+        return _run_grid(rows, cols, content, style, init_image, weights, output, report, settings)
+    config = rows[0][1]
 
     def snapshot(step, image, losses):
         if F.save_every and step % F.save_every == 0 and step < config.steps:
@@ -229,7 +271,6 @@ def main(argv):
                 settings={**settings, "step": step},
             )
 
-    t0 = time.perf_counter()
     result = nst_jax.stylize(
         content,
         style,
@@ -248,11 +289,99 @@ def main(argv):
     if result.interrupted:
         print(f"interrupted at step {result.steps}; saved {output}", file=sys.stderr)
         return 130
+    term = "content" if invert else "style"
     print(
-        f"saved {output} ({result.steps} steps, style {result.initial['style']:.4g} -> "
-        f"{result.final['style']:.4g}, content {result.final['content']:.4g})",
+        f"saved {output} ({result.steps} steps, {term} {result.initial[term]:.4g} -> "
+        f"{result.final[term]:.4g})",
         file=sys.stderr,
     )
+    return 0
+
+
+def _floats(name: str) -> list[float] | None:
+    values = F[name].value
+    if values is None:
+        return None
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise UsageError(f"bad --{name}: {','.join(values)}") from None
+
+
+def _rows(config: Config) -> list[tuple[str, Config]]:
+    """One ``(label, config)`` per grid row; a single row for a plain run."""
+    if F.layers and F.mode != "invert" or F.style_layer_sets and F.mode != "texture":
+        raise UsageError("--layers is for --mode invert, --style_layer_sets for --mode texture")
+    if F.mode == "invert":
+        if F.layers and F["layer"].present:
+            raise UsageError("give --layer or --layers, not both")
+        return nst_jax.sweeps.inversion_rows(config, F.layers or [F.layer])
+    if F.mode == "texture":
+        if F.style_layer_sets:
+            sets = nst_jax.sweeps.parse_layer_sets(F.style_layer_sets, config.loss.style_layers)
+            return nst_jax.sweeps.texture_rows(config, sets)
+        return [("", nst_jax.optimize.texture_config(config))]
+    return [("", config)]
+
+
+def _columns(config: Config) -> nst_jax.sweeps.Columns:
+    if F.inits < 1:
+        raise UsageError(f"--inits must be >= 1, got {F.inits}")
+    ratios = _floats("ratios")
+    if ratios and F.mode != "stylize":
+        raise UsageError("--ratios weighs content against style; it needs --mode stylize")
+    loss = _rows(config)[0][1].loss
+    return nst_jax.sweeps.columns(
+        loss,
+        seeds=[F.seed + i for i in range(F.inits)],
+        tv_weights=_floats("tv_weights"),
+        ratios=ratios,
+    )
+
+
+def _run_grid(rows, cols, content, style, init_image, weights, output, report, settings):
+    """Runs a sweep and writes one labelled grid; Ctrl-C keeps the rows done so far."""
+    t0 = time.perf_counter()
+    init_images = None if init_image is None else np.stack([init_image] * len(cols.labels))
+    grid = nst_jax.sweeps.run_grid(
+        rows, content, style, cols, weights=weights, init_images=init_images, progress=F.progress
+    )
+    tiles, col_labels, row_labels = grid.images, grid.col_labels, grid.row_labels
+    if len(col_labels) == 1:  # One column reads better as one labelled row.
+        tiles, col_labels, row_labels = tiles.swapaxes(0, 1), row_labels, [""]
+    image = nst_jax.image.labelled_grid(tiles, col_labels, row_labels if any(row_labels) else None)
+    settings = {
+        **settings,
+        "grid": {"rows": grid.row_labels, "cols": grid.col_labels, "done": len(grid.results)},
+    }
+    nst_jax.save_image(output, image, settings=settings)
+    if report is not None:
+        tiles = [
+            {
+                "row": r,
+                "col": c,
+                "initial_losses": {k: float(v[c]) for k, v in result.initial.items()},
+                "final_losses": {k: float(v[c]) for k, v in result.final.items()},
+            }
+            for r, result in enumerate(grid.results)
+            for c in range(len(grid.col_labels))
+        ]
+        data = {
+            "grid": settings["grid"],
+            "tiles": tiles,
+            "seconds_per_step": [r.seconds_per_step for r in grid.results],
+            "compile_seconds": [r.compile_seconds for r in grid.results],
+            "wall_seconds": time.perf_counter() - t0,
+            "content_size": list(content.shape[:2]),
+            "weights_sha256": settings["weights_sha256"],
+            "settings": settings,
+        }
+        with _atomic.atomic_path(report) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    if grid.interrupted:
+        print(f"interrupted; saved the rows done so far to {output}", file=sys.stderr)
+        return 130
+    print(f"saved {output} ({len(rows)}x{len(cols.labels)} grid)", file=sys.stderr)
     return 0
 
 

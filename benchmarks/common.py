@@ -74,8 +74,10 @@ def compiled_step(weights, content, style, config):
         donate_argnums=(2,),
     )
     t = time.perf_counter()
-    compiled = step.lower(weights.params, targets, state).compile()
-    return compiled, targets, state, time.perf_counter() - t
+    term_weights = optimize._term_weights(config, None)
+    compiled = step.lower(weights.params, targets, state, term_weights).compile()
+    seconds = time.perf_counter() - t
+    return (lambda p, tg, st: compiled(p, tg, st, term_weights)), targets, state, seconds
 
 
 def median_step_seconds(step, params, targets, state, steps: int) -> float:

@@ -6,6 +6,7 @@ python docs/figures.py [--size 192] [--steps 150]
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,16 +60,40 @@ def texture(size: int, steps: int) -> None:
     nst_jax.save_image(HERE / "texture.png", row)
 
 
+# The README's grids, made by the same commands a user runs.
+GRIDS = {
+    "invert_layers": "--mode invert --demo --layers conv1_1,conv2_1,conv3_1,conv4_1,conv5_1 "
+    "--inits 3 --size 128 --steps 300",
+    "invert_tv": "--mode invert --demo --layer conv4_1 --tv_weights 0,1,10,100 --size 128 "
+    "--steps 300",
+    "texture_layers": "--mode texture --demo --style_layer_sets growing --tv_weight 0 "
+    "--size 128 --steps 300",
+    "ratios": "--demo --ratios 10000,1000,100,10 --size 128 --steps 300",
+}
+
+
+def grids(names: list[str]) -> None:
+    for name in names:
+        args = [sys.executable, str(HERE.parent / "run.py"), *GRIDS[name].split()]
+        subprocess.run([*args, "--output", str(HERE / f"{name}.png"), "--noprogress"], check=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--only", choices=["style_losses", "texture"], default=None)
+    parser.add_argument(
+        "--only", choices=["style_losses", "texture", "grids", *GRIDS], default=None
+    )
     args = parser.parse_args()
     if args.only in (None, "style_losses"):
         style_losses(args.size, args.steps)
     if args.only in (None, "texture"):
         texture(args.size, args.steps)
+    if args.only in (None, "grids"):
+        grids(list(GRIDS))
+    elif args.only in GRIDS:
+        grids([args.only])
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ The data flows one way: image files -> arrays (``image``) -> VGG19 features (``v
 losses (``losses``) -> objective (``objective``) -> optimiser (``optimize``) -> files.
 """
 
+from nst_jax import sweeps
 from nst_jax.image import (
     CAFFE,
     TORCHVISION,
     Preprocessing,
     demo_images,
+    labelled_grid,
     load_image,
     preprocess,
     read_settings,
@@ -22,8 +24,10 @@ from nst_jax.optimize import (
     Config,
     Result,
     initial_image,
+    invert,
     make_optimizer,
     stylize,
+    stylize_batch,
     synthesize,
     transfer,
 )
@@ -51,6 +55,8 @@ __all__ = [
     "gram",
     "gram_loss",
     "initial_image",
+    "invert",
+    "labelled_grid",
     "init_params",
     "load_image",
     "load_weights",
@@ -62,6 +68,8 @@ __all__ = [
     "resize_longest",
     "save_image",
     "stylize",
+    "stylize_batch",
+    "sweeps",
     "synthesize",
     "total_variation",
     "transfer",

@@ -34,6 +34,26 @@ def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(diff))
 
 
+def normalized_content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
+    """``‖F − P‖² / ‖P‖²``, the reconstruction error of Mahendran & Vedaldi (2015), eq. 1.
+
+    Relative to the target's own energy, so one weight serves every layer.
+
+    Args:
+      features: ``[H, W, C]`` activations of the image being optimised.
+      target: ``[H, W, C]`` activations of the image to reconstruct.
+
+    Returns:
+      A float32 scalar; 1 for all-zero features.
+    """
+    _check_rank("normalized_content_loss", features, 3)
+    if features.shape != target.shape:
+        raise ValueError(f"shape mismatch: features {features.shape} vs target {target.shape}")
+    p = target.astype(jnp.float32)
+    diff = features.astype(jnp.float32) - p
+    return jnp.sum(jnp.square(diff)) / jnp.maximum(jnp.sum(jnp.square(p)), 1e-12)
+
+
 def gram(features: jax.Array) -> jax.Array:
     """Gram matrix normalised by the number of positions: ``G = Fᵀ F / M``.
 

@@ -25,6 +25,7 @@ DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 # as hard as the Gram loss does. mmd_poly is exactly 4 N² times the Gram loss (Li et al.
 # 2017), so its scale is exact; the others were calibrated on the demo pair
 # (benchmarks/calibrate.py): the ratio of the Gram loss to theirs at the content image.
+CONTENT_LOSSES = ("mse", "normalized")
 STATISTICS = ("gram", "mmd_poly", "mmd_linear", "mmd_gauss", "meanstd", "histogram")
 SCALES = {
     "gram": 1.0,
@@ -58,6 +59,19 @@ def parse_style_loss(spec: str) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
+class Terms(NamedTuple):
+    """The loss terms, unweighted by α, β and λ; the total is their weighted sum.
+
+    The same tuple carries the weights (``LossConfig.term_weights``). As arrays, the
+    weights can be traced and vmapped, e.g. over α/β ratios or TV weights.
+    """
+
+    content: jax.Array
+    style: jax.Array
+    tv: jax.Array
+    alpha_norm: jax.Array
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     """What the image is asked to match, and how much each part counts.
@@ -70,6 +84,9 @@ class LossConfig:
       alpha_norm_weight: λ_α, weight of the α-norm of the mean-subtracted image.
       alpha: exponent of the α-norm.
       content_layers: VGG19 layers whose activations the content loss compares.
+      content_loss: ``"mse"``, the mean squared difference (Gatys et al.), or
+        ``"normalized"``, ``‖Φ(x) − Φ₀‖² / ‖Φ₀‖²`` (Mahendran & Vedaldi 2015), whose
+        scale is the same at every layer.
       style_layers: VGG19 layers of every style statistic without its own layers.
       style_layer_weights: one weight per style layer, ``w_l``; ``None`` means equal
         weights summing to 1.
@@ -94,6 +111,7 @@ class LossConfig:
     alpha_norm_weight: float = 0.0
     alpha: float = 6.0
     content_layers: tuple[str, ...] = ("conv4_2",)
+    content_loss: str = "mse"
     style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None
     style_loss: tuple[tuple[str, float], ...] = (("gram", 1.0),)
@@ -151,6 +169,20 @@ class LossConfig:
         object.__setattr__(self, "stat_layers", per_stat)
         if self.pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {self.pooling!r}")
+        if self.content_loss not in CONTENT_LOSSES:
+            raise ValueError(
+                f"content_loss must be one of {CONTENT_LOSSES}, got {self.content_loss!r}"
+            )
+
+    @property
+    def term_weights(self) -> Terms:
+        """``Terms(α, β, λ_tv, λ_α)``: what ``total`` multiplies each term by."""
+        return Terms(
+            content=self.content_weight,
+            style=self.style_weight,
+            tv=self.tv_weight,
+            alpha_norm=self.alpha_norm_weight,
+        )
 
     @property
     def layer_weights(self) -> tuple[float, ...]:
@@ -183,15 +215,6 @@ class Targets(NamedTuple):
 
     content: dict[str, jax.Array]
     style: dict[str, Any]
-
-
-class Terms(NamedTuple):
-    """The loss terms, unweighted by α, β and λ; the total is their weighted sum."""
-
-    content: jax.Array
-    style: jax.Array
-    tv: jax.Array
-    alpha_norm: jax.Array
 
 
 def features(
@@ -279,10 +302,11 @@ def make_targets(
     content_feats = (
         features(params, content, config.content_layers, **kw) if config.content_layers else {}
     )
-    style_feats = features(params, style, config.all_style_layers, **kw)
+    style_layers = config.all_style_layers if config.style_weight else ()
+    style_feats = features(params, style, style_layers, **kw) if style_layers else {}
     h, w = content.shape[:2]
     style_targets = {}
-    for name, _ in config.style_loss:
+    for name, _ in config.style_loss if style_layers else ():
         for layer, _ in config.statistic_layers(name):
             s = layer_stride(layer)
             key, sub = jax.random.split(key)
@@ -333,7 +357,12 @@ def loss_terms(
     deterministic objective (L-BFGS's line search relies on that within a step).
     """
     key = jax.random.key(0) if key is None else key
-    layers = tuple(dict.fromkeys(config.content_layers + config.all_style_layers))
+    style_on = bool(config.style_weight and config.all_style_layers)
+    layers = tuple(
+        dict.fromkeys(config.content_layers + (config.all_style_layers if style_on else ()))
+    )
+    if not layers:
+        raise ValueError("nothing to match: no content layers, and no style layers or weight")
     feats = features(
         params,
         image,
@@ -342,9 +371,14 @@ def loss_terms(
         pooling=config.pooling,
         widths=config.widths,
     )
-    content = sum(losses.content_loss(feats[k], targets.content[k]) for k in config.content_layers)
+    content_fn = (
+        losses.normalized_content_loss
+        if config.content_loss == "normalized"
+        else losses.content_loss
+    )
+    content = sum(content_fn(feats[k], targets.content[k]) for k in config.content_layers)
     style = jnp.float32(0.0)
-    for name, mix in config.style_loss:
+    for name, mix in config.style_loss if style_on else ():
         for layer, w in config.statistic_layers(name):
             key, sub = jax.random.split(key)
             target = targets.style[f"{name}/{layer}"]
@@ -358,14 +392,9 @@ def loss_terms(
     )
 
 
-def total(terms: Terms, config: LossConfig) -> jax.Array:
-    """``α content + β style + λ_tv tv + λ_α alpha_norm``."""
-    return (
-        config.content_weight * terms.content
-        + config.style_weight * terms.style
-        + config.tv_weight * terms.tv
-        + config.alpha_norm_weight * terms.alpha_norm
-    )
+def total(terms: Terms, weights: Terms) -> jax.Array:
+    """``α content + β style + λ_tv tv + λ_α alpha_norm``, weights from ``weights``."""
+    return sum(w * t for w, t in zip(weights, terms, strict=True))
 
 
 def objective(
@@ -376,7 +405,12 @@ def objective(
     *,
     preprocessing: Preprocessing,
     key: jax.Array | None = None,
+    weights: Terms | None = None,
 ) -> tuple[jax.Array, Terms]:
-    """``(total loss, terms)`` for ``image`` ``[H, W, 3]``; differentiate w.r.t. ``image``."""
+    """``(total loss, terms)`` for ``image`` ``[H, W, 3]``; differentiate w.r.t. ``image``.
+
+    ``weights`` (scalars, possibly traced) override ``config.term_weights``. The config
+    still decides which terms are computed: a zero ``alpha_norm_weight`` skips the α-norm.
+    """
     terms = loss_terms(params, image, targets, config, preprocessing=preprocessing, key=key)
-    return total(terms, config), terms
+    return total(terms, config.term_weights if weights is None else weights), terms

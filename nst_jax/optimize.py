@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -154,6 +154,7 @@ def step(
     params: dict,
     targets: obj.Targets,
     state: State,
+    weights: obj.Terms,
     *,
     config: Config,
     preprocessing: Preprocessing,
@@ -161,9 +162,11 @@ def step(
 ) -> tuple[State, jax.Array]:
     """One optimiser step: ``(state, [5] losses at the state's image)``.
 
-    ``config``, ``preprocessing`` and ``optimizer`` are static. Adam draws fresh MMD
-    sample positions every step; L-BFGS keeps one key for the whole run, since its line
-    search and curvature pairs need one deterministic objective.
+    ``weights`` are the term weights ``(α, β, λ_tv, λ_α)`` as scalars, traced so that a
+    vmapped run can sweep them. ``config``, ``preprocessing`` and ``optimizer`` are
+    static. Adam draws fresh MMD sample positions every step; L-BFGS keeps one key for
+    the whole run, since its line search and curvature pairs need one deterministic
+    objective.
     """
     if config.optimizer == "adam":
         key, sub = jax.random.split(state.key)
@@ -176,6 +179,7 @@ def step(
         config=config.loss,
         preprocessing=preprocessing,
         key=sub,
+        weights=weights,
     )
     if config.optimizer == "adam":
         (value, terms), grad = jax.value_and_grad(objective, has_aux=True)(state.image)
@@ -250,12 +254,13 @@ def transfer(
     preprocessing: Preprocessing,
     key: jax.Array,
     init_image: jax.Array | None = None,
+    weights: obj.Terms | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Stylises one content image: pure, jittable and vmappable.
 
     ``config`` and ``preprocessing`` are static (hashable). To stylise a batch,
-    ``jax.vmap`` over ``content`` (and ``key``); the compiled program runs every image
-    in lock step.
+    ``jax.vmap`` over ``content``, ``key`` or ``weights``; the compiled program runs
+    every image in lock step.
 
     Args:
       params: VGG19 params.
@@ -263,6 +268,7 @@ def transfer(
       style: ``[H', W', 3]`` RGB in [0, 1].
       key: PRNG key (used by the noise init).
       init_image: optional ``[H, W, 3]`` start, overriding ``config.init``.
+      weights: term weights ``(α, β, λ_tv, λ_α)``; ``config.loss.term_weights`` if None.
 
     Returns:
       ``(image [H, W, 3] in [0, 1], history [steps, 5])``; history columns are
@@ -272,20 +278,34 @@ def transfer(
     targets, state = init(
         params, content, style, init_image, config=config, preprocessing=preprocessing, key=key
     )
+    weights = _term_weights(config, weights)
     optimizer = make_optimizer(config)
 
     def body(state, _):
         return step(
-            params, targets, state, config=config, preprocessing=preprocessing, optimizer=optimizer
+            params,
+            targets,
+            state,
+            weights,
+            config=config,
+            preprocessing=preprocessing,
+            optimizer=optimizer,
         )
 
     state, history = jax.lax.scan(body, state, length=config.steps)
     return jnp.clip(state.image, 0.0, 1.0), history
 
 
-def _final_losses(params, targets, image, *, config, preprocessing):
+def _term_weights(config: Config, weights: obj.Terms | None) -> obj.Terms:
+    weights = config.loss.term_weights if weights is None else weights
+    return obj.Terms(*(jnp.asarray(w, jnp.float32) for w in weights))
+
+
+def _final_losses(params, targets, image, weights, *, config, preprocessing):
     image = jnp.clip(image, 0.0, 1.0)
-    value, terms = obj.objective(params, image, targets, config.loss, preprocessing=preprocessing)
+    value, terms = obj.objective(
+        params, image, targets, config.loss, preprocessing=preprocessing, weights=weights
+    )
     return jnp.stack([value, *terms])
 
 
@@ -314,7 +334,7 @@ def estimate_memory_bytes(shape: tuple[int, int], loss: obj.LossConfig) -> int:
     the optimiser. Tests check it against XLA's own figure for the compiled step.
     """
     h, w = shape
-    used = loss.content_layers + loss.all_style_layers
+    used = loss.content_layers + (loss.all_style_layers if loss.style_weight else ())
     deepest = max(LAYERS.index(name) for name in used)
     elements = 0
     for name in LAYERS[: deepest + 1]:
@@ -324,28 +344,33 @@ def estimate_memory_bytes(shape: tuple[int, int], loss: obj.LossConfig) -> int:
     return 4 * (4 * elements + 64 * image)
 
 
-def _raise_too_big(shape, need: int, have: int) -> None:
+def _raise_too_big(shape, need: int, have: int, batch: int = 1) -> None:
     h, w = shape[:2]
     # Activations, and so memory, grow with the pixel count.
     fit = int(max(h, w) * (0.9 * have / need) ** 0.5) // 16 * 16
+    what = f"{w}x{h}" if batch == 1 else f"a batch of {batch} at {w}x{h}"
     raise ValueError(
-        f"{w}x{h} needs about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is free; "
+        f"{what} needs about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is free; "
         f"the largest size that fits is about --size {fit}"
     )
 
 
-def check_memory_estimate(shape: tuple[int, int], loss: obj.LossConfig) -> None:
+def _check_memory(need: int, shape: tuple[int, int], batch: int = 1) -> None:
+    have = available_memory_bytes()
+    if have is not None and need > 0.9 * have:
+        _raise_too_big(shape, need, have, batch)
+
+
+def check_memory_estimate(shape: tuple[int, int], loss: obj.LossConfig, batch: int = 1) -> None:
     """Raises ValueError, naming the largest size that fits, if ``shape`` surely won't fit.
 
     Cheap enough to call before resizing anything; ``stylize`` checks again with XLA's
     exact figure once the step is compiled.
     """
-    need, have = estimate_memory_bytes(shape, loss), available_memory_bytes()
-    if have is not None and need > 0.9 * have:
-        _raise_too_big(shape, need, have)
+    _check_memory(batch * estimate_memory_bytes(shape, loss), shape, batch)
 
 
-def _check_compiled_memory(compiled, shape: tuple[int, ...]) -> None:
+def _check_compiled_memory(compiled, shape: tuple[int, ...], batch: int = 1) -> None:
     try:
         analysis = compiled.memory_analysis()
     except Exception:  # noqa: BLE001 - not every backend reports; then we just try.
@@ -357,9 +382,7 @@ def _check_compiled_memory(compiled, shape: tuple[int, ...]) -> None:
         + analysis.argument_size_in_bytes
         + analysis.output_size_in_bytes
     )
-    have = available_memory_bytes()
-    if have is not None and need > 0.9 * have:
-        _raise_too_big(shape, need, have)
+    _check_memory(need, shape, batch)
 
 
 def stylize(
@@ -393,31 +416,146 @@ def stylize(
     Raises:
       ValueError: bad shapes or settings, or a size too large for memory.
     """
+    content = np.asarray(content, np.float32)
+    init_image = None if init_image is None else np.asarray(init_image, np.float32)
+    return _drive(
+        content[None],
+        np.asarray(style, np.float32),
+        None if init_image is None else init_image[None],
+        jax.random.key(config.seed)[None],
+        _term_weights(config, None),
+        config,
+        batched=False,
+        weights=weights,
+        callback=callback,
+        chunk=chunk,
+        progress=progress,
+    )
+
+
+def stylize_batch(
+    content: np.ndarray,
+    style: np.ndarray,
+    config: Config = Config(),
+    *,
+    seeds: Sequence[int] | None = None,
+    term_weights: obj.Terms | None = None,
+    weights=None,
+    init_images: np.ndarray | None = None,
+    callback: Callable[[int, np.ndarray, dict[str, np.ndarray]], None] | None = None,
+    chunk: int = 10,
+    progress: bool = True,
+) -> Result:
+    """``B`` stylisations in one compiled program, ``jax.vmap``-ed over the batch.
+
+    Whatever has a batch axis varies across the batch: the contents, the seeds (noise
+    inits, MMD samples) and the term weights (α, β, λ_tv, λ_α), e.g. a sweep over α/β
+    ratios or TV weights. The rest is shared. Element ``b`` equals
+    ``stylize(content[b], style, config_b)`` with ``config_b`` its seed and weights.
+
+    Args:
+      content: ``[B, H, W, 3]``, or ``[H, W, 3]`` shared by the whole batch.
+      style: ``[H', W', 3]``.
+      config: shared settings; its seed and weights are the defaults per element.
+      seeds: ``B`` PRNG seeds; default ``config.seed + b``.
+      term_weights: ``Terms`` whose fields are scalars or ``[B]`` arrays.
+      init_images: optional ``[B, H, W, 3]`` starts.
+      callback: as for ``stylize``, with ``[B, H, W, 3]`` images and ``[B]`` losses.
+
+    Returns:
+      A ``Result`` with a leading batch axis: ``image`` ``[B, H, W, 3]``, ``history``
+      values ``[steps, B]``, ``final``/``initial`` values ``[B]`` arrays.
+    """
+    content = np.asarray(content, np.float32)
+    tw = _term_weights(config, term_weights)
+    sizes = {int(np.shape(w)[0]) for w in tw if np.ndim(w) == 1}
+    if content.ndim == 4:
+        sizes.add(content.shape[0])
+    if seeds is not None:
+        sizes.add(len(seeds))
+    if init_images is not None:
+        sizes.add(len(init_images))
+    if len(sizes) > 1:
+        raise ValueError(f"batch sizes disagree: {sorted(sizes)}")
+    if not sizes or min(sizes) < 1:
+        raise ValueError(
+            "stylize_batch needs a batch axis: [B, H, W, 3] contents, seeds or weights"
+        )
+    (b,) = sizes
+    if content.ndim == 3:
+        content = np.broadcast_to(content, (b, *content.shape))
+    seeds = [config.seed + i for i in range(b)] if seeds is None else list(seeds)
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    tw = obj.Terms(*(jnp.broadcast_to(w, (b,)) for w in tw))
+    init_images = None if init_images is None else np.asarray(init_images, np.float32)
+    return _drive(
+        content,
+        np.asarray(style, np.float32),
+        init_images,
+        keys,
+        tw,
+        config,
+        batched=True,
+        weights=weights,
+        callback=callback,
+        chunk=chunk,
+        progress=progress,
+    )
+
+
+def _drive(
+    content,
+    style,
+    init_image,
+    keys,
+    term_weights,
+    config,
+    *,
+    batched,
+    weights,
+    callback,
+    chunk,
+    progress,
+) -> Result:
+    """The host loop behind ``stylize`` and ``stylize_batch``.
+
+    ``content`` ``[B, H, W, 3]``, ``init_image`` ``[B, H, W, 3]`` or None, ``keys``
+    ``[B]``; ``term_weights`` scalars (``batched=False``, ``B == 1``) or ``[B]`` arrays.
+    Unbatched runs squeeze the batch axis away instead of vmapping a batch of one, so
+    the single-image program is exactly the plain step.
+    """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    content = np.asarray(content, np.float32)
-    style = np.asarray(style, np.float32)
-    init_image = None if init_image is None else np.asarray(init_image, np.float32)
-    _check_images(content, style, init_image)
+    for i in range(content.shape[0]):
+        _check_images(content[i], style, None if init_image is None else init_image[i])
     if weights is None:
         weights = weights_lib.load(progress=progress)
     params, prep = weights.params, weights.preprocessing
     static = dict(config=config, preprocessing=prep)
+    b = content.shape[0]
 
-    check_memory_estimate(content.shape[:2], config.loss)
+    need = b * estimate_memory_bytes(content.shape[1:3], config.loss)
+    _check_memory(need, content.shape[1:3], b)
     t0 = time.perf_counter()
-    key = jax.random.key(config.seed)
-    setup = jax.jit(functools.partial(init, **static))
-    run = jax.jit(
-        functools.partial(step, **static, optimizer=make_optimizer(config)), donate_argnums=(2,)
-    )
+    init_fn = functools.partial(init, **static)
+    step_fn = functools.partial(step, **static, optimizer=make_optimizer(config))
+    final_fn = functools.partial(_final_losses, **static)
+    if batched:
+        init_fn = jax.vmap(init_fn, in_axes=(None, 0, None, 0))
+        step_fn = jax.vmap(step_fn, in_axes=(None, 0, 0, 0))
+        final_fn = jax.vmap(final_fn, in_axes=(None, 0, 0, 0))
+    else:
+        content, keys = content[0], keys[0]
+        init_image = None if init_image is None else init_image[0]
+    setup = jax.jit(init_fn)
+    run = jax.jit(step_fn, donate_argnums=(2,))
     # Compile from shapes alone, so a size that cannot fit fails before any compute.
-    targets, state = jax.eval_shape(setup, params, content, style, init_image, key=key)
-    compiled = run.lower(params, targets, state).compile()
-    _check_compiled_memory(compiled, content.shape)
-    targets, state = setup(params, content, style, init_image, key=key)
-    final_fn = jax.jit(functools.partial(_final_losses, **static))
-    initial = np.asarray(final_fn(params, targets, state.image))
+    targets, state = jax.eval_shape(setup, params, content, style, init_image, key=keys)
+    compiled = run.lower(params, targets, state, term_weights).compile()
+    _check_compiled_memory(compiled, content.shape[-3:-1], b)
+    targets, state = setup(params, content, style, init_image, key=keys)
+    final_fn = jax.jit(final_fn)
+    initial = np.asarray(final_fn(params, targets, state.image, term_weights))
     compile_seconds = time.perf_counter() - t0
 
     bar = _progress_bar(config.steps, progress)
@@ -430,18 +568,19 @@ def stylize(
             t = time.perf_counter()
             pending = []
             for _ in range(n):
-                state, losses = compiled(params, targets, state)
+                state, losses = compiled(params, targets, state, term_weights)
                 pending.append(losses)
             hist = np.stack(jax.device_get(pending))  # Waits for the chunk to finish.
             image = np.asarray(state.image)
             run_seconds += time.perf_counter() - t
             rows.append(hist)
             done += n
-            latest = dict(zip(HISTORY_KEYS, map(float, hist[-1]), strict=True))
+            latest = dict(zip(HISTORY_KEYS, hist[-1].T, strict=True))
             shown = {k: v for k, v in latest.items() if k != "alpha_norm" or alpha_on}
-            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+            bar.set_postfix({k: f"{np.mean(v):.4g}" for k, v in shown.items()}, refresh=False)
             bar.update(n)  # Redraws with the new losses.
             if callback is not None:
+                latest = {k: v if batched else float(v) for k, v in latest.items()}
                 callback(done, np.clip(image, 0.0, 1.0), latest)
     except KeyboardInterrupt:
         interrupted = True
@@ -449,19 +588,25 @@ def stylize(
         bar.close()
 
     image = np.clip(image, 0.0, 1.0)
-    final = np.asarray(final_fn(params, targets, image)) if not interrupted else None
-    history = np.concatenate(rows) if rows else np.zeros((0, len(HISTORY_KEYS)), np.float32)
+    final = None if interrupted else np.asarray(final_fn(params, targets, image, term_weights))
+    shape = (0, b, len(HISTORY_KEYS)) if batched else (0, len(HISTORY_KEYS))
+    history = np.concatenate(rows) if rows else np.zeros(shape, np.float32)
     if final is None:  # After Ctrl-C, skip more compute; report the last step's losses.
         final = history[-1] if len(history) else initial
+
+    def by_key(x):  # [..., 5] -> {key: [...]}, floats when unbatched.
+        out = dict(zip(HISTORY_KEYS, np.moveaxis(x, -1, 0), strict=True))
+        return out if batched else {k: float(v) for k, v in out.items()}
+
     return Result(
         image=image,
-        history={k: history[:, i] for i, k in enumerate(HISTORY_KEYS)},
-        final=dict(zip(HISTORY_KEYS, map(float, final), strict=True)),
+        history=dict(zip(HISTORY_KEYS, np.moveaxis(history, -1, 0), strict=True)),
+        final=by_key(final),
         steps=done,
         compile_seconds=compile_seconds,
         seconds_per_step=run_seconds / done if done else float("nan"),
         interrupted=interrupted,
-        initial=dict(zip(HISTORY_KEYS, map(float, initial), strict=True)),
+        initial=by_key(initial),
     )
 
 
@@ -487,6 +632,62 @@ def synthesize(
     """
     canvas = np.zeros((*shape, 3), np.float32)
     return stylize(canvas, style, texture_config(config), **kwargs)
+
+
+# Mahendran & Vedaldi's regularisers, in this package's units (pixels in [0, 1],
+# normalised reconstruction error): chosen on the demo image, see docs/figures.py.
+INVERSION_LOSS = obj.LossConfig(
+    content_weight=1.0,
+    content_loss="normalized",
+    style_weight=0.0,
+    tv_weight=1.0,
+    tv_beta=2.0,
+    alpha_norm_weight=10.0,
+    alpha=6.0,
+)
+
+
+def invert_config(config: Config, layer: str) -> Config:
+    """``config`` for feature inversion from ``layer``: normalised content loss, no style,
+    start from noise. Its TV and α-norm settings are kept; ``INVERSION_LOSS`` has good ones.
+    """
+    loss = dataclasses.replace(
+        config.loss,
+        content_layers=(layer,),
+        content_loss="normalized",
+        content_weight=1.0,
+        style_weight=0.0,
+    )
+    return dataclasses.replace(config, loss=loss, init="noise")
+
+
+def invert(
+    image: np.ndarray,
+    layer: str,
+    config: Config = Config(loss=INVERSION_LOSS),
+    *,
+    seeds: Sequence[int] = (0,),
+    **kwargs,
+) -> Result:
+    """Feature inversion (Mahendran & Vedaldi 2015): an image whose ``layer`` activations
+    match ``image``'s, found from noise.
+
+    ``x* = argmin ‖Φ(x) − Φ₀‖² / ‖Φ₀‖² + λ_α ‖x‖_α^α + λ_β TV_β(x)``, with λ_β, β, λ_α
+    and α from ``config.loss`` (``tv_weight``, ``tv_beta``, ``alpha_norm_weight``,
+    ``alpha``). Every seed gives one reconstruction, all in one vmapped program; deep
+    layers show how much of the image the representation leaves free.
+
+    Args:
+      image: ``[H, W, 3]`` float RGB in [0, 1], the image to reconstruct.
+      layer: a VGG19 layer name.
+      config: settings; see ``invert_config`` for what inversion overrides.
+      seeds: one PRNG seed per reconstruction (the noise it starts from).
+      **kwargs: passed to ``stylize_batch`` (``weights``, ``term_weights``, ...).
+
+    Returns:
+      A batched ``Result``: ``image`` ``[len(seeds), H, W, 3]``.
+    """
+    return stylize_batch(image, image, invert_config(config, layer), seeds=seeds, **kwargs)
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -75,6 +75,12 @@ def _one_line_error(result, match):
         (["--stat_layers", "histogram"], "bad --stat_layers entry"),
         (["--stat_layers", "histogram=conv1_1+conv7_1"], "unknown VGG19 layer 'conv7_1'"),
         (["--tv_beta=0"], "tv_beta must be > 0"),
+        (["--inits=0"], "--inits must be >= 1"),
+        (["--tv_weights", "1,x"], "bad --tv_weights"),
+        (["--ratios", "10,-1"], "ratios must be > 0"),
+        (["--layers", "conv1_1"], "--layers is for --mode invert"),
+        (["--mode", "invert"], "takes no --style"),
+        (["--save_every=2", "--inits=2"], "--save_every is for single runs"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(images, extra, match):
@@ -280,3 +286,83 @@ def test_texture_mode(images, tmp_path, real_weights):
         ),
         "takes no --content",
     )
+
+
+def test_invert_sweep_writes_a_labelled_grid(images, tmp_path, real_weights):
+    out, report = tmp_path / "grid.png", tmp_path / "grid.json"
+    result = run(
+        "--mode",
+        "invert",
+        "--content",
+        images / "content.png",
+        "--layers",
+        "conv1_1,conv2_1",
+        "--inits",
+        "2",
+        "--size",
+        "32",
+        "--steps",
+        "5",
+        "--output",
+        out,
+        "--report",
+        report,
+        "--progress=false",
+    )
+    assert result.returncode == 0, result.stderr
+    settings = nst_jax.read_settings(out)
+    assert settings["grid"] == {
+        "rows": ["conv1_1", "conv2_1"],
+        "cols": ["seed 0", "seed 1"],
+        "done": 2,
+    }
+    layout = nst_jax.image.grid_layout((24, 32), 2, 2, ["conv1_1", "conv2_1"])
+    assert np.asarray(Image.open(out)).shape == (*layout.shape, 3)
+    data = json.loads(report.read_text())
+    assert len(data["tiles"]) == 4
+    for tile in data["tiles"]:
+        assert tile["final_losses"]["content"] < tile["initial_losses"]["content"]
+    assert settings["config"]["loss"]["content_loss"] == "normalized"
+    assert settings["config"]["loss"]["tv_weight"] == nst_jax.optimize.INVERSION_LOSS.tv_weight
+
+
+def test_texture_layer_sets_and_ratio_sweep(images, tmp_path, real_weights):
+    out = tmp_path / "sets.png"
+    result = run(
+        "--mode",
+        "texture",
+        "--style",
+        images / "style.png",
+        "--style_layer_sets",
+        "conv1_1;conv1_1,conv2_1",
+        "--size",
+        "32",
+        "--steps",
+        "2",
+        "--output",
+        out,
+        "--progress=false",
+    )
+    assert result.returncode == 0, result.stderr
+    # One column of rows is written as one labelled row.
+    assert nst_jax.read_settings(out)["grid"]["rows"] == ["conv1_1", "conv1_1+2_1"]
+    layout = nst_jax.image.grid_layout((32, 32), 1, 2)
+    assert np.asarray(Image.open(out)).shape == (*layout.shape, 3)
+    out = tmp_path / "ratios.png"
+    result = run(
+        "--content",
+        images / "content.png",
+        "--style",
+        images / "style.png",
+        "--ratios",
+        "1,1000",
+        "--size",
+        "32",
+        "--steps",
+        "2",
+        "--output",
+        out,
+        "--progress=false",
+    )
+    assert result.returncode == 0, result.stderr
+    assert nst_jax.read_settings(out)["grid"]["cols"] == ["alpha/beta=1", "alpha/beta=1e+03"]
