@@ -30,7 +30,33 @@ F = flags.FLAGS
 
 # Inputs and outputs.
 flags.DEFINE_string("content", None, "Content image file.")
-flags.DEFINE_string("style", None, "Style image file.")
+flags.DEFINE_string(
+    "style", None, "Style image file, or several, comma-separated: mixed or masked, see below."
+)
+flags.DEFINE_list(
+    "style_blend", None, "One weight per --style image: mix their statistics (default: equal)."
+)
+flags.DEFINE_list(
+    "style_scale",
+    ["1"],
+    "Size of each style image relative to the output (its longest side is SCALE * --size); "
+    "one value for all, or one per style.",
+)
+flags.DEFINE_list(
+    "content_masks",
+    None,
+    "One mask image per --style: style i applies where mask i is white (grey = partly).",
+)
+flags.DEFINE_list(
+    "style_masks", None, "One mask per --style ('-' for none): which part of each style counts."
+)
+flags.DEFINE_enum(
+    "preserve_color",
+    "none",
+    ["none", "luminance", "histogram"],
+    "Keep the content's colours: transfer luminance only, or match the style's colour "
+    "histogram to the content's first.",
+)
 flags.DEFINE_string(
     "output",
     None,
@@ -77,7 +103,17 @@ flags.DEFINE_integer(
     384,
     "Longest side of the output, in pixels. The style image is resized to the same longest side.",
 )
-flags.DEFINE_integer("steps", _C.steps, "Optimiser steps.")
+flags.DEFINE_integer("steps", _C.steps, "Optimiser steps (per pyramid level).")
+flags.DEFINE_integer(
+    "pyramid", 1, "Coarse-to-fine levels, each twice the size of the last, ending at --size."
+)
+flags.DEFINE_integer(
+    "start_size", 0, "Start the coarse-to-fine pyramid at this longest side (overrides --pyramid)."
+)
+flags.DEFINE_list("level_steps", None, "Steps per pyramid level, coarse to fine (default --steps).")
+flags.DEFINE_bool(
+    "remat", False, "Recompute each VGG block in the backward pass (jax.checkpoint) to save memory."
+)
 flags.DEFINE_enum("optimizer", _C.optimizer, ["adam", "lbfgs"], "Optimiser.")
 flags.DEFINE_float("lr", _C.lr, "Adam learning rate (pixels live in [0, 1]).")
 flags.DEFINE_string("init", _C.init, "Start from 'content', 'noise', 'style', or an image file.")
@@ -158,6 +194,7 @@ def _config() -> Config:
         style_layers=tuple(F.style_layers),
         style_layer_weights=layer_weights,
         pooling=F.pooling,
+        remat=F.remat,
         style_loss=nst_jax.objective.parse_style_loss(F.style_loss),
         stat_layers=tuple(stat_layers),
         tv_beta=F.tv_beta,
@@ -174,8 +211,12 @@ def _config() -> Config:
         loss = dataclasses.replace(
             loss, **{n: getattr(defaults, n) for n in names if not F[n].present}
         )
+    blend = _floats("style_blend")
+    if blend is not None:
+        loss = dataclasses.replace(loss, style_blend=tuple(blend))
     init = F.init if F.init in nst_jax.optimize.INITS else "content"
     return Config(
+        preserve_color=F.preserve_color,
         loss=loss,
         steps=F.steps,
         optimizer=F.optimizer,
@@ -216,7 +257,8 @@ def main(argv):
         raise UsageError("--save_every is for single runs, not grids")
 
     output = Path(F.output or ("demo.png" if F.demo else "out.png"))
-    inputs = [Path(p) for p in (F.content, F.style, F.weights, F.init) if p]
+    named = [F.content, F.weights, F.init, *(F.style or "").split(","), *(F.content_masks or [])]
+    inputs = [Path(p.strip()) for p in named + (F.style_masks or []) if p and p.strip() != "-"]
     for path in inputs:
         if _same_file(path, output):
             raise UsageError(f"--output {output} is an input file; refusing to overwrite it")
@@ -230,28 +272,48 @@ def main(argv):
         nst_jax.image.check_writable(report.with_suffix(".png"))
 
     demo_content, demo_style = nst_jax.demo_images() if F.demo else (None, None)
-    style_full = demo_style if F.demo and not F.style else None
-    if F.style:
-        style_full = nst_jax.load_image(F.style)
+    style_paths = [p.strip() for p in F.style.split(",")] if F.style else []
+    styles_full = [nst_jax.load_image(p) for p in style_paths] or [demo_style]
     if texture:  # A blank canvas: only its shape matters.
-        content_full = np.zeros((*style_full.shape[:2], 3), np.float32)
+        content_full = np.zeros((*styles_full[0].shape[:2], 3), np.float32)
     else:
         content_full = nst_jax.load_image(F.content) if F.content else demo_content
     shape = nst_jax.image.resized_shape(content_full.shape[:2], F.size)
     for _, row in rows:
         nst_jax.optimize.check_memory_estimate(shape, row.loss, batch=len(cols.labels))
     content = nst_jax.resize(content_full, shape)
-    style = content if invert else nst_jax.resize_longest(style_full, F.size)
+    scales = _style_scales(len(styles_full))
+    if invert:
+        style = content
+    else:
+        resized = [
+            nst_jax.resize_longest(s, max(16, round(k * F.size)))
+            for s, k in zip(styles_full, scales, strict=True)
+        ]
+        style = resized if len(resized) > 1 else resized[0]
+    masks = _masks(len(styles_full), content_full.shape[:2], shape)
     init_image = None
     if F.init not in nst_jax.optimize.INITS:
         init_image = nst_jax.resize(nst_jax.load_image(F.init), shape)
+    sizes = nst_jax.optimize.pyramid_sizes(F.size, levels=F.pyramid, start_size=F.start_size)
+    level_steps = _floats("level_steps")
+    if level_steps is not None and len(level_steps) != len(sizes):
+        raise UsageError(f"--level_steps has {len(level_steps)} values for {len(sizes)} levels")
+    if grid and (len(sizes) > 1 or masks[0] is not None):
+        raise UsageError(
+            "grids (--inits, --tv_weights, --ratios, --layers, ...) run at one size without masks"
+        )
 
     weights = nst_jax.load_weights(F.weights, progress=F.progress)
     settings = {
         "nst_jax": nst_jax.__version__,
         "mode": F.mode,
         "content": None if texture else (F.content or "demo:chelsea"),
-        "style": None if invert else (F.style or "demo:immunohistochemistry"),
+        "style": None if invert else (style_paths or ["demo:immunohistochemistry"]),
+        "content_masks": F.content_masks,
+        "style_masks": F.style_masks,
+        "style_scale": scales,
+        "pyramid_sizes": sizes,
         "init": F.init,
         "size": F.size,
         "weights": F.weights or "default",
@@ -262,29 +324,54 @@ def main(argv):
     if grid:
         return _run_grid(rows, cols, content, style, init_image, weights, output, report, settings)
     config = rows[0][1]
+    pyramid = len(sizes) > 1
 
-    def snapshot(step, image, losses):
+    def snapshot(level, step, image, losses):
         if F.save_every and step % F.save_every == 0 and step < config.steps:
+            tag = f".level{level}" if pyramid else ""
             nst_jax.save_image(
-                output.with_name(f"{output.stem}.step{step:05d}{output.suffix}"),
+                output.with_name(f"{output.stem}{tag}.step{step:05d}{output.suffix}"),
                 image,
-                settings={**settings, "step": step},
+                settings={**settings, "step": step, "level": level},
             )
 
-    result = nst_jax.stylize(
-        content,
-        style,
-        config,
-        weights=weights,
-        init_image=init_image,
-        callback=snapshot,
-        chunk=_chunk(F.save_every, config.steps),
-        progress=F.progress,
-    )
+    common = dict(weights=weights, chunk=_chunk(F.save_every, config.steps), progress=F.progress)
+    content_masks, style_masks = masks
+    if pyramid:
+        results = nst_jax.stylize_pyramid(
+            content,
+            styles_full,
+            config,
+            sizes=sizes,
+            level_steps=None if level_steps is None else [int(n) for n in level_steps],
+            style_scale=scales,
+            content_masks=content_masks,
+            style_masks=style_masks,
+            init_image=init_image,
+            callback=snapshot,
+            **common,
+        )
+        result = results[-1]
+    else:
+        result = nst_jax.stylize(
+            content,
+            style,
+            config,
+            init_image=init_image,
+            content_masks=content_masks,
+            style_masks=style_masks,
+            callback=lambda *a: snapshot(0, *a),
+            **common,
+        )
     nst_jax.save_image(output, result.image, settings={**settings, "step": result.steps})
     if report is not None:
         _write_report(
-            report, result, settings, content.shape, style.shape, time.perf_counter() - t0
+            report,
+            result,
+            settings,
+            content.shape,
+            [np.shape(s) for s in (style if isinstance(style, list) else [style])],
+            time.perf_counter() - t0,
         )
     if result.interrupted:
         print(f"interrupted at step {result.steps}; saved {output}", file=sys.stderr)
@@ -296,6 +383,46 @@ def main(argv):
         file=sys.stderr,
     )
     return 0
+
+
+def _style_scales(n: int) -> list[float]:
+    scales = _floats("style_scale")
+    if len(scales) == 1:
+        scales = scales * n
+    if len(scales) != n or any(not k > 0 for k in scales):
+        raise UsageError(f"--style_scale needs one positive value, or one per style ({n})")
+    return scales
+
+
+def _masks(n: int, full_shape: tuple[int, int], shape: tuple[int, int]):
+    """``(content_masks [n, H, W] or None, style_masks list or None)`` from the flags."""
+    if F.style_blend and F.content_masks:
+        raise UsageError("--style_blend mixes styles everywhere; --content_masks places them")
+    if F.style_masks and not F.content_masks:
+        raise UsageError("--style_masks needs --content_masks")
+    if not F.content_masks:
+        return None, None
+    if len(F.content_masks) != n:
+        raise UsageError(f"{len(F.content_masks)} --content_masks for {n} styles; give one each")
+    content_masks = []
+    for path in F.content_masks:
+        mask = nst_jax.image.load_mask(path)
+        if mask.shape != tuple(full_shape):
+            print(
+                f"note: resizing mask {path} from {mask.shape[1]}x{mask.shape[0]} to the "
+                f"content's {full_shape[1]}x{full_shape[0]}",
+                file=sys.stderr,
+            )
+        content_masks.append(nst_jax.image.load_mask(path, shape))
+    content_masks = np.stack(content_masks)
+    for problem in nst_jax.image.mask_problems(content_masks):
+        print(f"warning: {problem}", file=sys.stderr)
+    style_masks = None
+    if F.style_masks:
+        if len(F.style_masks) != n:
+            raise UsageError(f"{len(F.style_masks)} --style_masks for {n} styles; use - for none")
+        style_masks = [None if p == "-" else nst_jax.image.load_mask(p) for p in F.style_masks]
+    return content_masks, style_masks
 
 
 def _floats(name: str) -> list[float] | None:
@@ -403,7 +530,7 @@ def _write_report(path, result, settings, content_shape, style_shape, wall_secon
         "compile_seconds": result.compile_seconds,
         "wall_seconds": wall_seconds,
         "content_size": list(content_shape[:2]),
-        "style_size": list(style_shape[:2]),
+        "style_sizes": [list(s[:2]) for s in style_shape],
         "weights_sha256": settings["weights_sha256"],
         "settings": settings,
         "flags": {f.name: f.value for f in F.get_key_flags_for_module(sys.argv[0])},

@@ -67,7 +67,7 @@ GRIDS = {
     "invert_tv": "--mode invert --demo --layer conv4_1 --tv_weights 0,1,10,100 --size 128 "
     "--steps 300",
     "texture_layers": "--mode texture --demo --style_layer_sets growing --tv_weight 0 "
-    "--size 128 --steps 300",
+    "--size 160 --steps 300",
     "ratios": "--demo --ratios 10000,1000,100,10 --size 128 --steps 300",
 }
 
@@ -78,18 +78,99 @@ def grids(names: list[str]) -> None:
         subprocess.run([*args, "--output", str(HERE / f"{name}.png"), "--noprogress"], check=True)
 
 
+def _crop_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Centre crop to ``shape``'s aspect ratio, then resize to it: for display only."""
+    h, w = image.shape[:2]
+    aspect = shape[1] / shape[0]
+    if w / h > aspect:
+        cw = int(h * aspect)
+        image = image[:, (w - cw) // 2 : (w - cw) // 2 + cw]
+    else:
+        ch = int(w / aspect)
+        image = image[(h - ch) // 2 : (h - ch) // 2 + ch]
+    return nst_jax.resize(image, shape)
+
+
+def controls(images: Path, size: int, steps: int) -> None:
+    """Without and with each control of Gatys et al. (2017), via the CLI."""
+    photo, a, b = (images / n for n in ("golden_gate.jpg", "starry_night.jpg", "the_scream.jpg"))
+    content = nst_jax.load_image(photo)
+    work = HERE / "_controls"
+    work.mkdir(exist_ok=True)
+    h, w = content.shape[:2]
+    top = np.zeros((h, w, 3), np.float32)
+    top[: h // 2] = 1.0
+    nst_jax.save_image(work / "top.png", top)
+    nst_jax.save_image(work / "bottom.png", 1.0 - top)
+    nst_jax.save_image(work / "all.png", np.ones_like(top))
+    runs = {
+        "plain": ["--style", a],
+        "blend 0.5/0.5": ["--style", f"{a},{b}", "--style_blend", "0.5,0.5"],
+        "masks: sky/ground": [
+            "--style",
+            f"{a},{b}",
+            "--content_masks",
+            f"{work / 'top.png'},{work / 'bottom.png'}",
+        ],
+        "A's top half only": [
+            "--style",
+            a,
+            "--content_masks",
+            work / "all.png",
+            "--style_masks",
+            work / "top.png",
+        ],
+        "luminance only": ["--style", a, "--preserve_color", "luminance"],
+        "histogram colour": ["--style", a, "--preserve_color", "histogram"],
+        "style scale 0.5": ["--style", a, "--style_scale", "0.5"],
+        "style scale 2": ["--style", a, "--style_scale", "2"],
+        "pyramid from 64": ["--style", a, "--start_size", "64"],
+    }
+    base = [sys.executable, str(HERE.parent / "run.py"), "--content", str(photo)]
+    base += ["--size", str(size), "--steps", str(steps), "--noprogress"]
+    tiles = {}
+    for label, args in runs.items():
+        out = work / f"{len(tiles)}.png"
+        subprocess.run([*base, *map(str, args), "--output", str(out)], check=True)
+        tiles[label] = nst_jax.load_image(out)
+    shape = next(iter(tiles.values())).shape[:2]
+    inputs = {
+        "content": nst_jax.resize(content, shape),
+        "style A": _crop_to(nst_jax.load_image(a), shape),
+        "style B": _crop_to(nst_jax.load_image(b), shape),
+    }
+    everything = {**inputs, **tiles}
+    labels = list(everything)
+    grid = np.stack([everything[k] for k in labels]).reshape(2, 6, *shape, 3)
+    # Two one-row grids stacked, so that each row has its own labels.
+    first = nst_jax.labelled_grid(grid[:1], labels[:6])
+    second = nst_jax.labelled_grid(grid[1:], labels[6:])
+    nst_jax.save_image(HERE / "controls.png", np.concatenate([first, second]))
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument(
-        "--only", choices=["style_losses", "texture", "grids", *GRIDS], default=None
+        "--only", choices=["style_losses", "texture", "grids", "controls", *GRIDS], default=None
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=HERE.parent.parent / "shared" / "images",
+        help="folder with golden_gate.jpg, starry_night.jpg and the_scream.jpg (controls)",
     )
     args = parser.parse_args()
     if args.only in (None, "style_losses"):
         style_losses(args.size, args.steps)
     if args.only in (None, "texture"):
         texture(args.size, args.steps)
+    if args.only in (None, "controls"):
+        controls(args.images, 256, 200)
     if args.only in (None, "grids"):
         grids(list(GRIDS))
     elif args.only in GRIDS:

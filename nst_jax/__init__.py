@@ -28,6 +28,7 @@ from nst_jax.optimize import (
     make_optimizer,
     stylize,
     stylize_batch,
+    stylize_pyramid,
     synthesize,
     transfer,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "save_image",
     "stylize",
     "stylize_batch",
+    "stylize_pyramid",
     "sweeps",
     "synthesize",
     "total_variation",

@@ -198,6 +198,82 @@ def save_image(
     return path
 
 
+def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Reads a mask as float32 ``[H, W]`` in [0, 1]: grey levels are soft weights.
+
+    A colour or RGBA file counts by its luminance (over white). With ``shape`` the mask
+    is resized to it (Lanczos, clipped to [0, 1]).
+    """
+    rgb = load_image(path)
+    mask = rgb @ np.asarray(_LUMA, np.float32)
+    if shape is not None and mask.shape != tuple(shape):
+        mask = resize(np.repeat(mask[..., None], 3, axis=-1), shape)[..., 0]
+    return np.clip(mask, 0.0, 1.0).astype(np.float32)
+
+
+def mask_problems(masks: np.ndarray, *, tolerance: float = 0.01) -> list[str]:
+    """What is odd about ``[R, H, W]`` content masks, as messages for a warning.
+
+    Pixels in no mask get no style (only the content and TV terms); pixels in several
+    masks get each of their styles. Both are allowed, so these are warnings, not errors.
+    """
+    total = masks.sum(axis=0)
+    out = []
+    uncovered = float(np.mean(total < 0.5))
+    overlap = float(np.mean(total > 1.5))
+    if uncovered > tolerance:
+        out.append(f"{uncovered:.0%} of the image is in no mask and gets no style")
+    if overlap > tolerance:
+        out.append(f"masks overlap on {overlap:.0%} of the image, which gets both styles")
+    for i, m in enumerate(masks):
+        if m.max() < 0.5:
+            out.append(f"mask {i + 1} is empty; its style is unused")
+    return out
+
+
+# Colour preservation (Gatys et al. 2017, "Controlling Perceptual Factors", sec. 5).
+_LUMA = (0.299, 0.587, 0.114)  # Y of YIQ / YUV (Rec. 601).
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` RGB -> ``[...]`` luminance Y (of YIQ)."""
+    from skimage.color import rgb2yiq
+
+    return rgb2yiq(image)[..., 0].astype(np.float32)
+
+
+def luminance_image(image: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` RGB -> ``[..., 3]`` grey image of its luminance, for VGG."""
+    return np.repeat(luminance(image)[..., None], 3, axis=-1)
+
+
+def match_luminance(style: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """The style's luminance, shifted and scaled to the content's mean and std, as a grey
+    ``[H', W', 3]`` image: ``L_s' = σ_c / σ_s (L_s − μ_s) + μ_c`` (Gatys et al. 2017)."""
+    ls, lc = luminance(style), luminance(content)
+    matched = (ls - ls.mean()) * (lc.std() / max(float(ls.std()), 1e-6)) + lc.mean()
+    return np.repeat(np.clip(matched, 0.0, 1.0)[..., None], 3, axis=-1).astype(np.float32)
+
+
+def with_content_color(output: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """The output's luminance with the content's chroma (I and Q of YIQ), clipped to
+    [0, 1]: the second half of luminance-only transfer. ``output`` ``[..., H, W, 3]``
+    (a batch too), ``content`` ``[H, W, 3]``."""
+    from skimage.color import rgb2yiq, yiq2rgb
+
+    yiq = np.broadcast_to(rgb2yiq(content), output.shape).copy()
+    yiq[..., 0] = luminance(output)
+    return np.clip(yiq2rgb(yiq), 0.0, 1.0).astype(np.float32)
+
+
+def match_color(style: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """The style recoloured so that each RGB channel's histogram matches the content's
+    (scikit-image's ``match_histograms``): colour preservation before the transfer."""
+    from skimage.exposure import match_histograms
+
+    return np.clip(match_histograms(style, content, channel_axis=-1), 0.0, 1.0).astype(np.float32)
+
+
 GRID_GAP = 4  # Pixels between tiles.
 GRID_LABEL_HEIGHT = 18  # The band above each column holding its label.
 

@@ -54,14 +54,28 @@ def normalized_content_loss(features: jax.Array, target: jax.Array) -> jax.Array
     return jnp.sum(jnp.square(diff)) / jnp.maximum(jnp.sum(jnp.square(p)), 1e-12)
 
 
-def gram(features: jax.Array) -> jax.Array:
+def _position_weights(features: jax.Array, weights: jax.Array | None) -> jax.Array | None:
+    """``[H, W]`` mask weights, flattened to ``[H * W, 1]`` and normalised to sum 1."""
+    if weights is None:
+        return None
+    if weights.shape != features.shape[:2]:
+        raise ValueError(f"weights {weights.shape} must match features {features.shape[:2]}")
+    w = weights.reshape(-1, 1).astype(jnp.float32)
+    return w / jnp.maximum(jnp.sum(w), 1e-8)
+
+
+def gram(features: jax.Array, *, weights: jax.Array | None = None) -> jax.Array:
     """Gram matrix normalised by the number of positions: ``G = Fᵀ F / M``.
 
     ``F`` is the ``[M, C]`` matrix of feature vectors at the ``M = H * W`` positions.
-    Dividing by ``M`` makes ``G`` an average, comparable across image sizes.
+    Dividing by ``M`` makes ``G`` an average, comparable across image sizes. With
+    ``weights`` (a soft mask ``m``, Gatys et al. 2017) it is the weighted average
+    ``Σ_i m_i f_i f_iᵀ / Σ_i m_i``: for a binary mask, the Gram matrix of the masked
+    positions normalised by their number ``M_l``.
 
     Args:
       features: ``[H, W, C]``.
+      weights: optional ``[H, W]`` non-negative mask.
 
     Returns:
       ``[C, C]`` float32, symmetric positive semi-definite.
@@ -69,10 +83,15 @@ def gram(features: jax.Array) -> jax.Array:
     _check_rank("gram", features, 3)
     h, w, c = features.shape
     f = features.reshape(h * w, c).astype(jnp.float32)
-    return jnp.matmul(f.T, f, precision=jax.lax.Precision.HIGHEST) / (h * w)
+    m = _position_weights(features, weights)
+    if m is None:
+        return jnp.matmul(f.T, f, precision=jax.lax.Precision.HIGHEST) / (h * w)
+    return jnp.matmul((f * m).T, f, precision=jax.lax.Precision.HIGHEST)
 
 
-def gram_loss(features: jax.Array, target_gram: jax.Array) -> jax.Array:
+def gram_loss(
+    features: jax.Array, target_gram: jax.Array, *, weights: jax.Array | None = None
+) -> jax.Array:
     """Per-layer style loss ``E_l`` of Gatys et al. (2016), eq. 4.
 
     ``E_l = 1 / (4 N² M²) Σ (Fᵀ F − Aᵀ A)²``, which with ``G = Fᵀ F / M`` (see ``gram``)
@@ -82,15 +101,24 @@ def gram_loss(features: jax.Array, target_gram: jax.Array) -> jax.Array:
     Args:
       features: ``[H, W, C]`` activations of the image being optimised.
       target_gram: ``[C, C]`` normalised Gram matrix of the style image.
+      weights: optional ``[H, W]`` mask: compare the Gram matrix of this region only.
 
     Returns:
       A float32 scalar.
     """
-    g = gram(features)
+    g = gram(features, weights=weights)
     if g.shape != target_gram.shape:
         raise ValueError(f"shape mismatch: gram {g.shape} vs target {target_gram.shape}")
     c = g.shape[0]
     return jnp.sum(jnp.square(g - target_gram)) / (4.0 * c * c)
+
+
+def weighted_mean(features: jax.Array, *, weights: jax.Array | None = None) -> jax.Array:
+    """Per-channel mean over positions, ``[H, W, C] -> [C]``, optionally mask-weighted."""
+    _check_rank("weighted_mean", features, 3)
+    f = features.reshape(-1, features.shape[-1]).astype(jnp.float32)
+    m = _position_weights(features, weights)
+    return jnp.mean(f, axis=0) if m is None else jnp.sum(f * m, axis=0)
 
 
 def total_variation(image: jax.Array, *, beta: float = 2.0, eps: float = 1e-8) -> jax.Array:
@@ -117,22 +145,34 @@ def total_variation(image: jax.Array, *, beta: float = 2.0, eps: float = 1e-8) -
     return jnp.mean(jnp.power(sq + eps, beta / 2.0))
 
 
-def mean_std(features: jax.Array, *, eps: float = 1e-5) -> tuple[jax.Array, jax.Array]:
-    """Per-channel mean and standard deviation over positions.
+def mean_std(
+    features: jax.Array, *, weights: jax.Array | None = None, eps: float = 1e-5
+) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and standard deviation over positions (mask-weighted if given).
 
     Args:
       features: ``[H, W, C]``.
+      weights: optional ``[H, W]`` non-negative mask.
 
     Returns:
       ``(mean [C], std [C])``, float32.
     """
     _check_rank("mean_std", features, 3)
     f = features.reshape(-1, features.shape[-1]).astype(jnp.float32)
-    mean = jnp.mean(f, axis=0)
-    return mean, jnp.sqrt(jnp.var(f, axis=0) + eps)
+    m = _position_weights(features, weights)
+    if m is None:
+        return jnp.mean(f, axis=0), jnp.sqrt(jnp.var(f, axis=0) + eps)
+    mean = jnp.sum(f * m, axis=0)
+    var = jnp.sum(jnp.square(f - mean[None]) * m, axis=0)
+    return mean, jnp.sqrt(var + eps)
 
 
-def mean_std_loss(features: jax.Array, target: tuple[jax.Array, jax.Array]) -> jax.Array:
+def mean_std_loss(
+    features: jax.Array,
+    target: tuple[jax.Array, jax.Array],
+    *,
+    weights: jax.Array | None = None,
+) -> jax.Array:
     """Batch-norm-statistics style loss (Li et al. 2017, "Demystifying NST", eq. 12).
 
     ``L = 1/C Σ_c (μ_c − μ_c^s)² + (σ_c − σ_c^s)²``: matching these is matching a linear-
@@ -141,8 +181,9 @@ def mean_std_loss(features: jax.Array, target: tuple[jax.Array, jax.Array]) -> j
     Args:
       features: ``[H, W, C]``.
       target: ``(mean [C], std [C])`` of the style features (see ``mean_std``).
+      weights: optional ``[H, W]`` mask: compare this region's statistics only.
     """
-    mean, std = mean_std(features)
+    mean, std = mean_std(features, weights=weights)
     return jnp.mean(jnp.square(mean - target[0]) + jnp.square(std - target[1]))
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from nst_jax import losses
 from nst_jax.image import Preprocessing, preprocess
-from nst_jax.vgg import LAYERS, POOLING, VGG19, WIDTHS, check_layers, layer_stride
+from nst_jax.vgg import BLOCKS, LAYERS, POOLING, VGG19, WIDTHS, check_layers, layer_stride, pool2x2
 
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
@@ -90,6 +90,8 @@ class LossConfig:
       style_layers: VGG19 layers of every style statistic without its own layers.
       style_layer_weights: one weight per style layer, ``w_l``; ``None`` means equal
         weights summing to 1.
+      style_blend: one weight per style image, mixing several styles' statistics (see
+        ``mix_targets``); ``None`` means equal weights. Normalised to sum 1.
       style_loss: the mix of style statistics, ``((name, weight), ...)`` with names from
         ``STATISTICS``.
       stat_layers: per-statistic layers, ``((name, (layer, ...)), ...)``, overriding
@@ -101,6 +103,10 @@ class LossConfig:
       mmd_samples: positions sampled per layer and step for the pairwise (Gaussian, or
         polynomial d ≠ 2) kernels.
       pooling: ``"avg"`` or ``"max"`` pooling in VGG19.
+      remat: rematerialise (``jax.checkpoint``) each VGG block in the backward pass:
+        only block inputs are kept, the rest is recomputed. Same result, more compute;
+        whether it lowers the peak depends on the compiler's schedule (see
+        ``benchmarks/memory.py``: on XLA:CPU it does not).
       widths: VGG channel widths; only tests change it, to run narrow networks.
     """
 
@@ -114,6 +120,7 @@ class LossConfig:
     content_loss: str = "mse"
     style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None
+    style_blend: tuple[float, ...] | None = None
     style_loss: tuple[tuple[str, float], ...] = (("gram", 1.0),)
     stat_layers: tuple[tuple[str, tuple[str, ...]], ...] = ()
     mmd_c: float = 0.0
@@ -121,6 +128,7 @@ class LossConfig:
     mmd_sigma: float = 0.0
     mmd_samples: int = 1024
     pooling: str = "avg"
+    remat: bool = False
     widths: tuple[int, ...] = WIDTHS
 
     def __post_init__(self):
@@ -152,6 +160,11 @@ class LossConfig:
             if any(not v >= 0 for v in w):
                 raise ValueError(f"style layer weights must be >= 0, got {list(w)}")
             object.__setattr__(self, "style_layer_weights", w)
+        if self.style_blend is not None:
+            blend = tuple(float(v) for v in self.style_blend)
+            if not blend or any(not v >= 0 for v in blend) or not sum(blend) > 0:
+                raise ValueError(f"style blend weights must be >= 0, not all 0, got {list(blend)}")
+            object.__setattr__(self, "style_blend", blend)
         mix = tuple((str(n), float(w)) for n, w in self.style_loss)
         names = [n for n, _ in mix]
         for n, w in mix:
@@ -211,10 +224,14 @@ class Targets(NamedTuple):
       content: ``{layer: [h, w, c]}`` activations of the content image.
       style: ``{"statistic/layer": target}``; the target's form depends on the
         statistic: a ``[c, c]`` Gram matrix, ``(mean, std)``, quantiles ``[h * w, c]``, ...
+        With masks, every target has a leading region axis ``R``.
+      masks: ``{layer: [R, h, w]}`` content masks at each style layer's resolution, or
+        empty without spatial control.
     """
 
     content: dict[str, jax.Array]
     style: dict[str, Any]
+    masks: dict[str, jax.Array] = {}
 
 
 def features(
@@ -225,8 +242,12 @@ def features(
     preprocessing: Preprocessing,
     pooling: str = "avg",
     widths: Sequence[int] = WIDTHS,
+    remat: bool = False,
 ) -> dict[str, jax.Array]:
     """VGG19 activations of an RGB image.
+
+    With ``remat``, the backward pass keeps only each block's input and recomputes the
+    block (``jax.checkpoint``); the values are the same.
 
     Args:
       params: VGG19 parameters ``{layer: {kernel, bias}}``.
@@ -236,8 +257,23 @@ def features(
     Returns:
       ``{layer: [h, w, c]}``.
     """
-    model = VGG19(layers=tuple(layers), pooling=pooling, widths=tuple(widths))
-    return model.apply({"params": params}, preprocess(image, preprocessing))
+    x = preprocess(image, preprocessing)
+    kw = dict(pooling=pooling, widths=tuple(widths))
+    if not remat:
+        return VGG19(layers=tuple(layers), **kw).apply({"params": params}, x)
+    # One checkpointed program per block: the backward pass of block b recomputes
+    # block b alone, from its saved input, so one block's activations live at a time.
+    out = {}
+    deepest = max(int(name[4]) for name in layers)
+    for block in range(1, deepest + 1):
+        last = f"conv{block}_{BLOCKS[block - 1]}"
+        want = tuple(name for name in layers if int(name[4]) == block)
+        need = tuple(dict.fromkeys(want + ((last,) if block < deepest else ())))
+        model = VGG19(layers=need, first_block=block, **kw)
+        res = jax.checkpoint(lambda p, x, model=model: model.apply({"params": p}, x))(params, x)
+        out.update({name: res[name] for name in want})
+        x = res.get(last)
+    return {name: out[name] for name in layers}
 
 
 def _flat(f: jax.Array) -> jax.Array:
@@ -251,8 +287,11 @@ def _sample_rows(x: jax.Array, n: int, key: jax.Array) -> jax.Array:
     return x[jax.random.randint(key, (n,), 0, x.shape[0])]
 
 
-def _pairwise_target(y: jax.Array, config: LossConfig, kernel: str, key: jax.Array):
-    ys = _sample_rows(y, config.mmd_samples, key)
+MASKABLE = ("gram", "mmd_poly", "mmd_linear", "meanstd")
+
+
+def _pairwise_target(ys: jax.Array, config: LossConfig, kernel: str):
+    """Target of a sampled kernel from ``ys``, ``[n, C]`` style positions already drawn."""
     if kernel == "gauss":
         if config.mmd_sigma > 0:
             sigma = jnp.float32(config.mmd_sigma)
@@ -264,71 +303,178 @@ def _pairwise_target(y: jax.Array, config: LossConfig, kernel: str, key: jax.Arr
     return {"samples": ys, "kyy": kyy}
 
 
+def _sampled(name: str, config: LossConfig) -> bool:
+    return name == "mmd_gauss" or (name == "mmd_poly" and config.mmd_degree != 2)
+
+
 def _style_target(
-    name: str, f: jax.Array, out_shape: tuple[int, int], config: LossConfig, key: jax.Array
+    name: str,
+    f: jax.Array,
+    out_shape: tuple[int, int],
+    config: LossConfig,
+    mask: jax.Array | None = None,
 ):
-    y = _flat(f)
+    """The statistic ``name`` of one style's features ``f`` ``[h, w, c]`` (not sampled
+    kernels; see ``_mixed_samples``), over the ``mask`` region if given."""
     if name == "gram":
-        return losses.gram(f)
+        return losses.gram(f, weights=mask)
     if name == "mmd_linear":
-        return jnp.mean(y, axis=0)
+        return losses.weighted_mean(f, weights=mask)
     if name == "meanstd":
-        return losses.mean_std(f)
+        return losses.mean_std(f, weights=mask)
     if name == "histogram":
         return losses.style_quantiles(f, out_shape[0] * out_shape[1])
-    if name == "mmd_poly" and config.mmd_degree == 2:
-        return {"gram": losses.gram(f), "mean": jnp.mean(y, axis=0)}
-    return _pairwise_target(y, config, "gauss" if name == "mmd_gauss" else "poly", key)
+    if name == "mmd_poly":
+        return {"gram": losses.gram(f, weights=mask), "mean": losses.weighted_mean(f, weights=mask)}
+    raise ValueError(f"{name} has no moment target")
+
+
+def _mixed_samples(feats: Sequence[jax.Array], blend: jax.Array, n: int, key: jax.Array):
+    """``n`` positions drawn from the mixture of the styles' feature distributions:
+    style ``i`` with probability ``blend[i]``, its positions uniformly. Traceable in
+    ``blend``, so a batch can vmap over mixes."""
+    rows = [_flat(f) for f in feats]
+    p = jnp.concatenate(
+        [jnp.full((r.shape[0],), b / r.shape[0]) for r, b in zip(rows, blend, strict=True)]
+    )
+    y = jnp.concatenate(rows)
+    if len(rows) == 1 and y.shape[0] <= n:
+        return y
+    return y[jax.random.choice(key, y.shape[0], (n,), p=p / jnp.sum(p))]
+
+
+def mix_targets(targets: Sequence[Any], blend: jax.Array) -> Any:
+    """``Σ_i blend_i target_i`` leaf by leaf: how several styles' statistics mix.
+
+    Gram matrices, means and the polynomial kernel's moments average into the moments
+    of the mixture of the styles' feature distributions, so their losses match that
+    mixture. Averaged quantiles (histogram) are the 1-D Wasserstein barycentre of the
+    styles' per-channel distributions; averaged means and standard deviations
+    (meanstd) are the barycentre of per-channel Gaussians. The sampled kernels draw
+    their positions from the mixture instead (``_mixed_samples``).
+    """
+    return jax.tree.map(lambda *ts: sum(b * t for b, t in zip(blend, ts, strict=True)), *targets)
+
+
+def layer_masks(masks: jax.Array, layer: str) -> jax.Array:
+    """``[R, H, W]`` masks at ``layer``'s resolution ``[R, H / s, W / s]``: averaged over
+    each pooling window, exactly as VGG19's average pooling shrinks the image."""
+    out = masks.astype(jnp.float32)[..., None]
+    for _ in range(int(layer[4]) - 1):
+        out = pool2x2(out, "avg")
+    return out[..., 0]
+
+
+def _blend(config: LossConfig, n: int, blend: jax.Array | None) -> jax.Array:
+    if blend is None:
+        blend = config.style_blend or (1.0,) * n
+    blend = jnp.asarray(blend, jnp.float32)
+    if blend.shape != (n,):
+        raise ValueError(f"{blend.shape[0]} style blend weights for {n} style images")
+    return blend / jnp.sum(blend)
 
 
 def make_targets(
     params: dict,
     content: jax.Array,
-    style: jax.Array,
+    style: jax.Array | Sequence[jax.Array],
     config: LossConfig,
     *,
     preprocessing: Preprocessing,
     key: jax.Array | None = None,
+    blend: jax.Array | None = None,
+    content_masks: jax.Array | None = None,
+    style_masks: Sequence[jax.Array | None] | None = None,
 ) -> Targets:
     """Content activations and style statistics, computed once before optimising.
 
     Args:
       content: ``[H, W, 3]`` RGB in [0, 1]; the output has its shape.
-      style: ``[H', W', 3]`` RGB in [0, 1]; any size.
+      style: ``[H', W', 3]`` RGB in [0, 1], any size; or a sequence of ``S`` of them.
       key: PRNG key for the style samples of the pairwise MMD kernels.
+      blend: ``[S]`` style mix weights (traceable); ``config.style_blend`` if None.
+      content_masks: ``[S, H, W]`` masks in [0, 1]: style ``i`` applies where mask ``i``
+        is on (Gatys et al. 2017, spatial control). Then ``blend`` is unused.
+      style_masks: per style, an optional ``[H'_i, W'_i]`` mask restricting which of its
+        positions count.
     """
     key = jax.random.key(0) if key is None else key
+    styles = tuple(style) if isinstance(style, (list, tuple)) else (style,)
     kw = dict(preprocessing=preprocessing, pooling=config.pooling, widths=config.widths)
     content_feats = (
         features(params, content, config.content_layers, **kw) if config.content_layers else {}
     )
     style_layers = config.all_style_layers if config.style_weight else ()
-    style_feats = features(params, style, style_layers, **kw) if style_layers else {}
+    if not style_layers:
+        return jax.lax.stop_gradient(Targets(content=content_feats, style={}, masks={}))
+    if content_masks is not None:
+        if content_masks.shape != (len(styles), *content.shape[:2]):
+            raise ValueError(
+                f"content masks {content_masks.shape} must be [{len(styles)}, H, W] for "
+                f"{len(styles)} styles and a {content.shape[0]}x{content.shape[1]} content"
+            )
+        bad = [n for n, _ in config.style_loss if n not in MASKABLE or _sampled(n, config)]
+        if bad:
+            raise ValueError(
+                f"masks work with gram, mmd_poly (degree 2), mmd_linear and meanstd, not {bad[0]}"
+            )
+    style_masks = tuple(style_masks or (None,) * len(styles))
+    if len(style_masks) != len(styles):
+        raise ValueError(f"{len(style_masks)} style masks for {len(styles)} styles")
+    blend = _blend(config, len(styles), blend)
+    style_feats = [features(params, s, style_layers, **kw) for s in styles]
     h, w = content.shape[:2]
-    style_targets = {}
-    for name, _ in config.style_loss if style_layers else ():
+    style_targets, masks = {}, {}
+    for name, _ in config.style_loss:
         for layer, _ in config.statistic_layers(name):
             s = layer_stride(layer)
             key, sub = jax.random.split(key)
-            style_targets[f"{name}/{layer}"] = _style_target(
-                name, style_feats[layer], (h // s, w // s), config, sub
-            )
-    return jax.lax.stop_gradient(Targets(content=content_feats, style=style_targets))
+            feats = [f[layer] for f in style_feats]
+            if _sampled(name, config):
+                ys = _mixed_samples(feats, blend, config.mmd_samples, sub)
+                kernel = "gauss" if name == "mmd_gauss" else "poly"
+                style_targets[f"{name}/{layer}"] = _pairwise_target(ys, config, kernel)
+                continue
+            per_style = [
+                _style_target(
+                    name,
+                    f,
+                    (h // s, w // s),
+                    config,
+                    None if m is None else layer_masks(m[None], layer)[0],
+                )
+                for f, m in zip(feats, style_masks, strict=True)
+            ]
+            if content_masks is None:
+                style_targets[f"{name}/{layer}"] = mix_targets(per_style, blend)
+            else:
+                style_targets[f"{name}/{layer}"] = jax.tree.map(
+                    lambda *ts: jnp.stack(ts), *per_style
+                )
+                masks[layer] = layer_masks(content_masks, layer)
+    return jax.lax.stop_gradient(Targets(content=content_feats, style=style_targets, masks=masks))
 
 
-def _statistic_loss(name: str, f: jax.Array, target, config: LossConfig, key: jax.Array):
-    """One statistic at one layer, scaled so that weight 1 pulls about like Gram."""
+def _statistic_loss(name: str, f: jax.Array, target, config: LossConfig, key: jax.Array, mask=None):
+    """One statistic at one layer, scaled so that weight 1 pulls about like Gram.
+
+    With ``mask`` ``[h, w]`` the statistic is taken over that region only."""
     n = f.shape[-1]
     if name == "gram":
-        value = losses.gram_loss(f, target)
+        value = losses.gram_loss(f, target, weights=mask)
     elif name == "mmd_linear":
-        value = losses.mmd2_linear(_flat(f), target)
+        value = jnp.sum(jnp.square(losses.weighted_mean(f, weights=mask) - target))
     elif name == "meanstd":
-        value = losses.mean_std_loss(f, target)
+        value = losses.mean_std_loss(f, target, weights=mask)
     elif name == "histogram":
         value = losses.histogram_loss(f, target)
     elif name == "mmd_poly" and config.mmd_degree == 2:
-        value = losses.mmd2_poly2(_flat(f), target["gram"], target["mean"], c=config.mmd_c)
+        # MMD² = ‖G_x − G_y‖² + 2c ‖μ_x − μ_y‖² (losses.mmd2_poly2), over the region.
+        g = losses.gram(f, weights=mask)
+        dm = losses.weighted_mean(f, weights=mask) - target["mean"]
+        value = jnp.sum(jnp.square(g - target["gram"])) + 2.0 * config.mmd_c * jnp.sum(
+            jnp.square(dm)
+        )
         value = value / (4.0 * n * n)
     else:
         x = _sample_rows(_flat(f), config.mmd_samples, key)
@@ -370,6 +516,7 @@ def loss_terms(
         preprocessing=preprocessing,
         pooling=config.pooling,
         widths=config.widths,
+        remat=config.remat,
     )
     content_fn = (
         losses.normalized_content_loss
@@ -382,7 +529,17 @@ def loss_terms(
         for layer, w in config.statistic_layers(name):
             key, sub = jax.random.split(key)
             target = targets.style[f"{name}/{layer}"]
-            style = style + mix * w * _statistic_loss(name, feats[layer], target, config, sub)
+            f = feats[layer]
+            if layer in targets.masks:  # One term per region, each against its own style.
+                per_region = jax.vmap(
+                    lambda m, t, f=f, name=name, sub=sub: _statistic_loss(
+                        name, f, t, config, sub, mask=m
+                    )
+                )(targets.masks[layer], target)
+                value = jnp.sum(per_region)
+            else:
+                value = _statistic_loss(name, f, target, config, sub)
+            style = style + mix * w * value
     alpha = losses.alpha_norm(image, alpha=config.alpha) if config.alpha_norm_weight else 0.0
     return Terms(
         content=jnp.asarray(content, jnp.float32),

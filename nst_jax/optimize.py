@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nst_jax import image as image_lib
 from nst_jax import objective as obj
 from nst_jax import weights as weights_lib
 from nst_jax.image import Preprocessing
@@ -34,6 +35,7 @@ from nst_jax.vgg import LAYERS, layer_stride
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise", "style")
 LINESEARCHES = ("zoom", "backtracking")
+PRESERVE_COLOR = ("none", "luminance", "histogram")
 HISTORY_KEYS = ("total", *obj.Terms._fields)
 
 
@@ -55,6 +57,9 @@ class Config:
       linesearch: L-BFGS line search, ``"zoom"`` (strong Wolfe) or ``"backtracking"``
         (Armijo).
       linesearch_steps: most objective evaluations one line search may spend.
+      preserve_color: keep the content's colours (Gatys et al. 2017): ``"luminance"``
+        transfers on luminance only and puts the content's chroma back;
+        ``"histogram"`` first matches each style's colour histogram to the content's.
     """
 
     loss: obj.LossConfig = obj.LossConfig()
@@ -66,6 +71,7 @@ class Config:
     lbfgs_memory: int = 10
     linesearch: str = "zoom"
     linesearch_steps: int = 10
+    preserve_color: str = "none"
 
     def __post_init__(self):
         if self.steps < 0:
@@ -80,6 +86,10 @@ class Config:
             raise ValueError(f"lbfgs_memory must be >= 1, got {self.lbfgs_memory}")
         if self.linesearch not in LINESEARCHES:
             raise ValueError(f"linesearch must be one of {LINESEARCHES}, got {self.linesearch!r}")
+        if self.preserve_color not in PRESERVE_COLOR:
+            raise ValueError(
+                f"preserve_color must be one of {PRESERVE_COLOR}, got {self.preserve_color!r}"
+            )
         if self.linesearch_steps < 1:
             raise ValueError(f"linesearch_steps must be >= 1, got {self.linesearch_steps}")
 
@@ -213,28 +223,55 @@ def step(
 def init(
     params: dict,
     content: jax.Array,
-    style: jax.Array,
+    style: jax.Array | tuple[jax.Array, ...],
     init_image: jax.Array | None,
+    blend: jax.Array | None = None,
+    masks: tuple[jax.Array, tuple] | None = None,
     *,
     config: Config,
     preprocessing: Preprocessing,
     key: jax.Array,
 ) -> tuple[obj.Targets, State]:
-    """Targets from the content and style images, and the starting state."""
+    """Targets from the content and style images, and the starting state.
+
+    ``style`` is one image or a tuple of them, mixed by ``blend`` ``[S]`` or placed by
+    ``masks = (content_masks [S, H, W], style_masks)`` (see ``objective.make_targets``).
+    """
     init_key, target_key, key = jax.random.split(key, 3)
+    content_masks, style_masks = masks if masks is not None else (None, None)
     targets = obj.make_targets(
-        params, content, style, config.loss, preprocessing=preprocessing, key=target_key
+        params,
+        content,
+        style,
+        config.loss,
+        preprocessing=preprocessing,
+        key=target_key,
+        blend=blend,
+        content_masks=content_masks,
+        style_masks=style_masks,
     )
     if init_image is None:
-        image = initial_image(content, style, config.init, key=init_key)
+        first = style[0] if isinstance(style, (tuple, list)) else style
+        image = initial_image(content, first, config.init, key=init_key)
     else:
         image = init_image.astype(jnp.float32)
     optimizer = make_optimizer(config)
     return targets, State(image, optimizer.init(image), key)
 
 
+def _styles(style) -> tuple[np.ndarray, ...] | np.ndarray:
+    """One style array, or a tuple of them (float32)."""
+    if isinstance(style, (list, tuple)):
+        if not style:
+            raise ValueError("no style images")
+        return tuple(np.asarray(s, np.float32) for s in style)
+    return np.asarray(style, np.float32)
+
+
 def _check_images(content, style, init_image=None):
-    for name, x in (("content", content), ("style", style), ("init_image", init_image)):
+    styles = style if isinstance(style, (list, tuple)) else (style,)
+    named = [("content", content), *(("style", s) for s in styles), ("init_image", init_image)]
+    for name, x in named:
         if x is None:
             continue
         if x.ndim != 3 or x.shape[-1] != 3:
@@ -331,15 +368,24 @@ def estimate_memory_bytes(shape: tuple[int, int], loss: obj.LossConfig) -> int:
 
     Counts the float32 activations of every VGG layer up to the deepest one used, times
     four (pre-activation, output, and their gradients), plus the image-sized buffers of
-    the optimiser. Tests check it against XLA's own figure for the compiled step.
+    the optimiser. With ``loss.remat`` only block inputs are kept (twice: value and
+    gradient), plus one block's working set. Tests check it against XLA's own figure.
     """
     h, w = shape
     used = loss.content_layers + (loss.all_style_layers if loss.style_weight else ())
     deepest = max(LAYERS.index(name) for name in used)
-    elements = 0
+    per_block: dict[int, int] = {}
     for name in LAYERS[: deepest + 1]:
-        s = layer_stride(name)
-        elements += (h // s) * (w // s) * loss.widths[int(name[4]) - 1]
+        s, block = layer_stride(name), int(name[4])
+        per_block[block] = per_block.get(block, 0) + (h // s) * (w // s) * loss.widths[block - 1]
+    if loss.remat:
+        inputs = sum(
+            (h // 2 ** (b - 1)) * (w // 2 ** (b - 1)) * loss.widths[max(b - 2, 0)]
+            for b in per_block
+        )
+        elements = 2 * inputs + max(per_block.values())
+    else:
+        elements = sum(per_block.values())
     image = h * w * 3
     return 4 * (4 * elements + 64 * image)
 
@@ -392,6 +438,8 @@ def stylize(
     *,
     weights=None,
     init_image: np.ndarray | None = None,
+    content_masks: np.ndarray | None = None,
+    style_masks: Sequence[np.ndarray | None] | None = None,
     callback: Callable[[int, np.ndarray, dict[str, float]], None] | None = None,
     chunk: int = 10,
     progress: bool = True,
@@ -400,10 +448,15 @@ def stylize(
 
     Args:
       content: ``[H, W, 3]`` float RGB in [0, 1].
-      style: ``[H', W', 3]`` float RGB in [0, 1].
+      style: ``[H', W', 3]`` float RGB in [0, 1], or a list of ``S`` styles (any sizes),
+        mixed by ``config.loss.style_blend`` or placed by ``content_masks``.
       config: the run's settings.
       weights: a ``nst_jax.weights.Weights``; the verified default VGG19 if ``None``.
       init_image: optional ``[H, W, 3]`` start, overriding ``config.init``.
+      content_masks: optional ``[S, H, W]`` in [0, 1]: style ``i`` applies where mask
+        ``i`` is on (Gatys et al. 2017).
+      style_masks: optional list of ``S`` masks ``[H'_i, W'_i]`` (or None), restricting
+        which part of each style image counts.
       callback: ``callback(step, image, losses)`` after every ``chunk`` steps, with
         the host copy of the image and the latest losses.
       chunk: steps between progress updates and callbacks (host syncs).
@@ -418,19 +471,49 @@ def stylize(
     """
     content = np.asarray(content, np.float32)
     init_image = None if init_image is None else np.asarray(init_image, np.float32)
-    return _drive(
+    original = content
+    content, style, init_image = _color_inputs(content, _styles(style), init_image, config)
+    if callback is not None and config.preserve_color == "luminance":
+        user_callback = callback
+
+        def callback(step, image, losses):
+            user_callback(step, image_lib.with_content_color(image, original), losses)
+
+    result = _drive(
         content[None],
-        np.asarray(style, np.float32),
+        style,
         None if init_image is None else init_image[None],
         jax.random.key(config.seed)[None],
         _term_weights(config, None),
         config,
+        masks=_masks(content_masks, style_masks, style),
         batched=False,
         weights=weights,
         callback=callback,
         chunk=chunk,
         progress=progress,
     )
+    return _color_output(result, original, config)
+
+
+def _color_inputs(content, style, init_image, config):
+    """Colour preservation, before: grey luminance images, or recoloured styles."""
+    styles = style if isinstance(style, tuple) else (style,)
+    if config.preserve_color == "luminance":
+        styles = tuple(image_lib.match_luminance(s, content) for s in styles)
+        if init_image is not None:
+            init_image = image_lib.luminance_image(init_image)
+        content = image_lib.luminance_image(content)
+    elif config.preserve_color == "histogram":
+        styles = tuple(image_lib.match_color(s, content) for s in styles)
+    return content, styles if isinstance(style, tuple) else styles[0], init_image
+
+
+def _color_output(result: Result, content: np.ndarray, config: Config) -> Result:
+    """Colour preservation, after: the content's chroma under the output's luminance."""
+    if config.preserve_color != "luminance":
+        return result
+    return result._replace(image=image_lib.with_content_color(result.image, content))
 
 
 def stylize_batch(
@@ -440,8 +523,11 @@ def stylize_batch(
     *,
     seeds: Sequence[int] | None = None,
     term_weights: obj.Terms | None = None,
+    blends: np.ndarray | None = None,
     weights=None,
     init_images: np.ndarray | None = None,
+    content_masks: np.ndarray | None = None,
+    style_masks: Sequence[np.ndarray | None] | None = None,
     callback: Callable[[int, np.ndarray, dict[str, np.ndarray]], None] | None = None,
     chunk: int = 10,
     progress: bool = True,
@@ -449,8 +535,9 @@ def stylize_batch(
     """``B`` stylisations in one compiled program, ``jax.vmap``-ed over the batch.
 
     Whatever has a batch axis varies across the batch: the contents, the seeds (noise
-    inits, MMD samples) and the term weights (α, β, λ_tv, λ_α), e.g. a sweep over α/β
-    ratios or TV weights. The rest is shared. Element ``b`` equals
+    inits, MMD samples), the term weights (α, β, λ_tv, λ_α), e.g. a sweep over α/β
+    ratios or TV weights, and the style mix weights. The rest, masks included, is
+    shared. Element ``b`` equals
     ``stylize(content[b], style, config_b)`` with ``config_b`` its seed and weights.
 
     Args:
@@ -459,6 +546,7 @@ def stylize_batch(
       config: shared settings; its seed and weights are the defaults per element.
       seeds: ``B`` PRNG seeds; default ``config.seed + b``.
       term_weights: ``Terms`` whose fields are scalars or ``[B]`` arrays.
+      blends: optional ``[B, S]`` style mix weights, one mix per element.
       init_images: optional ``[B, H, W, 3]`` starts.
       callback: as for ``stylize``, with ``[B, H, W, 3]`` images and ``[B]`` losses.
 
@@ -467,6 +555,11 @@ def stylize_batch(
       values ``[steps, B]``, ``final``/``initial`` values ``[B]`` arrays.
     """
     content = np.asarray(content, np.float32)
+    if config.preserve_color != "none" and content.ndim != 3:
+        raise ValueError("preserve_color needs one content shared by the batch")
+    original = content
+    init_images = None if init_images is None else np.asarray(init_images, np.float32)
+    content, style, init_images = _color_inputs(content, _styles(style), init_images, config)
     tw = _term_weights(config, term_weights)
     sizes = {int(np.shape(w)[0]) for w in tw if np.ndim(w) == 1}
     if content.ndim == 4:
@@ -475,6 +568,9 @@ def stylize_batch(
         sizes.add(len(seeds))
     if init_images is not None:
         sizes.add(len(init_images))
+    if blends is not None:
+        blends = np.asarray(blends, np.float32)
+        sizes.add(blends.shape[0])
     if len(sizes) > 1:
         raise ValueError(f"batch sizes disagree: {sorted(sizes)}")
     if not sizes or min(sizes) < 1:
@@ -487,20 +583,48 @@ def stylize_batch(
     seeds = [config.seed + i for i in range(b)] if seeds is None else list(seeds)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     tw = obj.Terms(*(jnp.broadcast_to(w, (b,)) for w in tw))
-    init_images = None if init_images is None else np.asarray(init_images, np.float32)
-    return _drive(
+    result = _drive(
         content,
-        np.asarray(style, np.float32),
+        style,
         init_images,
         keys,
         tw,
         config,
+        blend=blends,
+        masks=_masks(content_masks, style_masks, style),
         batched=True,
         weights=weights,
         callback=callback,
         chunk=chunk,
         progress=progress,
     )
+    return _color_output(result, original, config)
+
+
+def _masks(content_masks, style_masks, style):
+    """``(content_masks, style_masks)`` checked, style masks resized to their styles."""
+    if content_masks is None and style_masks is None:
+        return None
+    if content_masks is None:
+        raise ValueError("style masks need content masks: one region of the content per style")
+    content_masks = np.asarray(content_masks, np.float32)
+    if content_masks.min() < 0 or content_masks.max() > 1:
+        raise ValueError("masks must lie in [0, 1]")
+    if style_masks is not None:
+        styles = style if isinstance(style, tuple) else (style,)
+        if len(style_masks) != len(styles):
+            raise ValueError(f"{len(style_masks)} style masks for {len(styles)} styles")
+        style_masks = tuple(
+            None if m is None else _resize_mask(np.asarray(m, np.float32), s.shape[:2])
+            for m, s in zip(style_masks, styles, strict=True)
+        )
+    return content_masks, style_masks
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape == tuple(shape):
+        return mask
+    return np.clip(image_lib.resize(np.repeat(mask[..., None], 3, -1), shape)[..., 0], 0.0, 1.0)
 
 
 def _drive(
@@ -511,6 +635,8 @@ def _drive(
     term_weights,
     config,
     *,
+    blend=None,
+    masks=None,
     batched,
     weights,
     callback,
@@ -541,7 +667,8 @@ def _drive(
     step_fn = functools.partial(step, **static, optimizer=make_optimizer(config))
     final_fn = functools.partial(_final_losses, **static)
     if batched:
-        init_fn = jax.vmap(init_fn, in_axes=(None, 0, None, 0))
+        blend_axis = None if blend is None else 0
+        init_fn = jax.vmap(init_fn, in_axes=(None, 0, None, 0, blend_axis, None))
         step_fn = jax.vmap(step_fn, in_axes=(None, 0, 0, 0))
         final_fn = jax.vmap(final_fn, in_axes=(None, 0, 0, 0))
     else:
@@ -550,10 +677,12 @@ def _drive(
     setup = jax.jit(init_fn)
     run = jax.jit(step_fn, donate_argnums=(2,))
     # Compile from shapes alone, so a size that cannot fit fails before any compute.
-    targets, state = jax.eval_shape(setup, params, content, style, init_image, key=keys)
+    targets, state = jax.eval_shape(
+        setup, params, content, style, init_image, blend, masks, key=keys
+    )
     compiled = run.lower(params, targets, state, term_weights).compile()
     _check_compiled_memory(compiled, content.shape[-3:-1], b)
-    targets, state = setup(params, content, style, init_image, key=keys)
+    targets, state = setup(params, content, style, init_image, blend, masks, key=keys)
     final_fn = jax.jit(final_fn)
     initial = np.asarray(final_fn(params, targets, state.image, term_weights))
     compile_seconds = time.perf_counter() - t0
@@ -608,6 +737,105 @@ def _drive(
         interrupted=interrupted,
         initial=by_key(initial),
     )
+
+
+def pyramid_sizes(size: int, *, levels: int = 1, start_size: int = 0) -> list[int]:
+    """Longest sides of a coarse-to-fine pyramid, each twice the last, ending at ``size``.
+
+    ``start_size`` (if set) wins over ``levels``: the pyramid starts at the smallest
+    ``size / 2^k`` that is at least ``start_size``.
+    """
+    if size < 16 or levels < 1 or start_size < 0:
+        raise ValueError(f"bad pyramid: size {size}, levels {levels}, start_size {start_size}")
+    if start_size:
+        if start_size > size:
+            raise ValueError(f"start_size {start_size} is above the output size {size}")
+        levels = 1
+        while size / 2**levels >= start_size:
+            levels += 1
+    sizes = [round(size / 2**k) for k in reversed(range(levels))]
+    if sizes[0] < 16:
+        raise ValueError(f"{levels} pyramid levels from {size} px go below 16 px")
+    return sizes
+
+
+def stylize_pyramid(
+    content: np.ndarray,
+    style: np.ndarray | Sequence[np.ndarray],
+    config: Config = Config(),
+    *,
+    sizes: Sequence[int],
+    level_steps: Sequence[int] | None = None,
+    style_scale: float | Sequence[float] = 1.0,
+    content_masks: np.ndarray | None = None,
+    style_masks: Sequence[np.ndarray | None] | None = None,
+    init_image: np.ndarray | None = None,
+    callback: Callable[[int, int, np.ndarray, dict[str, float]], None] | None = None,
+    **kwargs,
+) -> list[Result]:
+    """Coarse to fine (Gatys et al. 2017, sec. 6): optimise at a low resolution, upsample,
+    continue. Coarse levels are cheap and fix the large-scale structure, so the final
+    size needs fewer steps.
+
+    Every level resizes the full-resolution inputs: the content to the level's longest
+    side, each style to ``style_scale`` times it (so the style's scale relative to the
+    output stays the same), masks like the content. Level 0 starts as ``config.init``
+    says; each later level starts from the previous result, upsampled.
+
+    Args:
+      content: ``[H, W, 3]`` at any resolution at least the last size.
+      style: ``[H', W', 3]`` or a list of them.
+      config: settings shared by every level; ``config.steps`` per level unless
+        ``level_steps`` gives one count per level.
+      sizes: longest side per level, coarse to fine (``pyramid_sizes``).
+      style_scale: one scale, or one per style.
+      content_masks: ``[S, H, W]`` at the content's resolution.
+      callback: ``callback(level, step, image, losses)``.
+      **kwargs: passed to ``stylize`` (``weights``, ``chunk``, ``progress``).
+
+    Returns:
+      One ``Result`` per level run; the last one is the output. After Ctrl-C the list
+      ends with the interrupted level.
+    """
+    styles = _styles(style)
+    styles = styles if isinstance(styles, tuple) else (styles,)
+    scales = [float(style_scale)] * len(styles) if np.ndim(style_scale) == 0 else list(style_scale)
+    if len(scales) != len(styles) or any(not v > 0 for v in scales):
+        raise ValueError(f"need one positive style scale per style, got {scales}")
+    steps = [config.steps] * len(sizes) if level_steps is None else list(level_steps)
+    if len(steps) != len(sizes):
+        raise ValueError(f"{len(steps)} step counts for {len(sizes)} pyramid levels")
+    results: list[Result] = []
+    for level, (size, n) in enumerate(zip(sizes, steps, strict=True)):
+        shape = image_lib.resized_shape(content.shape[:2], size)
+        level_styles = [
+            image_lib.resize_longest(s, max(16, round(k * size)))
+            for s, k in zip(styles, scales, strict=True)
+        ]
+        start = results[-1].image if results else init_image
+        masks = None
+        if content_masks is not None:
+            masks = np.stack(
+                [
+                    image_lib.resize(np.repeat(m[..., None], 3, -1), shape)[..., 0]
+                    for m in content_masks
+                ]
+            ).clip(0.0, 1.0)
+        level_callback = None if callback is None else functools.partial(callback, level)
+        result = stylize(
+            image_lib.resize(content, shape),
+            level_styles if len(level_styles) > 1 else level_styles[0],
+            dataclasses.replace(config, steps=n),
+            init_image=None if start is None else image_lib.resize(start, shape),
+            content_masks=masks,
+            style_masks=style_masks,
+            callback=level_callback,
+            **kwargs,
+        )
+        results.append(result)
+        if result.interrupted:
+            break
+    return results
 
 
 def texture_config(config: Config) -> Config:

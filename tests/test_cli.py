@@ -36,6 +36,10 @@ def images(tmp_path_factory):
     nst_jax.save_image(folder / "content.png", content.astype(np.float32))
     nst_jax.save_image(folder / "style.png", style.astype(np.float32))
     (folder / "notes.png").write_text("not an image")
+    mask = np.zeros((30, 40, 3), np.float32)  # Half the content's size: resized, with a note.
+    mask[:, :20] = 1.0
+    nst_jax.save_image(folder / "mask.png", mask)
+    nst_jax.save_image(folder / "mask2.png", 1.0 - mask)
     return folder
 
 
@@ -81,6 +85,14 @@ def _one_line_error(result, match):
         (["--layers", "conv1_1"], "--layers is for --mode invert"),
         (["--mode", "invert"], "takes no --style"),
         (["--save_every=2", "--inits=2"], "--save_every is for single runs"),
+        (["--content_masks", "{d}/mask.png,{d}/mask.png"], "2 --content_masks for 1 styles"),
+        (["--style_masks", "{d}/mask.png"], "--style_masks needs --content_masks"),
+        (["--style_blend", "1,2"], "2 style blend weights for 1 style images"),
+        (["--style_scale", "0"], "--style_scale needs one positive value"),
+        (["--preserve_color", "yes"], "preserve_color"),
+        (["--pyramid", "9"], "go below 16 px"),
+        (["--start_size", "16", "--level_steps", "1"], "--level_steps has 1 values for 2"),
+        (["--content_masks", "{d}/missing.png"], "image not found"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(images, extra, match):
@@ -141,7 +153,7 @@ def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weigh
     data = json.loads(report.read_text())
     assert data["steps"] == 6 and len(data["history"]["total"]) == 6
     assert data["final_losses"]["style"] < data["initial_losses"]["style"]
-    assert data["content_size"] == [48, 64] and data["style_size"] == [64, 64]
+    assert data["content_size"] == [48, 64] and data["style_sizes"] == [[64, 64]]
     assert data["seconds_per_step"] > 0 and data["compile_seconds"] > 0
     assert data["weights_sha256"] == real_weights.sha256
     assert data["flags"]["size"] == 64 and data["flags"]["save_every"] == 3
@@ -366,3 +378,88 @@ def test_texture_layer_sets_and_ratio_sweep(images, tmp_path, real_weights):
     )
     assert result.returncode == 0, result.stderr
     assert nst_jax.read_settings(out)["grid"]["cols"] == ["alpha/beta=1", "alpha/beta=1e+03"]
+
+
+def test_masks_blend_colour_and_pyramid(images, tmp_path, real_weights):
+    base = ["--content", images / "content.png", "--size", "40", "--steps", "2"]
+    two = f"{images / 'style.png'},{images / 'content.png'}"
+    out = tmp_path / "masked.png"
+    result = run(
+        *base,
+        "--style",
+        two,
+        "--content_masks",
+        f"{images / 'mask.png'},{images / 'mask2.png'}",
+        "--output",
+        out,
+        "--progress=false",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "note: resizing mask" in result.stderr and "warning" not in result.stderr
+    assert len(nst_jax.read_settings(out)["style"]) == 2
+    result = run(
+        *base,
+        "--style",
+        two,
+        "--content_masks",
+        f"{images / 'mask.png'},{images / 'mask.png'}",
+        "--output",
+        out,
+        "--progress=false",
+    )
+    assert result.returncode == 0 and "warning: masks overlap" in result.stderr
+    _one_line_error(
+        run(
+            *base,
+            "--style",
+            two,
+            "--style_blend",
+            "1,1",
+            "--content_masks",
+            f"{images / 'mask.png'},{images / 'mask2.png'}",
+            "--output",
+            out,
+        ),
+        "--style_blend mixes styles everywhere",
+    )
+    out = tmp_path / "blend.png"
+    result = run(
+        *base,
+        "--style",
+        two,
+        "--style_blend",
+        "0.7,0.3",
+        "--style_scale",
+        "0.5,1",
+        "--preserve_color",
+        "luminance",
+        "--output",
+        out,
+        "--progress=false",
+    )
+    assert result.returncode == 0, result.stderr
+    settings = nst_jax.read_settings(out)
+    assert settings["config"]["loss"]["style_blend"] == [0.7, 0.3]
+    assert settings["config"]["preserve_color"] == "luminance"
+    assert settings["style_scale"] == [0.5, 1.0]
+    out = tmp_path / "pyramid.png"
+    result = run(
+        "--content",
+        images / "content.png",
+        "--style",
+        images / "style.png",
+        "--size",
+        "64",
+        "--steps",
+        "2",
+        "--start_size",
+        "32",
+        "--level_steps",
+        "2,1",
+        "--output",
+        out,
+        "--progress=false",
+    )
+    assert result.returncode == 0, result.stderr
+    assert np.asarray(Image.open(out)).shape == (48, 64, 3)
+    assert nst_jax.read_settings(out)["pyramid_sizes"] == [32, 64]

@@ -1,0 +1,99 @@
+"""Peak memory of one optimisation step at 512, 1024 and 2048 px, with and without
+rematerialising VGG blocks (``--remat``), and the time cost of remat, in the same run.
+
+  python benchmarks/memory.py [--sizes 512,1024,2048] [--time_size 256]
+
+Memory is XLA's own account of the compiled step (arguments + outputs + temporaries),
+from ``compiled.memory_analysis()``: compiling needs no memory for the activations, so
+every size is measured even where it would not fit. Beside it: the quick estimate the
+CLI checks before compiling. Time: median seconds per step at ``--time_size``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import jax
+import jax.numpy as jnp
+from common import compiled_step, demo_pair, median_step_seconds, save, table
+
+import nst_jax
+from nst_jax import optimize
+from nst_jax.objective import LossConfig
+
+
+def compiled_bytes(weights, shape, config) -> int:
+    """XLA's memory figure for the step at ``shape`` = (H, W), compiled from shapes."""
+    static = dict(config=config, preprocessing=weights.preprocessing)
+    content = jax.ShapeDtypeStruct((*shape, 3), jnp.float32)
+    style = jax.ShapeDtypeStruct((min(shape), min(shape), 3), jnp.float32)
+    setup = functools.partial(optimize.init, **static)
+    targets, state = jax.eval_shape(
+        setup, weights.params, content, style, None, key=jax.random.key(0)
+    )
+    step = jax.jit(
+        functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
+        donate_argnums=(2,),
+    )
+    tw = optimize._term_weights(config, None)
+    m = step.lower(weights.params, targets, state, tw).compile().memory_analysis()
+    return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="512,1024,2048")
+    parser.add_argument("--time_size", type=int, default=256)
+    args = parser.parse_args()
+    weights = nst_jax.load_weights(progress=False)
+    gib = 2.0**30
+    rows = []
+    for size in map(int, args.sizes.split(",")):
+        shape = nst_jax.image.resized_shape((300, 451), size)  # The demo's aspect ratio.
+        row = {"size": f"{shape[1]}x{shape[0]}"}
+        for remat in (False, True):
+            loss = LossConfig(remat=remat)
+            config = nst_jax.Config(loss=loss)
+            key = "remat" if remat else "plain"
+            row[f"{key} GiB"] = round(compiled_bytes(weights, shape, config) / gib, 2)
+            row[f"{key} estimate GiB"] = round(optimize.estimate_memory_bytes(shape, loss) / gib, 2)
+        row["remat / plain"] = round(row["remat GiB"] / row["plain GiB"], 2)
+        rows.append(row)
+        print(row, flush=True)
+    content, style = demo_pair(args.time_size)
+    seconds = {}
+    for remat in (False, True, False):  # Plain timed first and last, to cancel drift.
+        config = nst_jax.Config(loss=LossConfig(remat=remat))
+        step, targets, state, _ = compiled_step(weights, content, style, config)
+        seconds.setdefault(remat, []).append(
+            median_step_seconds(step, weights.params, targets, state, 5)
+        )
+    plain = sum(seconds[False]) / 2
+    ratio = seconds[True][0] / plain
+    columns = [
+        "size",
+        "plain GiB",
+        "remat GiB",
+        "remat / plain",
+        "plain estimate GiB",
+        "remat estimate GiB",
+    ]
+    markdown = (
+        table(rows, columns)
+        + f"\n\nStep time with remat at {args.time_size} px: {ratio:.2f}x the plain step "
+        f"({seconds[True][0]:.3f} s vs {plain:.3f} s)."
+    )
+    save(
+        "memory",
+        {
+            "rows": rows,
+            "remat_time_ratio": ratio,
+            "seconds": {str(k): v for k, v in seconds.items()},
+        },
+        markdown,
+    )
+
+
+if __name__ == "__main__":
+    main()
