@@ -2,6 +2,8 @@
 
   python run.py --content photo.jpg --style painting.jpg --output out.png
   python run.py --demo            # built-in sample images, writes demo.png
+  python run.py --mode texture --style painting.jpg
+  python run.py --mode invert --demo --layers conv1_1,conv3_1,conv5_1 --inits 3   # a grid
 
 Flags map onto ``nst_jax.Config``; the work happens in the library. A user's mistake
 (bad flag, missing file, unknown layer, unwritable output, size too large) prints one
@@ -280,7 +282,7 @@ def main(argv):
         content_full = nst_jax.load_image(F.content) if F.content else demo_content
     shape = nst_jax.image.resized_shape(content_full.shape[:2], F.size)
     for _, row in rows:
-        nst_jax.optimize.check_memory_estimate(shape, row.loss, batch=len(cols.labels))
+        nst_jax.memory.check_estimate(shape, row.loss, batch=len(cols.labels))
     content = nst_jax.resize(content_full, shape)
     scales = _style_scales(len(styles_full))
     if invert:
@@ -299,6 +301,8 @@ def main(argv):
     level_steps = _floats("level_steps")
     if level_steps is not None and len(level_steps) != len(sizes):
         raise UsageError(f"--level_steps has {len(level_steps)} values for {len(sizes)} levels")
+    if invert and len(sizes) > 1:
+        raise UsageError("--pyramid and --start_size are for --mode stylize and texture")
     if grid and (len(sizes) > 1 or masks[0] is not None):
         raise UsageError(
             "grids (--inits, --tv_weights, --ratios, --layers, ...) run at one size without masks"
@@ -473,29 +477,16 @@ def _run_grid(rows, cols, content, style, init_image, weights, output, report, s
     grid = nst_jax.sweeps.run_grid(
         rows, content, style, cols, weights=weights, init_images=init_images, progress=F.progress
     )
-    tiles, col_labels, row_labels = grid.images, grid.col_labels, grid.row_labels
-    if len(col_labels) == 1:  # One column reads better as one labelled row.
-        tiles, col_labels, row_labels = tiles.swapaxes(0, 1), row_labels, [""]
-    image = nst_jax.image.labelled_grid(tiles, col_labels, row_labels if any(row_labels) else None)
+    image = nst_jax.sweeps.grid_image(grid)
     settings = {
         **settings,
         "grid": {"rows": grid.row_labels, "cols": grid.col_labels, "done": len(grid.results)},
     }
     nst_jax.save_image(output, image, settings=settings)
     if report is not None:
-        tiles = [
-            {
-                "row": r,
-                "col": c,
-                "initial_losses": {k: float(v[c]) for k, v in result.initial.items()},
-                "final_losses": {k: float(v[c]) for k, v in result.final.items()},
-            }
-            for r, result in enumerate(grid.results)
-            for c in range(len(grid.col_labels))
-        ]
         data = {
             "grid": settings["grid"],
-            "tiles": tiles,
+            "tiles": nst_jax.sweeps.tile_losses(grid),
             "seconds_per_step": [r.seconds_per_step for r in grid.results],
             "compile_seconds": [r.compile_seconds for r in grid.results],
             "wall_seconds": time.perf_counter() - t0,

@@ -170,7 +170,7 @@ def main():
     if args.only in (None, "texture"):
         texture(args.size, args.steps)
     if args.only in (None, "controls"):
-        controls(args.images, 256, 200)
+        controls(args.images, 192, 150)
     if args.only in (None, "grids"):
         grids(list(GRIDS))
     elif args.only in GRIDS:

@@ -4,7 +4,7 @@ The data flows one way: image files -> arrays (``image``) -> VGG19 features (``v
 losses (``losses``) -> objective (``objective``) -> optimiser (``optimize``) -> files.
 """
 
-from nst_jax import sweeps
+from nst_jax import memory, sweeps
 from nst_jax.image import (
     CAFFE,
     TORCHVISION,
@@ -63,6 +63,7 @@ __all__ = [
     "load_weights",
     "make_optimizer",
     "make_targets",
+    "memory",
     "preprocess",
     "read_settings",
     "resize",

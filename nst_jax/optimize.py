@@ -27,10 +27,10 @@ import numpy as np
 import optax
 
 from nst_jax import image as image_lib
+from nst_jax import memory
 from nst_jax import objective as obj
 from nst_jax import weights as weights_lib
 from nst_jax.image import Preprocessing
-from nst_jax.vgg import LAYERS, layer_stride
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise", "style")
@@ -346,91 +346,6 @@ def _final_losses(params, targets, image, weights, *, config, preprocessing):
     return jnp.stack([value, *terms])
 
 
-def available_memory_bytes(device: jax.Device | None = None) -> int | None:
-    """Free memory on ``device``: MemAvailable on CPU, the allocator's headroom on GPU/TPU."""
-    device = device or jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        limit = stats.get("bytes_limit")
-        return None if limit is None else int(limit - stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def estimate_memory_bytes(shape: tuple[int, int], loss: obj.LossConfig) -> int:
-    """A quick upper estimate of one step's memory at ``shape`` = (H, W), before compiling.
-
-    Counts the float32 activations of every VGG layer up to the deepest one used, times
-    four (pre-activation, output, and their gradients), plus the image-sized buffers of
-    the optimiser. With ``loss.remat`` only block inputs are kept (twice: value and
-    gradient), plus one block's working set. Tests check it against XLA's own figure.
-    """
-    h, w = shape
-    used = loss.content_layers + (loss.all_style_layers if loss.style_weight else ())
-    deepest = max(LAYERS.index(name) for name in used)
-    per_block: dict[int, int] = {}
-    for name in LAYERS[: deepest + 1]:
-        s, block = layer_stride(name), int(name[4])
-        per_block[block] = per_block.get(block, 0) + (h // s) * (w // s) * loss.widths[block - 1]
-    if loss.remat:
-        inputs = sum(
-            (h // 2 ** (b - 1)) * (w // 2 ** (b - 1)) * loss.widths[max(b - 2, 0)]
-            for b in per_block
-        )
-        elements = 2 * inputs + max(per_block.values())
-    else:
-        elements = sum(per_block.values())
-    image = h * w * 3
-    return 4 * (4 * elements + 64 * image)
-
-
-def _raise_too_big(shape, need: int, have: int, batch: int = 1) -> None:
-    h, w = shape[:2]
-    # Activations, and so memory, grow with the pixel count.
-    fit = int(max(h, w) * (0.9 * have / need) ** 0.5) // 16 * 16
-    what = f"{w}x{h}" if batch == 1 else f"a batch of {batch} at {w}x{h}"
-    raise ValueError(
-        f"{what} needs about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is free; "
-        f"the largest size that fits is about --size {fit}"
-    )
-
-
-def _check_memory(need: int, shape: tuple[int, int], batch: int = 1) -> None:
-    have = available_memory_bytes()
-    if have is not None and need > 0.9 * have:
-        _raise_too_big(shape, need, have, batch)
-
-
-def check_memory_estimate(shape: tuple[int, int], loss: obj.LossConfig, batch: int = 1) -> None:
-    """Raises ValueError, naming the largest size that fits, if ``shape`` surely won't fit.
-
-    Cheap enough to call before resizing anything; ``stylize`` checks again with XLA's
-    exact figure once the step is compiled.
-    """
-    _check_memory(batch * estimate_memory_bytes(shape, loss), shape, batch)
-
-
-def _check_compiled_memory(compiled, shape: tuple[int, ...], batch: int = 1) -> None:
-    try:
-        analysis = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend reports; then we just try.
-        return
-    if analysis is None:
-        return
-    need = (
-        analysis.temp_size_in_bytes
-        + analysis.argument_size_in_bytes
-        + analysis.output_size_in_bytes
-    )
-    _check_memory(need, shape, batch)
-
-
 def stylize(
     content: np.ndarray,
     style: np.ndarray,
@@ -473,12 +388,6 @@ def stylize(
     init_image = None if init_image is None else np.asarray(init_image, np.float32)
     original = content
     content, style, init_image = _color_inputs(content, _styles(style), init_image, config)
-    if callback is not None and config.preserve_color == "luminance":
-        user_callback = callback
-
-        def callback(step, image, losses):
-            user_callback(step, image_lib.with_content_color(image, original), losses)
-
     result = _drive(
         content[None],
         style,
@@ -489,7 +398,7 @@ def stylize(
         masks=_masks(content_masks, style_masks, style),
         batched=False,
         weights=weights,
-        callback=callback,
+        callback=_color_callback(callback, original, config),
         chunk=chunk,
         progress=progress,
     )
@@ -507,6 +416,15 @@ def _color_inputs(content, style, init_image, config):
     elif config.preserve_color == "histogram":
         styles = tuple(image_lib.match_color(s, content) for s in styles)
     return content, styles if isinstance(style, tuple) else styles[0], init_image
+
+
+def _color_callback(callback, content: np.ndarray, config: Config):
+    """``callback`` seeing images in colour when the run works on luminance."""
+    if callback is None or config.preserve_color != "luminance":
+        return callback
+    return lambda step, image, losses: callback(
+        step, image_lib.with_content_color(image, content), losses
+    )
 
 
 def _color_output(result: Result, content: np.ndarray, config: Config) -> Result:
@@ -594,7 +512,7 @@ def stylize_batch(
         masks=_masks(content_masks, style_masks, style),
         batched=True,
         weights=weights,
-        callback=callback,
+        callback=_color_callback(callback, original, config),
         chunk=chunk,
         progress=progress,
     )
@@ -660,8 +578,8 @@ def _drive(
     static = dict(config=config, preprocessing=prep)
     b = content.shape[0]
 
-    need = b * estimate_memory_bytes(content.shape[1:3], config.loss)
-    _check_memory(need, content.shape[1:3], b)
+    need = b * memory.estimate_bytes(content.shape[1:3], config.loss)
+    memory.check(need, content.shape[1:3], b)
     t0 = time.perf_counter()
     init_fn = functools.partial(init, **static)
     step_fn = functools.partial(step, **static, optimizer=make_optimizer(config))
@@ -681,7 +599,7 @@ def _drive(
         setup, params, content, style, init_image, blend, masks, key=keys
     )
     compiled = run.lower(params, targets, state, term_weights).compile()
-    _check_compiled_memory(compiled, content.shape[-3:-1], b)
+    memory.check_compiled(compiled, content.shape[-3:-1], b)
     targets, state = setup(params, content, style, init_image, blend, masks, key=keys)
     final_fn = jax.jit(final_fn)
     initial = np.asarray(final_fn(params, targets, state.image, term_weights))

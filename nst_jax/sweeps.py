@@ -17,6 +17,7 @@ import numpy as np
 
 from nst_jax import objective as obj
 from nst_jax import optimize
+from nst_jax.image import labelled_grid
 from nst_jax.vgg import check_layers
 
 
@@ -139,6 +140,28 @@ def run_grid(
         results=results,
         interrupted=bool(results) and results[-1].interrupted,
     )
+
+
+def grid_image(grid: Grid) -> np.ndarray:
+    """The grid as one labelled ``[H, W, 3]`` image; a single column is laid out as a row."""
+    tiles, cols, rows = grid.images, grid.col_labels, grid.row_labels
+    if len(cols) == 1:
+        tiles, cols, rows = tiles.swapaxes(0, 1), rows, [""]
+    return labelled_grid(tiles, cols, rows if any(rows) else None)
+
+
+def tile_losses(grid: Grid) -> list[dict]:
+    """Initial and final losses of every tile that ran, for reports."""
+    return [
+        {
+            "row": r,
+            "col": c,
+            "initial_losses": {k: float(v[c]) for k, v in result.initial.items()},
+            "final_losses": {k: float(v[c]) for k, v in result.final.items()},
+        }
+        for r, result in enumerate(grid.results)
+        for c in range(len(grid.col_labels))
+    ]
 
 
 def inversion_rows(config: optimize.Config, layers: Sequence[str]):

@@ -236,9 +236,19 @@ def test_style_masks_restrict_the_style(small_weights, rng, styles):
 def test_luminance_transfer_keeps_the_content_chroma(small_weights, rng, styles):
     content = 0.25 + 0.5 * smooth_image(rng, 32, 40)  # Away from the gamut's edges.
     config = optimize.Config(loss=_loss(), steps=10, preserve_color="luminance")
-    result = nst_jax.stylize(content, styles[1], config, weights=small_weights, progress=False)
+    seen = []
+    result = nst_jax.stylize(
+        content,
+        styles[1],
+        config,
+        weights=small_weights,
+        progress=False,
+        callback=lambda step, image, losses: seen.append(image),
+    )
     out, ref = rgb2yiq(result.image), rgb2yiq(content)
     np.testing.assert_allclose(out[..., 1:], ref[..., 1:], atol=2e-2)
+    # Snapshots are in colour too.
+    np.testing.assert_allclose(rgb2yiq(seen[-1])[..., 1:], ref[..., 1:], atol=2e-2)
     assert np.abs(out[..., 0] - ref[..., 0]).mean() > 1e-3  # The luminance did change.
     plain = nst_jax.stylize(
         content,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import optimize
+from nst_jax import memory, optimize
 from nst_jax.objective import LossConfig
 
 from .conftest import SMALL_WIDTHS, smooth_image
@@ -185,17 +185,17 @@ def test_bad_loss_config_raises(kw, match):
 
 
 def test_too_large_a_size_names_what_fits(small_weights, monkeypatch):
-    monkeypatch.setattr(optimize, "available_memory_bytes", lambda device=None: 200 * 2**20)
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 200 * 2**20)
     with pytest.raises(ValueError, match=r"largest size that fits is about --size \d+"):
-        optimize.check_memory_estimate((8000, 8000), LossConfig())
-    optimize.check_memory_estimate((64, 64), LossConfig())  # Fits.
+        memory.check_estimate((8000, 8000), LossConfig())
+    memory.check_estimate((64, 64), LossConfig())  # Fits.
 
 
 def test_memory_estimate_bounds_xla(small_weights):
     """The quick estimate should not be below what XLA says the compiled step needs."""
     loss = LossConfig()
     shape = (96, 128)
-    estimate = optimize.estimate_memory_bytes(shape, loss)
+    estimate = memory.estimate_bytes(shape, loss)
     x = jax.ShapeDtypeStruct(shape + (3,), jnp.float32)
     params = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nst_jax.init_params(jax.random.key(0))

@@ -1,0 +1,93 @@
+"""Memory: what a step needs, what is free, and the largest size that fits.
+
+Two checks guard a run: a quick analytic estimate before anything is resized or compiled
+(``check_estimate``), and XLA's own figure for the compiled step (``check_compiled``).
+Either failing raises ``ValueError`` naming the largest ``--size`` that fits.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from nst_jax.objective import LossConfig
+from nst_jax.vgg import LAYERS, layer_stride
+
+
+def available_bytes(device: jax.Device | None = None) -> int | None:
+    """Free memory on ``device``: MemAvailable on CPU, the allocator's headroom on GPU/TPU."""
+    device = device or jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        return None if limit is None else int(limit - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def estimate_bytes(shape: tuple[int, int], loss: LossConfig) -> int:
+    """A quick estimate of one step's memory at ``shape`` = (H, W), before compiling.
+
+    Counts the float32 activations of every VGG layer up to the deepest one used, times
+    2.5 (XLA keeps about 2.1-2.3x for the default objective: each activation and, in
+    turn, its gradient, plus workspace), the convolution weights, and 16 image-sized
+    buffers for the optimiser. It errs high, by design, and ignores ``loss.remat``:
+    XLA:CPU's schedule keeps the peak where it was (``benchmarks/memory.py``). Tests
+    check it against XLA's own figure for the compiled step.
+    """
+    h, w = shape
+    used = loss.content_layers + (loss.all_style_layers if loss.style_weight else ())
+    deepest = max(LAYERS.index(name) for name in used)
+    elements, weights, channels = 0, 0, 3
+    for name in LAYERS[: deepest + 1]:
+        s, width = layer_stride(name), loss.widths[int(name[4]) - 1]
+        elements += (h // s) * (w // s) * width
+        weights += 9 * channels * width + width
+        channels = width
+    return 4 * (5 * elements // 2 + weights + 16 * h * w * 3)
+
+
+def _raise_too_big(shape, need: int, have: int, batch: int = 1) -> None:
+    h, w = shape[:2]
+    # Activations, and so memory, grow with the pixel count.
+    fit = int(max(h, w) * (0.9 * have / need) ** 0.5) // 16 * 16
+    what = f"{w}x{h}" if batch == 1 else f"a batch of {batch} at {w}x{h}"
+    raise ValueError(
+        f"{what} needs about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is free; "
+        f"the largest size that fits is about --size {fit}"
+    )
+
+
+def check(need: int, shape: tuple[int, int], batch: int = 1) -> None:
+    have = available_bytes()
+    if have is not None and need > 0.9 * have:
+        _raise_too_big(shape, need, have, batch)
+
+
+def check_estimate(shape: tuple[int, int], loss: LossConfig, batch: int = 1) -> None:
+    """Raises ValueError, naming the largest size that fits, if ``shape`` surely won't fit.
+
+    Cheap enough to call before resizing anything; ``stylize`` checks again with XLA's
+    exact figure once the step is compiled.
+    """
+    check(batch * estimate_bytes(shape, loss), shape, batch)
+
+
+def check_compiled(compiled, shape: tuple[int, ...], batch: int = 1) -> None:
+    try:
+        analysis = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend reports; then we just try.
+        return
+    if analysis is None:
+        return
+    need = (
+        analysis.temp_size_in_bytes
+        + analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+    )
+    check(need, shape, batch)
