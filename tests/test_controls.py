@@ -265,7 +265,15 @@ def test_luminance_transfer_keeps_the_content_chroma(small_weights, rng, styles)
 
 def test_histogram_colour_matching(rng, styles):
     content = smooth_image(rng, 32, 40)
-    matched = image_lib.match_color(styles[1], content)
+    # A style whose channels are correlated unlike the content's: blue-yellow.
+    t = rng.random((30, 30, 1)).astype(np.float32)
+    noise = 0.15 * rng.random((30, 30, 3)).astype(np.float32)
+    painting = np.concatenate([t, t, 1.0 - t], axis=-1) * 0.7 + noise
+    matched = image_lib.match_color(painting, content)
+    corr = np.corrcoef(matched.reshape(-1, 3).T)
+    target = np.corrcoef(content.reshape(-1, 3).T)
+    np.testing.assert_allclose(corr, target, atol=0.15)  # The palette, not just the marginals.
+    assert np.corrcoef(painting.reshape(-1, 3).T)[0, 2] < -0.9
     for c in range(3):
         q = np.linspace(0.05, 0.95, 10)
         np.testing.assert_allclose(
