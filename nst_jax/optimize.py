@@ -386,35 +386,36 @@ def stylize(
     """
     content = np.asarray(content, np.float32)
     init_image = None if init_image is None else np.asarray(init_image, np.float32)
-    original = content
-    content, style, init_image = _color_inputs(content, _styles(style), init_image, config)
-    result = _drive(
+    return _drive(
         content[None],
         style,
         None if init_image is None else init_image[None],
         jax.random.key(config.seed)[None],
         _term_weights(config, None),
         config,
-        masks=_masks(content_masks, style_masks, style),
+        content_masks=content_masks,
+        style_masks=style_masks,
         batched=False,
         weights=weights,
-        callback=_color_callback(callback, original, config),
+        callback=callback,
         chunk=chunk,
         progress=progress,
     )
-    return _color_output(result, original, config)
 
 
 def _color_inputs(content, style, init_image, config):
-    """Colour preservation, before: grey luminance images, or recoloured styles."""
+    """Colour preservation, before: grey luminance images, or recoloured styles.
+
+    ``content`` ``[B, H, W, 3]`` shares one image, ``content[0]``, whose colours count.
+    """
     styles = style if isinstance(style, tuple) else (style,)
     if config.preserve_color == "luminance":
-        styles = tuple(image_lib.match_luminance(s, content) for s in styles)
+        styles = tuple(image_lib.match_luminance(s, content[0]) for s in styles)
         if init_image is not None:
             init_image = image_lib.luminance_image(init_image)
         content = image_lib.luminance_image(content)
     elif config.preserve_color == "histogram":
-        styles = tuple(image_lib.match_color(s, content) for s in styles)
+        styles = tuple(image_lib.match_color(s, content[0]) for s in styles)
     return content, styles if isinstance(style, tuple) else styles[0], init_image
 
 
@@ -475,9 +476,7 @@ def stylize_batch(
     content = np.asarray(content, np.float32)
     if config.preserve_color != "none" and content.ndim != 3:
         raise ValueError("preserve_color needs one content shared by the batch")
-    original = content
     init_images = None if init_images is None else np.asarray(init_images, np.float32)
-    content, style, init_images = _color_inputs(content, _styles(style), init_images, config)
     tw = _term_weights(config, term_weights)
     sizes = {int(np.shape(w)[0]) for w in tw if np.ndim(w) == 1}
     if content.ndim == 4:
@@ -501,7 +500,7 @@ def stylize_batch(
     seeds = [config.seed + i for i in range(b)] if seeds is None else list(seeds)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     tw = obj.Terms(*(jnp.broadcast_to(w, (b,)) for w in tw))
-    result = _drive(
+    return _drive(
         content,
         style,
         init_images,
@@ -509,14 +508,14 @@ def stylize_batch(
         tw,
         config,
         blend=blends,
-        masks=_masks(content_masks, style_masks, style),
+        content_masks=content_masks,
+        style_masks=style_masks,
         batched=True,
         weights=weights,
-        callback=_color_callback(callback, original, config),
+        callback=callback,
         chunk=chunk,
         progress=progress,
     )
-    return _color_output(result, original, config)
 
 
 def _masks(content_masks, style_masks, style):
@@ -554,7 +553,8 @@ def _drive(
     config,
     *,
     blend=None,
-    masks=None,
+    content_masks=None,
+    style_masks=None,
     batched,
     weights,
     callback,
@@ -566,8 +566,13 @@ def _drive(
     ``content`` ``[B, H, W, 3]``, ``init_image`` ``[B, H, W, 3]`` or None, ``keys``
     ``[B]``; ``term_weights`` scalars (``batched=False``, ``B == 1``) or ``[B]`` arrays.
     Unbatched runs squeeze the batch axis away instead of vmapping a batch of one, so
-    the single-image program is exactly the plain step.
+    the single-image program is exactly the plain step. Colour preservation wraps the
+    run here, once for both callers.
     """
+    original = content[0]
+    content, style, init_image = _color_inputs(content, _styles(style), init_image, config)
+    masks = _masks(content_masks, style_masks, style)
+    callback = _color_callback(callback, original, config)
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     for i in range(content.shape[0]):
@@ -645,7 +650,7 @@ def _drive(
         out = dict(zip(HISTORY_KEYS, np.moveaxis(x, -1, 0), strict=True))
         return out if batched else {k: float(v) for k, v in out.items()}
 
-    return Result(
+    result = Result(
         image=image,
         history=dict(zip(HISTORY_KEYS, np.moveaxis(history, -1, 0), strict=True)),
         final=by_key(final),
@@ -655,6 +660,7 @@ def _drive(
         interrupted=interrupted,
         initial=by_key(initial),
     )
+    return _color_output(result, original, config)
 
 
 def pyramid_sizes(size: int, *, levels: int = 1, start_size: int = 0) -> list[int]:
