@@ -202,10 +202,17 @@ def test_flags_reach_the_config(images, tmp_path, real_weights):
         "backtracking",
         "--style_layer_weights",
         "1,1,1,1,2",
+        "--content_loss",
+        "normalized",
+        "--remat",
+        "--preserve_color",
+        "histogram",
     )
     assert result.returncode == 0, result.stderr
     settings = nst_jax.read_settings(out)
     loss = settings["config"]["loss"]
+    assert loss["content_loss"] == "normalized" and loss["remat"] is True
+    assert settings["config"]["preserve_color"] == "histogram"
     assert loss["style_loss"] == [["gram", 1.0], ["histogram", 0.5]]
     assert loss["stat_layers"] == [["histogram", ["conv1_1", "conv4_1"]]]
     assert (loss["tv_beta"], loss["alpha_norm_weight"], loss["alpha"]) == (1.5, 0.001, 4.0)
