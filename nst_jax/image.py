@@ -204,9 +204,14 @@ def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     A colour or RGBA file counts by its luminance (over white). With ``shape`` the mask
     is resized to it (Lanczos, clipped to [0, 1]).
     """
-    rgb = load_image(path)
-    mask = rgb @ np.asarray(_LUMA, np.float32)
-    if shape is not None and mask.shape != tuple(shape):
+    mask = np.clip(load_image(path) @ np.asarray(_LUMA, np.float32), 0.0, 1.0)
+    return mask if shape is None else resize_mask(mask, shape)
+
+
+def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` mask -> ``[*shape]`` (Lanczos like images), clipped to [0, 1]."""
+    mask = np.asarray(mask, np.float32)
+    if mask.shape != tuple(shape):
         mask = resize(np.repeat(mask[..., None], 3, axis=-1), shape)[..., 0]
     return np.clip(mask, 0.0, 1.0).astype(np.float32)
 

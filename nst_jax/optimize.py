@@ -532,16 +532,10 @@ def _masks(content_masks, style_masks, style):
         if len(style_masks) != len(styles):
             raise ValueError(f"{len(style_masks)} style masks for {len(styles)} styles")
         style_masks = tuple(
-            None if m is None else _resize_mask(np.asarray(m, np.float32), s.shape[:2])
+            None if m is None else image_lib.resize_mask(m, s.shape[:2])
             for m, s in zip(style_masks, styles, strict=True)
         )
     return content_masks, style_masks
-
-
-def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if mask.shape == tuple(shape):
-        return mask
-    return np.clip(image_lib.resize(np.repeat(mask[..., None], 3, -1), shape)[..., 0], 0.0, 1.0)
 
 
 def _drive(
@@ -739,12 +733,7 @@ def stylize_pyramid(
         start = results[-1].image if results else init_image
         masks = None
         if content_masks is not None:
-            masks = np.stack(
-                [
-                    image_lib.resize(np.repeat(m[..., None], 3, -1), shape)[..., 0]
-                    for m in content_masks
-                ]
-            ).clip(0.0, 1.0)
+            masks = np.stack([image_lib.resize_mask(m, shape) for m in content_masks])
         level_callback = None if callback is None else functools.partial(callback, level)
         result = stylize(
             image_lib.resize(content, shape),
