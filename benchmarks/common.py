@@ -60,24 +60,36 @@ def save(name: str, data: dict, markdown: str) -> None:
     print(markdown)
 
 
-def compiled_step(weights, content, style, config):
-    """The step ``nst_jax.stylize`` runs, compiled: ``(step, targets, state, compile_s)``."""
+def compiled_step(weights, content, style, config, *, tuned: bool = True):
+    """The step ``nst_jax.stylize`` runs, compiled: ``(step, params, targets, state, compile_s)``.
+
+    ``tuned=False`` compiles the same step the plain way: XLA's default compiler options,
+    and parameters without the pre-transposed backward kernels. It is the reference the
+    tuning is measured against.
+    """
     import functools
 
-    from nst_jax import optimize
+    from nst_jax import optimize, vgg
 
     static = dict(config=config, preprocessing=weights.preprocessing)
-    setup = jax.jit(functools.partial(optimize.init, **static))
-    targets, state = setup(weights.params, content, style, None, key=jax.random.key(0))
-    step = jax.jit(
+    jit = optimize.jit if tuned else jax.jit
+    params = vgg.with_backward_kernels(weights.params) if tuned else weights.params
+    setup = jit(functools.partial(optimize.init, **static))
+    targets, state = setup(params, content, style, None, key=jax.random.key(0))
+    step = jit(
         functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
         donate_argnums=(2,),
     )
     t = time.perf_counter()
     term_weights = optimize._term_weights(config, None)
-    compiled = step.lower(weights.params, targets, state, term_weights).compile()
+    compiled = step.lower(params, targets, state, term_weights).compile()
     seconds = time.perf_counter() - t
-    return (lambda p, tg, st: compiled(p, tg, st, term_weights)), targets, state, seconds
+
+    def run(p, tg, st):
+        return compiled(p, tg, st, term_weights)
+
+    run.cost_analysis = compiled.cost_analysis
+    return run, params, targets, state, seconds
 
 
 def median_step_seconds(step, params, targets, state, steps: int) -> float:

@@ -20,8 +20,8 @@ STEPS = 7
 
 
 def seconds_per_step(weights, content, style, config) -> float:
-    step, targets, state, _ = compiled_step(weights, content, style, config)
-    return median_step_seconds(step, weights.params, targets, state, STEPS)
+    step, params, targets, state, _ = compiled_step(weights, content, style, config)
+    return median_step_seconds(step, params, targets, state, STEPS)
 
 
 def main():

@@ -1,14 +1,22 @@
 """Seconds per optimisation step, compile time and achieved FLOP/s; JAX against PyTorch.
 
-  python benchmarks/step.py [--sizes 256,512]
+  python benchmarks/step.py [--sizes 256,512] [--rounds 7]
 
-The JAX step is the one ``nst_jax.stylize`` compiles (Adam, the default layers and
-losses). The PyTorch step is a plain eager implementation of the same step: the same
-VGG19 weights, layers, pooling, Gram/content/TV losses and Adam update. PyTorch is
-optional (``pip install torch==2.13.0``); without it only the JAX column is filled.
+Three implementations of the same step, timed in interleaved rounds so that this
+machine's drift hits them alike; each figure is the median over rounds of the mean time
+of ``STEPS`` steps:
 
-FLOPs come from XLA's cost analysis of the compiled step; the matmul peak is a
-2048x2048 float32 matmul measured in the same run.
+* **JAX**: the step ``nst_jax.stylize`` compiles (Adam, the default layers and losses),
+  with the package's tuning: Eigen convolutions on XLA:CPU and pre-transposed backward
+  kernels (``optimize.jit``, ``vgg.with_backward_kernels``).
+* **JAX, XLA defaults**: the same step under plain ``jax.jit`` with plain parameters, the
+  reference that the tuning is measured against.
+* **PyTorch**: a plain eager implementation of the same step: the same VGG19 weights,
+  layers, pooling, Gram/content/TV losses and Adam update. PyTorch is optional
+  (``pip install torch==2.13.0``); without it that column is empty.
+
+FLOPs come from XLA's cost analysis of the compiled step; the matmul peak is the faster
+of the two JAX compilations of a 2048x2048 float32 matmul, measured in the same run.
 """
 
 from __future__ import annotations
@@ -19,24 +27,38 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import best_of, compiled_step, demo_pair, median_step_seconds, save, table
+from common import best_of, compiled_step, demo_pair, save, table
 
 import nst_jax
+from nst_jax import optimize
 
-STEPS = 5
+STEPS = 3
 
 
-def jax_step(weights, content, style, config):
-    """(seconds per step, compile seconds, flops per step) of the stylize step."""
-    step, targets, state, compile_seconds = compiled_step(weights, content, style, config)
+def jax_runner(weights, content, style, config, *, tuned=True):
+    """``(run, compile seconds, flops per step)``; ``run()`` times ``STEPS`` steps."""
+    step, params, targets, state, compile_seconds = compiled_step(
+        weights, content, style, config, tuned=tuned
+    )
     cost = step.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", float("nan")))
-    return median_step_seconds(step, weights.params, targets, state, STEPS), compile_seconds, flops
+    holder = [state]
+
+    def run() -> float:
+        jax.block_until_ready(holder[0].image)
+        t = time.perf_counter()
+        for _ in range(STEPS):
+            holder[0], losses = step(params, targets, holder[0])
+        jax.block_until_ready(losses)
+        return (time.perf_counter() - t) / STEPS
+
+    run()  # Warm-up.
+    return run, compile_seconds, flops
 
 
-def torch_step(weights, content, style, config):
-    """Seconds per step of the same step in eager PyTorch, or None without torch."""
+def torch_runner(weights, content, style, config):
+    """``run()`` timing ``STEPS`` steps of the same step in eager PyTorch; None without torch."""
     try:
         import torch
     except ImportError:
@@ -116,46 +138,60 @@ def torch_step(weights, content, style, config):
             image.clamp_(0, 1)
         return float(loss.detach())
 
-    one_step()  # Warm-up.
-    times = []
-    for _ in range(STEPS):
+    def run() -> float:
         t = time.perf_counter()
-        one_step()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        for _ in range(STEPS):
+            one_step()
+        return (time.perf_counter() - t) / STEPS
+
+    one_step()  # Warm-up.
+    return run
 
 
 def matmul_peak_gflops(n: int = 2048) -> float:
     a = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32))
-    f = jax.jit(lambda a, b: a @ b)
-    return 2 * n**3 / best_of(f, a, a + 1.0, repeats=10) / 1e9
+    times = [
+        best_of(jit(lambda a, b: a @ b), a, a + 1.0, repeats=10) for jit in (jax.jit, optimize.jit)
+    ]
+    return 2 * n**3 / min(times) / 1e9
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="256,512")
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     weights = nst_jax.load_weights(progress=False)
     config = nst_jax.Config(optimizer="adam")
     peak = matmul_peak_gflops()
-    rows, data = [], {"matmul_peak_gflops": peak, "sizes": {}}
+    rows, data = [], {"matmul_peak_gflops": peak, "rounds": args.rounds, "sizes": {}}
     for size in map(int, args.sizes.split(",")):
         content, style = demo_pair(size)
-        seconds, compile_seconds, flops = jax_step(weights, content, style, config)
-        torch_seconds = torch_step(weights, content, style, config)
+        tuned, compile_seconds, flops = jax_runner(weights, content, style, config)
+        plain, _, _ = jax_runner(weights, content, style, config, tuned=False)
+        runners = {"jax": tuned, "jax_xla_defaults": plain}
+        torch_run = torch_runner(weights, content, style, config)
+        if torch_run is not None:
+            runners["torch"] = torch_run
+        times = {name: [] for name in runners}
+        for _ in range(args.rounds):
+            for name, run in runners.items():
+                times[name].append(run())
+        med = {name: float(np.median(t)) for name, t in times.items()}
+        seconds, torch_seconds = med["jax"], med.get("torch")
+        ratios = [j / t for j, t in zip(times["jax"], times.get("torch", []), strict=False)]
         gflops = flops / seconds / 1e9
         data["sizes"][size] = dict(
-            jax_seconds=seconds,
-            torch_seconds=torch_seconds,
-            compile_seconds=compile_seconds,
-            flops=flops,
+            seconds=times, median=med, compile_seconds=compile_seconds, flops=flops
         )
         rows.append(
             {
                 "size": f"{content.shape[1]}x{content.shape[0]}",
                 "JAX s/step": f"{seconds:.3f}",
+                "XLA defaults s/step": f"{med['jax_xla_defaults']:.3f}",
                 "PyTorch s/step": "-" if torch_seconds is None else f"{torch_seconds:.3f}",
                 "JAX/PyTorch": "-" if torch_seconds is None else f"{seconds / torch_seconds:.2f}",
+                "per-round range": ("-" if not ratios else f"{min(ratios):.2f}-{max(ratios):.2f}"),
                 "GFLOP/step": f"{flops / 1e9:.1f}",
                 "GFLOP/s": f"{gflops:.0f}",
                 "of matmul peak": f"{gflops / peak:.0%}",
@@ -165,8 +201,9 @@ def main():
         print(rows[-1], flush=True)
     md = (
         f"One Adam step of the default objective (VGG19 to conv5_1), CPU, "
-        f"{jax.device_count()} device(s); matmul peak {peak:.0f} GFLOP/s measured in the "
-        "same run.\n\n" + table(rows, list(rows[0]))
+        f"{jax.device_count()} device(s); medians of {args.rounds} interleaved rounds of "
+        f"{STEPS} steps; matmul peak {peak:.0f} GFLOP/s measured in the same run.\n\n"
+        + table(rows, list(rows[0]))
     )
     save("step", data, md)
 

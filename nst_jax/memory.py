@@ -35,7 +35,8 @@ def estimate_bytes(shape: tuple[int, int], loss: LossConfig) -> int:
 
     Counts the float32 activations of every VGG layer up to the deepest one used, times
     2.5 (XLA keeps about 2.1-2.3x for the default objective: each activation and, in
-    turn, its gradient, plus workspace), the convolution weights, and 16 image-sized
+    turn, its gradient, plus workspace), the convolution weights twice (the kernels and
+    their pre-transposed copies, ``vgg.with_backward_kernels``), and 16 image-sized
     buffers for the optimiser. It errs high, by design, and ignores ``loss.remat``:
     XLA:CPU's schedule keeps the peak where it was (``benchmarks/memory.py``). Tests
     check it against XLA's own figure for the compiled step.
@@ -47,7 +48,7 @@ def estimate_bytes(shape: tuple[int, int], loss: LossConfig) -> int:
     for name in LAYERS[: deepest + 1]:
         s, width = layer_stride(name), loss.widths[int(name[4]) - 1]
         elements += (h // s) * (w // s) * width
-        weights += 9 * channels * width + width
+        weights += 2 * 9 * channels * width + width
         channels = width
     return 4 * (5 * elements // 2 + weights + 16 * h * w * 3)
 
