@@ -116,6 +116,14 @@ flags.DEFINE_list("level_steps", None, "Steps per pyramid level, coarse to fine 
 flags.DEFINE_bool(
     "remat", False, "Recompute each VGG block in the backward pass (jax.checkpoint) to save memory."
 )
+flags.DEFINE_enum(
+    "convolution",
+    _C.convolution,
+    list(nst_jax.optimize.CONVOLUTIONS),
+    "How VGG's convolutions run: auto (Winograd on CPU from 128 px on the short side; "
+    "direct on GPU, for smaller images or with --remat), direct, or winograd. The results "
+    "agree to float32 rounding.",
+)
 flags.DEFINE_enum("optimizer", _C.optimizer, ["adam", "lbfgs"], "Optimiser.")
 flags.DEFINE_float("lr", _C.lr, "Adam learning rate (pixels live in [0, 1]).")
 flags.DEFINE_string("init", _C.init, "Start from 'content', 'noise', 'style', or an image file.")
@@ -228,6 +236,7 @@ def _config() -> Config:
         lbfgs_memory=F.lbfgs_memory,
         linesearch=F.linesearch,
         linesearch_steps=F.linesearch_steps,
+        convolution=F.convolution,
     )
 
 
@@ -281,8 +290,10 @@ def main(argv):
     else:
         content_full = nst_jax.load_image(F.content) if F.content else demo_content
     shape = nst_jax.image.resized_shape(content_full.shape[:2], F.size)
+    batch = len(cols.labels)
     for _, row in rows:
-        nst_jax.memory.check_estimate(shape, row.loss, batch=len(cols.labels))
+        algorithm = row.convolution_algorithm(shape, batch)
+        nst_jax.memory.check_estimate(shape, row.loss, batch=batch, convolution=algorithm)
     content = nst_jax.resize(content_full, shape)
     scales = _style_scales(len(styles_full))
     if invert:

@@ -64,16 +64,18 @@ def compiled_step(weights, content, style, config, *, tuned: bool = True):
     """The step ``nst_jax.stylize`` runs, compiled: ``(step, params, targets, state, compile_s)``.
 
     ``tuned=False`` compiles the same step the plain way: XLA's default compiler options,
-    and parameters without the pre-transposed backward kernels. It is the reference the
-    tuning is measured against.
+    and parameters without derived kernels, so autodiff's convolutions. It is the
+    reference the tuning is measured against.
     """
     import functools
 
-    from nst_jax import optimize, vgg
+    from nst_jax import conv, optimize
 
     static = dict(config=config, preprocessing=weights.preprocessing)
     jit = optimize.jit if tuned else jax.jit
-    params = vgg.with_backward_kernels(weights.params) if tuned else weights.params
+    params = weights.params
+    if tuned:
+        params = conv.prepare(params, config.convolution_algorithm(content.shape[:2]))
     setup = jit(functools.partial(optimize.init, **static))
     targets, state = setup(params, content, style, None, key=jax.random.key(0))
     step = jit(

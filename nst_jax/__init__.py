@@ -4,7 +4,7 @@ The data flows one way: image files -> arrays (``image``) -> VGG19 features (``v
 losses (``losses``) -> objective (``objective``) -> optimiser (``optimize``) -> files.
 """
 
-from nst_jax import memory, sweeps
+from nst_jax import conv, memory, optimize, sweeps
 from nst_jax.image import (
     CAFFE,
     TORCHVISION,
@@ -51,6 +51,7 @@ __all__ = [
     "Terms",
     "Weights",
     "content_loss",
+    "conv",
     "demo_images",
     "features",
     "gram",
@@ -64,6 +65,7 @@ __all__ = [
     "make_optimizer",
     "make_targets",
     "memory",
+    "optimize",
     "preprocess",
     "read_settings",
     "resize",

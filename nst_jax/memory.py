@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 
+from nst_jax.conv import WINOGRAD_FROM_BLOCK
 from nst_jax.objective import LossConfig
 from nst_jax.vgg import LAYERS, layer_stride
 
@@ -30,27 +31,33 @@ def available_bytes(device: jax.Device | None = None) -> int | None:
     return None
 
 
-def estimate_bytes(shape: tuple[int, int], loss: LossConfig) -> int:
+def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str = "direct") -> int:
     """A quick estimate of one step's memory at ``shape`` = (H, W), before compiling.
 
     Counts the float32 activations of every VGG layer up to the deepest one used, times
     2.5 (XLA keeps about 2.1-2.3x for the default objective: each activation and, in
-    turn, its gradient, plus workspace), the convolution weights twice (the kernels and
-    their pre-transposed copies, ``vgg.with_backward_kernels``), and 16 image-sized
-    buffers for the optimiser. It errs high, by design, and ignores ``loss.remat``:
-    XLA:CPU's schedule keeps the peak where it was (``benchmarks/memory.py``). Tests
-    check it against XLA's own figure for the compiled step.
+    turn, its gradient, plus workspace), the kernels with the ones ``conv.prepare``
+    derives from them for ``convolution``, and 16 image-sized buffers for the optimiser.
+    Winograd also holds one layer's transformed tiles and products, 4x its input and 4x
+    its output. It errs high, by design, and ignores ``loss.remat``: XLA:CPU's schedule
+    keeps the peak where it was (``benchmarks/memory.py``). Tests check it against XLA's
+    own figure for the compiled step.
     """
     h, w = shape
     used = loss.content_layers + (loss.all_style_layers if loss.style_weight else ())
     deepest = max(LAYERS.index(name) for name in used)
-    elements, weights, channels = 0, 0, 3
+    elements, weights, tiles, channels = 0, 0, 0, 3
     for name in LAYERS[: deepest + 1]:
         s, width = layer_stride(name), loss.widths[int(name[4]) - 1]
         elements += (h // s) * (w // s) * width
-        weights += 2 * 9 * channels * width + width
+        pairs = channels * width
+        if convolution == "winograd" and int(name[4]) >= WINOGRAD_FROM_BLOCK:
+            weights += 9 * pairs + 2 * 16 * pairs + width
+            tiles = max(tiles, 4 * (h // s + 1) * (w // s + 1) * (channels + width))
+        else:
+            weights += 2 * 9 * pairs + width
         channels = width
-    return 4 * (5 * elements // 2 + weights + 16 * h * w * 3)
+    return 4 * (5 * elements // 2 + weights + tiles + 16 * h * w * 3)
 
 
 def _raise_too_big(shape, need: int, have: int, batch: int = 1) -> None:
@@ -64,19 +71,26 @@ def _raise_too_big(shape, need: int, have: int, batch: int = 1) -> None:
     )
 
 
-def check(need: int, shape: tuple[int, int], batch: int = 1) -> None:
+def fits(need: int) -> bool:
+    """Whether ``need`` bytes fit in 90% of the free memory (True when that is unknown)."""
     have = available_bytes()
-    if have is not None and need > 0.9 * have:
-        _raise_too_big(shape, need, have, batch)
+    return have is None or need <= 0.9 * have
 
 
-def check_estimate(shape: tuple[int, int], loss: LossConfig, batch: int = 1) -> None:
+def check(need: int, shape: tuple[int, int], batch: int = 1) -> None:
+    if not fits(need):
+        _raise_too_big(shape, need, available_bytes(), batch)
+
+
+def check_estimate(
+    shape: tuple[int, int], loss: LossConfig, batch: int = 1, *, convolution: str = "direct"
+) -> None:
     """Raises ValueError, naming the largest size that fits, if ``shape`` surely won't fit.
 
     Cheap enough to call before resizing anything; ``stylize`` checks again with XLA's
     exact figure once the step is compiled.
     """
-    check(batch * estimate_bytes(shape, loss), shape, batch)
+    check(batch * estimate_bytes(shape, loss, convolution=convolution), shape, batch)
 
 
 def check_compiled(compiled, shape: tuple[int, ...], batch: int = 1) -> None:

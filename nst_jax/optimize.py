@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nst_jax import conv, memory
 from nst_jax import image as image_lib
-from nst_jax import memory, vgg
 from nst_jax import objective as obj
 from nst_jax import weights as weights_lib
 from nst_jax.image import Preprocessing
@@ -36,12 +36,21 @@ OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise", "style")
 LINESEARCHES = ("zoom", "backtracking")
 PRESERVE_COLOR = ("none", "luminance", "histogram")
+CONVOLUTIONS = ("auto", *conv.ALGORITHMS)
+# "auto" uses Winograd from this short side on: below it, the seconds Winograd adds to
+# compiling outweigh what a few hundred steps save.
+WINOGRAD_MIN_SIDE = 128
 HISTORY_KEYS = ("total", *obj.Terms._fields)
 
 # XLA:CPU lowers convolutions to YNNPACK by default; on the CPUs measured so far its
 # Eigen convolutions run this network's step 10-20% faster (``benchmarks/step.py``
-# times both). Set per program, so nothing else in the process is affected.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# times both). LLVM's expensive passes buy nothing for a step whose time is in library
+# convolutions and matmuls, and skipping them compiles it about 1.3x faster. Set per
+# program, so nothing else in the process is affected.
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "",
+    "xla_llvm_disable_expensive_passes": True,
+}
 
 
 def jit(fn: Callable, **kwargs) -> Callable:
@@ -71,6 +80,13 @@ class Config:
       preserve_color: keep the content's colours (Gatys et al. 2017): ``"luminance"``
         transfers on luminance only and puts the content's chroma back;
         ``"histogram"`` first matches each style's colour histogram to the content's.
+      convolution: how VGG's convolutions and their image gradients run (``conv.py``):
+        ``"winograd"``, ``"direct"``, or ``"auto"``: Winograd on CPU for images whose
+        short side is at least ``WINOGRAD_MIN_SIDE``, where it makes a step 1.3-1.5x
+        faster; direct for smaller ones (Winograd takes a few seconds longer to compile),
+        on accelerators (their convolution libraries pick their own algorithms) and with
+        ``loss.remat`` (Winograd's tile buffers cost memory), or where only direct
+        convolutions fit in the free memory. Results agree to float32 rounding.
     """
 
     loss: obj.LossConfig = obj.LossConfig()
@@ -83,6 +99,7 @@ class Config:
     linesearch: str = "zoom"
     linesearch_steps: int = 10
     preserve_color: str = "none"
+    convolution: str = "auto"
 
     def __post_init__(self):
         if self.steps < 0:
@@ -103,6 +120,20 @@ class Config:
             )
         if self.linesearch_steps < 1:
             raise ValueError(f"linesearch_steps must be >= 1, got {self.linesearch_steps}")
+        if self.convolution not in CONVOLUTIONS:
+            raise ValueError(f"convolution must be one of {CONVOLUTIONS}, got {self.convolution!r}")
+
+    def convolution_algorithm(self, shape: tuple[int, int], batch: int = 1) -> str:
+        """The algorithm a run of ``batch`` images at ``shape`` = (H, W) uses:
+        ``convolution``, with ``"auto"`` resolved (see the attribute's docs)."""
+        if self.convolution != "auto":
+            return self.convolution
+        cpu = jax.default_backend() == "cpu"
+        if not cpu or self.loss.remat or min(shape) < WINOGRAD_MIN_SIDE:
+            return "direct"
+        # Where only direct convolutions fit in memory, use them rather than fail.
+        need = batch * memory.estimate_bytes(shape, self.loss, convolution="winograd")
+        return "winograd" if memory.fits(need) else "direct"
 
 
 class State(NamedTuple):
@@ -310,8 +341,12 @@ def transfer(
     ``jax.vmap`` over ``content``, ``key`` or ``weights``; the compiled program runs
     every image in lock step.
 
+    It runs whatever convolutions ``params`` carry: pass ``conv.prepare(params,
+    config.convolution_algorithm(shape))`` and compile with ``optimize.jit`` for the speed of
+    ``stylize``. Plain parameters give the same result, more slowly.
+
     Args:
-      params: VGG19 params.
+      params: VGG19 params, plain or from ``conv.prepare``.
       content: ``[H, W, 3]`` RGB in [0, 1].
       style: ``[H', W', 3]`` RGB in [0, 1].
       key: PRNG key (used by the noise init).
@@ -584,11 +619,13 @@ def _drive(
         _check_images(content[i], style, None if init_image is None else init_image[i])
     if weights is None:
         weights = weights_lib.load(progress=progress)
-    params, prep = vgg.with_backward_kernels(weights.params), weights.preprocessing
-    static = dict(config=config, preprocessing=prep)
     b = content.shape[0]
+    algorithm = config.convolution_algorithm(content.shape[1:3], b)
+    params = conv.prepare(weights.params, algorithm)
+    prep = weights.preprocessing
+    static = dict(config=config, preprocessing=prep)
 
-    need = b * memory.estimate_bytes(content.shape[1:3], config.loss)
+    need = b * memory.estimate_bytes(content.shape[1:3], config.loss, convolution=algorithm)
     memory.check(need, content.shape[1:3], b)
     t0 = time.perf_counter()
     init_fn = functools.partial(init, **static)

@@ -5,9 +5,8 @@ preprocessed ``[H, W, 3]`` (or ``[N, H, W, 3]``) image to ``{layer: activation}`
 ReLU applied, for the requested layers only. It stops at the deepest layer asked for,
 so asking for ``conv1_1`` costs one convolution.
 
-``with_backward_kernels(params)`` adds each layer's flipped, transposed kernel to the
-parameters once, so that the image gradient of a step does not re-transpose 80 MB of
-kernels every time it runs (see ``Conv3x3``).
+Its convolutions are ``Conv3x3``: with parameters from ``conv.prepare``, the image
+gradient runs without rearranging kernels, or by Winograd's algorithm (see ``conv.py``).
 """
 
 from __future__ import annotations
@@ -18,62 +17,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nst_jax import conv
+
 # Convolutions per block; block b has widths[b - 1] channels.
 BLOCKS = (2, 2, 4, 4, 4)
 WIDTHS = (64, 128, 256, 512, 512)
 LAYERS = tuple(f"conv{b + 1}_{i + 1}" for b, n in enumerate(BLOCKS) for i in range(n))
 POOLING = ("max", "avg")
-
-
-_DIMS = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """3x3 'SAME' convolution: ``[N, H, W, I] x [3, 3, I, O] -> [N, H, W, O]``."""
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMS)
-
-
-def backward_kernel(kernel: jax.Array) -> jax.Array:
-    """The kernel of a 3x3 'SAME' convolution's input gradient: ``[3, 3, I, O] -> [3, 3, O, I]``.
-
-    The gradient of ``conv(x, k)`` with respect to ``x`` is ``conv(g, k')`` with ``k'``
-    flipped in space and with its channel axes swapped.
-    """
-    return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-
-
-@jax.custom_vjp
-def _conv_pretransposed(x: jax.Array, kernel: jax.Array, kernel_t: jax.Array) -> jax.Array:
-    return _conv(x, kernel)
-
-
-def _conv_pretransposed_fwd(x, kernel, kernel_t):
-    return _conv(x, kernel), (x, kernel, kernel_t)
-
-
-def _conv_pretransposed_bwd(residuals, g):
-    x, kernel, kernel_t = residuals
-    # The kernel gradient is exact too, so differentiating the network's parameters
-    # stays correct; when only the image gradient is used, XLA removes it as dead code.
-    (dkernel,) = jax.vjp(lambda k: _conv(x, k), kernel)[1](g)
-    return _conv(g, kernel_t), dkernel, jnp.zeros_like(kernel_t)
-
-
-_conv_pretransposed.defvjp(_conv_pretransposed_fwd, _conv_pretransposed_bwd)
-
-
-def with_backward_kernels(params: dict) -> dict:
-    """``params`` with each layer's ``backward_kernel`` added as ``kernel_t``.
-
-    The network computes the same values with or without them. With them, the image
-    gradient runs a plain convolution with ``kernel_t`` instead of transposing
-    ``kernel`` inside every step: on XLA:CPU the transposes cost about 10% of a step at
-    256 px (``benchmarks/step.py``). Compute this once, outside the jitted step.
-    """
-    return {
-        name: {**p, "kernel_t": backward_kernel(p["kernel"])} if "kernel" in p else p
-        for name, p in params.items()
-    }
 
 
 def check_layers(layers: Sequence[str]) -> tuple[str, ...]:
@@ -110,8 +60,9 @@ def pool2x2(x: jax.Array, kind: str) -> jax.Array:
 class Conv3x3(nn.Module):
     """A 3x3 'SAME' convolution with bias, with the parameters of ``nn.Conv``.
 
-    When the parameters also hold ``kernel_t`` (``with_backward_kernels``), the input
-    gradient uses it directly instead of transposing ``kernel``.
+    It runs the algorithm that ``conv.prepare`` chose for the layer, recognised by the
+    derived kernels in its parameters (``winograd``/``winograd_t`` or ``kernel_t``);
+    with none, plain ``lax.conv_general_dilated``. All compute the same values.
     """
 
     features: int
@@ -124,10 +75,13 @@ class Conv3x3(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         batch = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:])
-        if self.has_variable("params", "kernel_t"):
-            y = _conv_pretransposed(x, kernel, self.get_variable("params", "kernel_t"))
+        derived = self.variables["params"]
+        if "winograd" in derived:
+            y = conv.winograd_conv(x, kernel, derived["winograd"], derived["winograd_t"])
+        elif "kernel_t" in derived:
+            y = conv.direct_pretransposed(x, kernel, derived["kernel_t"])
         else:
-            y = _conv(x, kernel)
+            y = conv.direct(x, kernel)
         return (y + bias[None, None, None]).reshape(*batch, *y.shape[1:])
 
 

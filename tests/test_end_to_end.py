@@ -36,3 +36,25 @@ def test_each_style_statistic_falls_with_real_weights(real_weights, name):
     )
     assert result.final["style"] < 0.5 * result.initial["style"], result.history["style"]
     assert np.abs(result.image - content).mean() > 0.01
+
+
+def test_winograd_and_direct_runs_agree(real_weights):
+    """The CPU default (Winograd) and XLA's own convolutions make the same run."""
+    content, style = nst_jax.demo_images()
+    content = nst_jax.resize_longest(content, 96)
+    style = nst_jax.resize_longest(style, 96)
+    runs = {
+        name: nst_jax.stylize(
+            content,
+            style,
+            nst_jax.Config(steps=10, convolution=name),
+            weights=real_weights,
+            progress=False,
+        )
+        for name in ("direct", "winograd")
+    }
+    for key in ("total", "content", "style"):
+        ours, xla = runs["winograd"].history[key], runs["direct"].history[key]
+        np.testing.assert_allclose(ours, xla, rtol=2e-3, atol=1e-3 * np.abs(xla).max())
+    assert np.abs(runs["winograd"].image - runs["direct"].image).max() < 0.02
+    assert np.abs(runs["winograd"].image - content).mean() > 0.01  # It did stylise.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import memory, optimize, vgg
+from nst_jax import conv, memory, optimize
 from nst_jax.objective import LossConfig
 
 from .conftest import SMALL_WIDTHS, smooth_image
@@ -193,14 +193,15 @@ def test_too_large_a_size_names_what_fits(small_weights, monkeypatch):
     memory.check_estimate((64, 64), LossConfig())  # Fits.
 
 
-def test_memory_estimate_bounds_xla():
+@pytest.mark.parametrize("convolution", ["direct", "winograd"])
+def test_memory_estimate_bounds_xla(convolution):
     """The quick estimate should not be below XLA's figure for the step ``stylize`` runs."""
-    config = nst_jax.Config()
+    config = nst_jax.Config(convolution=convolution)
     shape = (96, 128)
-    estimate = memory.estimate_bytes(shape, config.loss)
+    estimate = memory.estimate_bytes(shape, config.loss, convolution=convolution)
     # Full-size VGG19 parameters as shapes only: compiling needs no memory for them.
     params = jax.eval_shape(
-        lambda: vgg.with_backward_kernels(nst_jax.init_params(jax.random.key(0)))
+        lambda: conv.prepare(nst_jax.init_params(jax.random.key(0)), convolution)
     )
     image = jax.ShapeDtypeStruct(shape + (3,), jnp.float32)
     static = dict(config=config, preprocessing=nst_jax.CAFFE)

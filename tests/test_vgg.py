@@ -1,24 +1,12 @@
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import optimize
-from nst_jax.vgg import (
-    LAYERS,
-    VGG19,
-    backward_kernel,
-    layer_stride,
-    pool2x2,
-    with_backward_kernels,
-)
+from nst_jax.vgg import LAYERS, VGG19, layer_stride, pool2x2
 
 from .conftest import SMALL_WIDTHS
-
-DIMS = ("NHWC", "HWIO", "NHWC")
 
 
 def _apply(params, x, layers, **kw):
@@ -62,72 +50,6 @@ def test_pooling_choices_differ_and_are_validated(small_weights, rng):
 def test_unknown_layer_raises(small_weights):
     with pytest.raises(ValueError, match="unknown VGG19 layer 'conv6_1'"):
         _apply(small_weights.params, jnp.zeros((8, 8, 3)), ("conv6_1",))
-
-
-def test_backward_kernel_gives_the_input_gradient(rng):
-    x = jnp.asarray(rng.standard_normal((1, 9, 7, 5)), jnp.float32)
-    kernel = jnp.asarray(rng.standard_normal((3, 3, 5, 6)), jnp.float32)
-    g = jnp.asarray(rng.standard_normal((1, 9, 7, 6)), jnp.float32)
-
-    def conv(x, k):
-        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=DIMS)
-
-    (expected,) = jax.vjp(lambda x: conv(x, kernel), x)[1](g)
-    np.testing.assert_allclose(conv(g, backward_kernel(kernel)), expected, rtol=1e-5, atol=1e-5)
-
-
-def test_backward_kernels_keep_values_and_gradients(small_weights, rng):
-    """Pre-transposed kernels change how the gradient is computed, not what it is."""
-    params = small_weights.params
-    prepared = with_backward_kernels(params)
-    assert set(prepared["conv3_2"]) == {"kernel", "bias", "kernel_t"}
-    x = rng.random((2, 20, 18, 3)).astype(np.float32)
-    layers = ("conv1_1", "conv3_2", "conv5_1")
-
-    def loss(p, x):
-        return sum(jnp.sum(v * jnp.cos(v)) for v in _apply(p, x, layers).values())
-
-    plain, fast = _apply(params, x, layers), _apply(prepared, x, layers)
-    for name in layers:
-        np.testing.assert_array_equal(plain[name], fast[name])
-    grad_x = jax.jit(jax.vmap(jax.grad(loss, argnums=1), in_axes=(None, 0)))
-    np.testing.assert_allclose(grad_x(prepared, x), grad_x(params, x), rtol=1e-5, atol=1e-6)
-    # The parameter gradient stays exact; the derived kernel_t gets none.
-    g_plain, g_fast = jax.grad(loss)(params, x[0]), jax.grad(loss)(prepared, x[0])
-    for name in LAYERS:
-        np.testing.assert_allclose(
-            g_fast[name]["kernel"], g_plain[name]["kernel"], rtol=1e-4, atol=1e-5
-        )
-        assert not np.any(g_fast[name]["kernel_t"])
-
-
-def test_backward_kernels_remove_per_step_kernel_transposes(small_weights):
-    """The compiled image gradient rearranges no kernel once ``kernel_t`` is there."""
-
-    def grad_hlo(params):  # Parameters are arguments, as in the step, not constants.
-        def loss(x, params):
-            return jnp.sum(_apply(params, x, ("conv1_1", "conv5_1"))["conv5_1"])
-
-        x = jax.ShapeDtypeStruct((64, 64, 3), jnp.float32)
-        return optimize.jit(jax.grad(loss)).lower(x, params).compile().as_text()
-
-    kernel_ops = r"= f32\[3,3,\d+,\d+\]\{[^}]*\} (?:fusion|transpose|copy|reverse)\("
-    assert len(re.findall(kernel_ops, grad_hlo(small_weights.params))) >= 12
-    assert not re.findall(kernel_ops, grad_hlo(with_backward_kernels(small_weights.params)))
-
-
-def test_jit_compiles_with_the_package_options(rng):
-    """On CPU, ``optimize.jit`` asks XLA for Eigen convolutions instead of YNNPACK."""
-    x = jnp.asarray(rng.standard_normal((1, 16, 16, 8)), jnp.float32)
-    kernel = jnp.asarray(rng.standard_normal((3, 3, 8, 8)), jnp.float32)
-
-    def conv(x, k):
-        return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=DIMS)
-
-    ours = optimize.jit(conv)
-    np.testing.assert_allclose(ours(x, kernel), jax.jit(conv)(x, kernel), rtol=1e-5, atol=1e-4)
-    if jax.default_backend() == "cpu":
-        assert "ynn_fusion" not in ours.lower(x, kernel).compile().as_text()
 
 
 def test_pool2x2_matches_numpy(rng):
