@@ -403,7 +403,7 @@ def stylize(
     style_masks: Sequence[np.ndarray | None] | None = None,
     callback: Callable[[int, np.ndarray, dict[str, float]], None] | None = None,
     chunk: int = 10,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> Result:
     """Stylises ``content`` with ``style``: the high-level API behind ``run.py``.
 
@@ -421,7 +421,8 @@ def stylize(
       callback: ``callback(step, image, losses)`` after every ``chunk`` steps, with
         the host copy of the image and the latest losses.
       chunk: steps between progress updates and callbacks (host syncs).
-      progress: show a progress bar with the step, losses and iterations per second.
+      progress: show a progress bar with the step, losses and iterations per second; a
+        string also names the bar (the default name is "stylize").
 
     Returns:
       A ``Result``. On Ctrl-C the image reached so far is returned with
@@ -495,7 +496,7 @@ def stylize_batch(
     style_masks: Sequence[np.ndarray | None] | None = None,
     callback: Callable[[int, np.ndarray, dict[str, np.ndarray]], None] | None = None,
     chunk: int = 10,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> Result:
     """``B`` stylisations in one compiled program, ``jax.vmap``-ed over the batch.
 
@@ -771,6 +772,7 @@ def stylize_pyramid(
     steps = [config.steps] * len(sizes) if level_steps is None else list(level_steps)
     if len(steps) != len(sizes):
         raise ValueError(f"{len(steps)} step counts for {len(sizes)} pyramid levels")
+    progress = kwargs.pop("progress", True)
     results: list[Result] = []
     for level, (size, n) in enumerate(zip(sizes, steps, strict=True)):
         shape = image_lib.resized_shape(content.shape[:2], size)
@@ -783,6 +785,7 @@ def stylize_pyramid(
         if content_masks is not None:
             masks = np.stack([image_lib.resize_mask(m, shape) for m in content_masks])
         level_callback = None if callback is None else functools.partial(callback, level)
+        label = f"level {level + 1}/{len(sizes)}, {shape[1]}x{shape[0]}"
         result = stylize(
             image_lib.resize(content, shape),
             level_styles if len(level_styles) > 1 else level_styles[0],
@@ -791,6 +794,7 @@ def stylize_pyramid(
             content_masks=masks,
             style_masks=style_masks,
             callback=level_callback,
+            progress=_label(progress, label),
             **kwargs,
         )
         results.append(result)
@@ -820,6 +824,7 @@ def synthesize(
       A ``Result``; its ``content`` losses are zero.
     """
     canvas = np.zeros((*shape, 3), np.float32)
+    kwargs["progress"] = _label(kwargs.get("progress", True), "texture")
     return stylize(canvas, style, texture_config(config), **kwargs)
 
 
@@ -876,17 +881,23 @@ def invert(
     Returns:
       A batched ``Result``: ``image`` ``[len(seeds), H, W, 3]``.
     """
+    kwargs["progress"] = _label(kwargs.get("progress", True), f"invert {layer}")
     return stylize_batch(image, image, invert_config(config, layer), seeds=seeds, **kwargs)
 
 
-def _progress_bar(total: int, enabled: bool):
+def _label(progress: bool | str, label: str) -> bool | str:
+    """The progress setting, named ``label`` unless it is off or already named."""
+    return label if progress is True else progress
+
+
+def _progress_bar(total: int, progress: bool | str):
     from tqdm.auto import tqdm
 
     return tqdm(
         total=total,
-        desc="stylize",
+        desc=progress if isinstance(progress, str) else "stylize",
         unit="step",
-        disable=not enabled,
+        disable=not progress,
         file=sys.stderr,
         dynamic_ncols=True,
     )

@@ -125,9 +125,17 @@ def run_grid(
     h, w = content.shape[:2]
     images = np.ones((len(rows), len(cols.labels), h, w, 3), np.float32)
     results = []
-    for r, (_, config) in enumerate(rows):
+    progress = kwargs.pop("progress", True)
+    for r, (label, config) in enumerate(rows):
+        named = f"row {r + 1}/{len(rows)}" + (f", {label}" if label else "")
         result = optimize.stylize_batch(
-            content, style, config, seeds=cols.seeds, term_weights=cols.term_weights, **kwargs
+            content,
+            style,
+            config,
+            seeds=cols.seeds,
+            term_weights=cols.term_weights,
+            progress=named if progress is True else progress,
+            **kwargs,
         )
         images[r] = result.image
         results.append(result)

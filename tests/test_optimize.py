@@ -327,3 +327,23 @@ def test_alpha_norm_enters_the_total(small_weights, pair):
     np.testing.assert_allclose(
         h["total"], h["content"] + h["style"] + 2.0 * h["tv"] + 3.0 * h["alpha_norm"], rtol=1e-5
     )
+
+
+def test_progress_bars_are_named_by_what_runs(small_weights, rng, monkeypatch):
+    """Texture, inversion and pyramid runs say which they are; off stays off."""
+    names = []
+    real = optimize._progress_bar
+
+    def spy(total, progress):
+        names.append(progress)
+        return real(total, False)
+
+    monkeypatch.setattr(optimize, "_progress_bar", spy)
+    image = smooth_image(rng, 32, 32)
+    config = nst_jax.Config(steps=1, loss=LossConfig(widths=SMALL_WIDTHS))
+    kw = dict(weights=small_weights)
+    optimize.synthesize(image, (32, 32), config, **kw)
+    optimize.invert(image, "conv2_1", config, **kw)
+    optimize.stylize_pyramid(image, image, config, sizes=(16, 32), **kw)
+    optimize.stylize(image, image, config, progress=False, **kw)
+    assert names == ["texture", "invert conv2_1", "level 1/2, 16x16", "level 2/2, 32x32", False]
