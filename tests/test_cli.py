@@ -207,9 +207,12 @@ def test_flags_reach_the_config(images, tmp_path, real_weights):
         "--remat",
         "--preserve_color",
         "histogram",
+        "--convolution",
+        "winograd",
     )
     assert result.returncode == 0, result.stderr
     settings = nst_jax.read_settings(out)
+    assert settings["config"]["convolution"] == "winograd"
     loss = settings["config"]["loss"]
     assert loss["content_loss"] == "normalized" and loss["remat"] is True
     assert settings["config"]["preserve_color"] == "histogram"
