@@ -341,9 +341,9 @@ def transfer(
     ``jax.vmap`` over ``content``, ``key`` or ``weights``; the compiled program runs
     every image in lock step.
 
-    It runs whatever convolutions ``params`` carry: pass ``conv.prepare(params,
-    config.convolution_algorithm(shape))`` and compile with ``optimize.jit`` for the speed of
-    ``stylize``. Plain parameters give the same result, more slowly.
+    It runs whatever convolutions ``params`` carry: for the speed of ``stylize``, pass
+    ``conv.prepare(params, config.convolution_algorithm(shape))`` and compile with
+    ``optimize.jit``. Plain parameters give the same result, more slowly.
 
     Args:
       params: VGG19 params, plain or from ``conv.prepare``.
@@ -794,7 +794,7 @@ def stylize_pyramid(
             content_masks=masks,
             style_masks=style_masks,
             callback=level_callback,
-            progress=_label(progress, label),
+            progress=progress_label(progress, label),
             **kwargs,
         )
         results.append(result)
@@ -824,7 +824,7 @@ def synthesize(
       A ``Result``; its ``content`` losses are zero.
     """
     canvas = np.zeros((*shape, 3), np.float32)
-    kwargs["progress"] = _label(kwargs.get("progress", True), "texture")
+    kwargs["progress"] = progress_label(kwargs.get("progress", True), "texture")
     return stylize(canvas, style, texture_config(config), **kwargs)
 
 
@@ -881,11 +881,11 @@ def invert(
     Returns:
       A batched ``Result``: ``image`` ``[len(seeds), H, W, 3]``.
     """
-    kwargs["progress"] = _label(kwargs.get("progress", True), f"invert {layer}")
+    kwargs["progress"] = progress_label(kwargs.get("progress", True), f"invert {layer}")
     return stylize_batch(image, image, invert_config(config, layer), seeds=seeds, **kwargs)
 
 
-def _label(progress: bool | str, label: str) -> bool | str:
+def progress_label(progress: bool | str, label: str) -> bool | str:
     """The progress setting, named ``label`` unless it is off or already named."""
     return label if progress is True else progress
 

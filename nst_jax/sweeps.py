@@ -134,7 +134,7 @@ def run_grid(
             config,
             seeds=cols.seeds,
             term_weights=cols.term_weights,
-            progress=named if progress is True else progress,
+            progress=optimize.progress_label(progress, named),
             **kwargs,
         )
         images[r] = result.image
