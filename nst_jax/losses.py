@@ -84,9 +84,42 @@ def gram(features: jax.Array, *, weights: jax.Array | None = None) -> jax.Array:
     h, w, c = features.shape
     f = features.reshape(h * w, c).astype(jnp.float32)
     m = _position_weights(features, weights)
-    if m is None:
-        return jnp.matmul(f.T, f, precision=jax.lax.Precision.HIGHEST) / (h * w)
-    return jnp.matmul((f * m).T, f, precision=jax.lax.Precision.HIGHEST)
+    return _weighted_gram(f, jnp.float32(1.0 / (h * w)) if m is None else m)
+
+
+def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.custom_vjp
+def _weighted_gram(f: jax.Array, m: jax.Array) -> jax.Array:
+    """``Σ_i m_i f_i f_iᵀ``: ``f`` ``[M, C]``, ``m`` ``[M, 1]`` or a scalar -> ``[C, C]``.
+
+    Its gradient is one matmul, ``df = m (f S)`` with ``S = Ḡ + Ḡᵀ``, where autodiff
+    makes two (``f Ḡ`` and ``f Ḡᵀ``), each as large as the features: at 2048 px, a
+    third full-resolution buffer at conv1_1.
+    """
+    if m.ndim == 0:  # Scaling G, not F, spares a copy of the features.
+        return _matmul(f.T, f) * m
+    return _matmul((f * m).T, f)
+
+
+def _weighted_gram_fwd(f, m):
+    g = _weighted_gram(f, m)
+    return g, (f, m, g)
+
+
+def _weighted_gram_bwd(residuals, g_bar):
+    f, m, g = residuals
+    s = g_bar + g_bar.T
+    if m.ndim == 0:  # Scaling S, not f S, spares a copy of the gradient.
+        return _matmul(f, s * m), jnp.sum(g * g_bar) / m
+    fs = _matmul(f, s)
+    dm = 0.5 * jnp.sum(f * fs, axis=-1, keepdims=True)  # dG/dm_i = f_iᵀ Ḡ f_i.
+    return m * fs, dm
+
+
+_weighted_gram.defvjp(_weighted_gram_fwd, _weighted_gram_bwd)
 
 
 def gram_loss(
