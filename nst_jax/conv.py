@@ -23,6 +23,8 @@ when only the image gradient is used).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,9 +40,19 @@ _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.floa
 _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 
 
-def direct(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``[N, H, W, I] x [3, 3, I, O] -> [N, H, W, O]``, zero padding of 1."""
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DIMS)
+# Zero padding ((top, bottom), (left, right)): 'SAME' keeps the size.
+SAME = ((1, 1), (1, 1))
+
+
+def direct(x: jax.Array, kernel: jax.Array, padding=SAME) -> jax.Array:
+    """``[N, H, W, I] x [3, 3, I, O] -> [N, H + t + b - 2, W + l + r - 2, O]`` for
+    ``padding = ((t, b), (l, r))``; the default keeps the size."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMS)
+
+
+def _transposed(padding):
+    """The input gradient's padding: a row padded ``p`` on one side is cropped ``p``."""
+    return tuple((2 - lo, 2 - hi) for lo, hi in padding)
 
 
 def backward_kernel(kernel: jax.Array) -> jax.Array:
@@ -105,23 +117,28 @@ def winograd(x: jax.Array, u: jax.Array) -> jax.Array:
     return y.reshape(n, 2 * th, 2 * tw, -1)[:, :h, :w]
 
 
-def _kernel_grad(x: jax.Array, kernel: jax.Array, g: jax.Array) -> jax.Array:
-    return jax.vjp(lambda k: direct(x, k), kernel)[1](g)[0]
+def _kernel_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, padding=SAME) -> jax.Array:
+    return jax.vjp(lambda k: direct(x, k, padding), kernel)[1](g)[0]
 
 
-@jax.custom_vjp
-def direct_pretransposed(x: jax.Array, kernel: jax.Array, kernel_t: jax.Array) -> jax.Array:
-    """``direct(x, kernel)``, whose input gradient uses ``kernel_t = backward_kernel(kernel)``."""
-    return direct(x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def direct_pretransposed(
+    x: jax.Array, kernel: jax.Array, kernel_t: jax.Array, padding=SAME
+) -> jax.Array:
+    """``direct(x, kernel, padding)``, whose input gradient uses ``kernel_t =
+    backward_kernel(kernel)``. Autodiff's rearranged kernel is also slow to run: about
+    3x, inside a loop on XLA:CPU."""
+    return direct(x, kernel, padding)
 
 
-def _direct_fwd(x, kernel, kernel_t):
-    return direct(x, kernel), (x, kernel, kernel_t)
+def _direct_fwd(x, kernel, kernel_t, padding):
+    return direct(x, kernel, padding), (x, kernel, kernel_t)
 
 
-def _direct_bwd(residuals, g):
+def _direct_bwd(padding, residuals, g):
     x, kernel, kernel_t = residuals
-    return direct(g, kernel_t), _kernel_grad(x, kernel, g), jnp.zeros_like(kernel_t)
+    dx = direct(g, kernel_t, _transposed(padding))
+    return dx, _kernel_grad(x, kernel, g, padding), jnp.zeros_like(kernel_t)
 
 
 direct_pretransposed.defvjp(_direct_fwd, _direct_bwd)

@@ -36,6 +36,18 @@ def test_winograd_equals_direct_convolution(rng, h, w):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("padding", [conv.SAME, ((0, 0), (1, 1)), ((2, 0), (1, 2))])
+def test_pretransposed_gradients_equal_autodiff_for_any_padding(rng, padding):
+    """``remat.py``'s strips pad columns only; the input gradient crops what was padded."""
+    x, kernel = _data(rng, 1, 11, 6, 4), _data(rng, 3, 3, 4, 3)
+    k_t = conv.backward_kernel(kernel)
+    y, vjp = jax.vjp(lambda x, k: conv.direct_pretransposed(x, k, k_t, padding), x, kernel)
+    g = _data(rng, *y.shape)
+    expected = jax.vjp(lambda x, k: conv.direct(x, k, padding), x, kernel)[1](g)
+    for a, b in zip(vjp(g), expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("algorithm", conv.ALGORITHMS)
 def test_custom_gradients_equal_autodiff(rng, algorithm):
     x, kernel, g = _data(rng, 1, 11, 6, 4), _data(rng, 3, 3, 4, 3), _data(rng, 1, 11, 6, 3)
