@@ -7,6 +7,8 @@ Either failing raises ``ValueError`` naming the largest ``--size`` that fits.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import jax
 
 from nst_jax.conv import WINOGRAD_FROM_BLOCK
@@ -34,22 +36,29 @@ def available_bytes(device: jax.Device | None = None) -> int | None:
 def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str = "direct") -> int:
     """A quick estimate of one step's memory at ``shape`` = (H, W), before compiling.
 
-    Counts the float32 activations of every VGG layer up to the deepest one used, times
-    2.5 (XLA keeps about 2.1-2.3x for the default objective: each activation and, in
-    turn, its gradient, plus workspace), the kernels with the ones ``conv.prepare``
-    derives from them for ``convolution``, and 16 image-sized buffers for the optimiser.
-    Winograd also holds one layer's transformed tiles and products, 4x its input and 4x
-    its output. It errs high, by design, and ignores ``loss.remat``: XLA:CPU's schedule
-    keeps the peak where it was (``benchmarks/memory.py``). Tests check it against XLA's
-    own figure for the compiled step.
+    Counts float32 buffers: the kernels with the ones ``conv.prepare`` derives for
+    ``convolution``, 16 image-sized buffers for the optimiser, and the activations:
+
+    * plain: every VGG layer's up to the deepest one used, times 2.5 (XLA keeps about
+      2x for the default objective: each activation and, in turn, its gradient, plus
+      workspace). Winograd also holds one layer's transformed tiles and products, 4x
+      its input and 4x its output.
+    * ``loss.remat`` (``remat.py``): the used layers' gradients, each block's input
+      twice (the input and its gradient), and the largest layer for the strips' work,
+      times 1.25.
+
+    It errs high, by design; tests check it against XLA's own figure for the step.
     """
     h, w = shape
     used = loss.content_layers + (loss.all_style_layers if loss.style_weight else ())
     deepest = max(LAYERS.index(name) for name in used)
     elements, weights, tiles, channels = 0, 0, 0, 3
+    lean = h * w * 3 + h * w * loss.widths[0]  # The image, and the strips' workspace.
     for name in LAYERS[: deepest + 1]:
         s, width = layer_stride(name), loss.widths[int(name[4]) - 1]
-        elements += (h // s) * (w // s) * width
+        size = (h // s) * (w // s)
+        elements += size * width
+        lean += size * width * (name in used) + 2 * size * channels * name.endswith("_1")
         pairs = channels * width
         if convolution == "winograd" and int(name[4]) >= WINOGRAD_FROM_BLOCK:
             weights += 9 * pairs + 2 * 16 * pairs + width
@@ -57,17 +66,29 @@ def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str
         else:
             weights += 2 * 9 * pairs + width
         channels = width
-    return 4 * (5 * elements // 2 + weights + tiles + 16 * h * w * 3)
+    activations = 5 * lean // 4 if loss.remat else 5 * elements // 2 + tiles
+    return 4 * (activations + weights + 16 * h * w * 3)
 
 
-def _raise_too_big(shape, need: int, have: int, batch: int = 1) -> None:
+def _largest(shape, need: int, have: int) -> int:
+    """The ``--size`` that fits ``have`` bytes, if ``shape`` needs ``need``: memory grows
+    with the pixel count."""
+    return int(max(shape[:2]) * (0.9 * have / need) ** 0.5) // 16 * 16
+
+
+def _raise_too_big(shape, need: int, have: int, batch: int = 1, lean: int | None = None):
     h, w = shape[:2]
-    # Activations, and so memory, grow with the pixel count.
-    fit = int(max(h, w) * (0.9 * have / need) ** 0.5) // 16 * 16
     what = f"{w}x{h}" if batch == 1 else f"a batch of {batch} at {w}x{h}"
+    hint = ""
+    if lean is not None:
+        hint = (
+            f"; --remat needs about {lean / 2**30:.1f} GiB and fits it"
+            if lean <= 0.9 * have
+            else f", or --size {_largest(shape, lean, have)} with --remat"
+        )
     raise ValueError(
         f"{what} needs about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is free; "
-        f"the largest size that fits is about --size {fit}"
+        f"the largest size that fits is about --size {_largest(shape, need, have)}{hint}"
     )
 
 
@@ -77,9 +98,14 @@ def fits(need: int) -> bool:
     return have is None or need <= 0.9 * have
 
 
-def check(need: int, shape: tuple[int, int], batch: int = 1) -> None:
+def check(need: int, shape: tuple[int, int], batch: int = 1, *, lean: int | None = None) -> None:
+    """Raises ValueError, naming the largest size that fits, if ``need`` bytes won't fit.
+
+    ``lean``: what the same run needs with ``--remat``, for the message; None when the
+    run already uses it.
+    """
     if not fits(need):
-        _raise_too_big(shape, need, available_bytes(), batch)
+        _raise_too_big(shape, need, available_bytes(), batch, lean)
 
 
 def check_estimate(
@@ -90,10 +116,19 @@ def check_estimate(
     Cheap enough to call before resizing anything; ``stylize`` checks again with XLA's
     exact figure once the step is compiled.
     """
-    check(batch * estimate_bytes(shape, loss, convolution=convolution), shape, batch)
+    need = batch * estimate_bytes(shape, loss, convolution=convolution)
+    check(need, shape, batch, lean=lean_bytes(shape, loss, batch))
 
 
-def check_compiled(compiled, shape: tuple[int, ...], batch: int = 1) -> None:
+def lean_bytes(shape: tuple[int, int], loss: LossConfig, batch: int = 1) -> int | None:
+    """The estimate with ``remat``, for error messages; None if ``loss`` has it already."""
+    return None if loss.remat else batch * estimate_bytes(shape, replace(loss, remat=True))
+
+
+def check_compiled(
+    compiled, shape: tuple[int, ...], batch: int = 1, *, lean: int | None = None
+) -> None:
+    """``check`` with XLA's figure for a compiled step; ``lean`` as in ``check``."""
     try:
         analysis = compiled.memory_analysis()
     except Exception:  # noqa: BLE001 - not every backend reports; then we just try.
@@ -105,4 +140,4 @@ def check_compiled(compiled, shape: tuple[int, ...], batch: int = 1) -> None:
         + analysis.argument_size_in_bytes
         + analysis.output_size_in_bytes
     )
-    check(need, shape, batch)
+    check(need, shape, batch, lean=lean)

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from nst_jax import losses
+from nst_jax import remat as remat_lib
 from nst_jax.image import Preprocessing, preprocess
-from nst_jax.vgg import BLOCKS, LAYERS, POOLING, VGG19, WIDTHS, check_layers, layer_stride, pool2x2
+from nst_jax.vgg import LAYERS, POOLING, VGG19, WIDTHS, check_layers, layer_stride, pool2x2
 
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 
@@ -103,10 +104,9 @@ class LossConfig:
       mmd_samples: positions sampled per layer and step for the pairwise (Gaussian, or
         polynomial d ≠ 2) kernels.
       pooling: ``"avg"`` or ``"max"`` pooling in VGG19.
-      remat: rematerialise (``jax.checkpoint``) each VGG block in the backward pass:
-        only block inputs are kept, the rest is recomputed. Same result, more compute;
-        whether it lowers the peak depends on the compiler's schedule (see
-        ``benchmarks/memory.py``: on XLA:CPU it does not).
+      remat: run VGG in strips and recompute it in the backward pass, keeping only
+        each block's input (``remat.py``). Same values and gradients; about half the
+        memory at 1024-2048 px, for about 1.4x the step time (``benchmarks/memory.py``).
       widths: VGG channel widths; only tests change it, to run narrow networks.
     """
 
@@ -246,8 +246,8 @@ def features(
 ) -> dict[str, jax.Array]:
     """VGG19 activations of an RGB image.
 
-    With ``remat``, the backward pass keeps only each block's input and recomputes the
-    block (``jax.checkpoint``); the values are the same.
+    With ``remat``, the backward pass needs much less memory (``remat.py``); the values
+    and gradients are the same.
 
     Args:
       params: VGG19 parameters ``{layer: {kernel, bias}}``.
@@ -258,22 +258,11 @@ def features(
       ``{layer: [h, w, c]}``.
     """
     x = preprocess(image, preprocessing)
-    kw = dict(pooling=pooling, widths=tuple(widths))
-    if not remat:
-        return VGG19(layers=tuple(layers), **kw).apply({"params": params}, x)
-    # One checkpointed program per block: the backward pass of block b recomputes
-    # block b alone, from its saved input, so one block's activations live at a time.
-    out = {}
-    deepest = max(int(name[4]) for name in layers)
-    for block in range(1, deepest + 1):
-        last = f"conv{block}_{BLOCKS[block - 1]}"
-        want = tuple(name for name in layers if int(name[4]) == block)
-        need = tuple(dict.fromkeys(want + ((last,) if block < deepest else ())))
-        model = VGG19(layers=need, first_block=block, **kw)
-        res = jax.checkpoint(lambda p, x, model=model: model.apply({"params": p}, x))(params, x)
-        out.update({name: res[name] for name in want})
-        x = res.get(last)
-    return {name: out[name] for name in layers}
+    if remat:
+        return remat_lib.features(params, x, layers, pooling=pooling)
+    return VGG19(layers=tuple(layers), pooling=pooling, widths=tuple(widths)).apply(
+        {"params": params}, x
+    )
 
 
 def _flat(f: jax.Array) -> jax.Array:

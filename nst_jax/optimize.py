@@ -84,9 +84,10 @@ class Config:
         ``"winograd"``, ``"direct"``, or ``"auto"``: Winograd on CPU for images whose
         short side is at least ``WINOGRAD_MIN_SIDE``, where it makes a step 1.3-1.5x
         faster; direct for smaller ones (Winograd takes a few seconds longer to compile),
-        on accelerators (their convolution libraries pick their own algorithms) and with
-        ``loss.remat`` (Winograd's tile buffers cost memory), or where only direct
-        convolutions fit in the free memory. Results agree to float32 rounding.
+        on accelerators (their convolution libraries pick their own algorithms), with
+        ``loss.remat`` (it runs direct convolutions in strips; ``"winograd"`` is refused
+        with it), or where only direct convolutions fit in the free memory. Results
+        agree to float32 rounding.
     """
 
     loss: obj.LossConfig = obj.LossConfig()
@@ -122,6 +123,11 @@ class Config:
             raise ValueError(f"linesearch_steps must be >= 1, got {self.linesearch_steps}")
         if self.convolution not in CONVOLUTIONS:
             raise ValueError(f"convolution must be one of {CONVOLUTIONS}, got {self.convolution!r}")
+        if self.loss.remat and self.convolution == "winograd":
+            raise ValueError(
+                "remat runs VGG in strips of direct convolutions; "
+                "use convolution 'auto' or 'direct' with it"
+            )
 
     def convolution_algorithm(self, shape: tuple[int, int], batch: int = 1) -> str:
         """The algorithm a run of ``batch`` images at ``shape`` = (H, W) uses:
@@ -626,8 +632,7 @@ def _drive(
     prep = weights.preprocessing
     static = dict(config=config, preprocessing=prep)
 
-    need = b * memory.estimate_bytes(content.shape[1:3], config.loss, convolution=algorithm)
-    memory.check(need, content.shape[1:3], b)
+    memory.check_estimate(content.shape[1:3], config.loss, b, convolution=algorithm)
     t0 = time.perf_counter()
     init_fn = functools.partial(init, **static)
     step_fn = functools.partial(step, **static, optimizer=make_optimizer(config))
@@ -647,7 +652,8 @@ def _drive(
         setup, params, content, style, init_image, blend, masks, key=keys
     )
     compiled = run.lower(params, targets, state, term_weights).compile()
-    memory.check_compiled(compiled, content.shape[-3:-1], b)
+    lean = memory.lean_bytes(content.shape[-3:-1], config.loss, b)
+    memory.check_compiled(compiled, content.shape[-3:-1], b, lean=lean)
     targets, state = setup(params, content, style, init_image, blend, masks, key=keys)
     final_fn = jit(final_fn)
     initial = np.asarray(final_fn(params, targets, state.image, term_weights))

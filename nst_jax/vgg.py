@@ -94,14 +94,11 @@ class VGG19(nn.Module):
         for smoother gradients).
       widths: channels per block. The real network is ``WIDTHS``; tests use narrow
         random networks with the same topology.
-      first_block: start at this block (1-5); the input is then the previous block's
-        last activation, before pooling. Lets callers checkpoint block by block.
     """
 
     layers: Sequence[str]
     pooling: str = "max"
     widths: Sequence[int] = WIDTHS
-    first_block: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -114,16 +111,13 @@ class VGG19(nn.Module):
         layers = check_layers(self.layers)
         if self.pooling not in POOLING:
             raise ValueError(f"pooling must be one of {POOLING}, got {self.pooling!r}")
-        channels = 3 if self.first_block == 1 else self.widths[self.first_block - 2]
-        if x.ndim not in (3, 4) or x.shape[-1] != channels:
-            raise ValueError(f"expected [H, W, {channels}] or [N, H, W, {channels}], got {x.shape}")
+        if x.ndim not in (3, 4) or x.shape[-1] != 3:
+            raise ValueError(f"expected [H, W, 3] or [N, H, W, 3], got {x.shape}")
         deepest = max(LAYERS.index(name) for name in layers)
 
         out = {}
         for name in LAYERS[: deepest + 1]:
             block, index = int(name[4]), int(name[6])
-            if block < self.first_block:
-                continue
             if index == 1 and block > 1:
                 x = pool2x2(x, self.pooling)
             x = nn.relu(Conv3x3(self.widths[block - 1], name=name)(x))

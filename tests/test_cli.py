@@ -71,6 +71,7 @@ def _one_line_error(result, match):
         (["--output", "{d}/content.png"], "refusing to overwrite"),
         (["--report", "{d}/style.png"], "--report must end in .json"),
         (["--size", "200000"], "largest size that fits is about --size"),
+        (["--remat", "--convolution=winograd"], "strips of direct convolutions"),
         (["--weights", "{d}/notes.png"], "unsupported weights format"),
         (["--init", "{d}/missing.png"], "image not found"),
         (["stray_argument"], "unexpected argument"),
@@ -204,7 +205,6 @@ def test_flags_reach_the_config(images, tmp_path, real_weights):
         "1,1,1,1,2",
         "--content_loss",
         "normalized",
-        "--remat",
         "--preserve_color",
         "histogram",
         "--convolution",
@@ -214,7 +214,7 @@ def test_flags_reach_the_config(images, tmp_path, real_weights):
     settings = nst_jax.read_settings(out)
     assert settings["config"]["convolution"] == "winograd"
     loss = settings["config"]["loss"]
-    assert loss["content_loss"] == "normalized" and loss["remat"] is True
+    assert loss["content_loss"] == "normalized" and loss["remat"] is False
     assert settings["config"]["preserve_color"] == "histogram"
     assert loss["style_loss"] == [["gram", 1.0], ["histogram", 0.5]]
     assert loss["stat_layers"] == [["histogram", ["conv1_1", "conv4_1"]]]
@@ -403,10 +403,12 @@ def test_masks_blend_colour_and_pyramid(images, tmp_path, real_weights):
         "--output",
         out,
         "--progress=false",
+        "--remat",  # Masked statistics on the features computed in strips.
     )
     assert result.returncode == 0, result.stderr
     assert "note: resizing mask" in result.stderr and "warning" not in result.stderr
-    assert len(nst_jax.read_settings(out)["style"]) == 2
+    settings = nst_jax.read_settings(out)
+    assert len(settings["style"]) == 2 and settings["config"]["loss"]["remat"] is True
     result = run(
         *base,
         "--style",

@@ -1,0 +1,137 @@
+"""The memory-lean VGG19 of ``remat.py``: blocks computed in strips, both ways, must
+give the network's values and gradients exactly, and need less memory."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nst_jax
+from nst_jax import conv, memory, optimize, remat
+from nst_jax.objective import LossConfig
+from nst_jax.vgg import BLOCKS, pool2x2
+
+from .conftest import SMALL_WIDTHS
+
+
+@pytest.fixture
+def many_strips(monkeypatch):
+    """Strips of a few rows, so that small inputs run many, and a partial last one."""
+    monkeypatch.setattr(remat, "STRIPS", 64)
+    monkeypatch.setattr(remat, "MIN_STRIP_TO_HALO", 1)
+
+
+def _reference(params, x, names, pooling):
+    """The block the plain way: 'SAME' convolutions on the whole input."""
+    out = {}
+    for name in sorted(params):
+        x = jax.nn.relu(
+            conv.direct(x, params[name]["kernel"]) + params[name]["bias"][None, None, None]
+        )
+        out[name] = x
+    out["pool"] = pool2x2(x, pooling)
+    return {name: out[name] for name in names}
+
+
+@pytest.mark.parametrize(
+    "block, names, height",
+    [
+        (1, ("conv1_1", "pool"), 37),  # Odd height: pooling drops the last row.
+        (1, ("conv1_1", "conv1_2"), 22),
+        (2, ("conv2_1",), 19),  # Only the first layer: a halo of one row.
+        (3, ("conv3_1", "pool"), 30),
+        (4, ("conv4_2", "pool"), 17),
+        (5, ("conv5_1",), 9),
+    ],
+)
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_strips_give_the_blocks_values_and_gradients(
+    small_weights, rng, many_strips, block, names, height, pooling
+):
+    depth = BLOCKS[block - 1] if "pool" in names else max(int(n[6]) for n in names)
+    params = {
+        f"conv{block}_{i}": small_weights.params[f"conv{block}_{i}"] for i in range(1, depth + 1)
+    }
+    channels = 3 if block == 1 else SMALL_WIDTHS[block - 2]
+    x = jnp.asarray(rng.standard_normal((2, height, 6, channels)), jnp.float32)
+    assert remat.strip_rows(height, depth) < height  # Several strips, really.
+
+    got = remat.block(params, x, names, pooling)
+    expected = _reference(params, x, names, pooling)
+    for name in names:
+        assert got[name].shape == expected[name].shape
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-5)
+
+    cotangents = {k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32) for k, v in got.items()}
+    d_got = jax.vjp(lambda p, x: remat.block(p, x, names, pooling), params, x)[1](cotangents)
+    d_expected = jax.vjp(lambda p, x: _reference(p, x, names, pooling), params, x)[1](cotangents)
+    for a, b in zip(jax.tree.leaves(d_got), jax.tree.leaves(d_expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_features_equal_the_network_with_prepared_params(small_weights, rng, many_strips):
+    """``remat.features`` is ``VGG19`` with any derived kernels, batched or not."""
+    params = conv.prepare(small_weights.params, "direct")
+    x = jnp.asarray(rng.standard_normal((2, 29, 21, 3)), jnp.float32)
+    layers = ("conv1_2", "conv3_1", "conv4_2", "conv2_2")
+    expected = nst_jax.VGG19(layers=layers, widths=SMALL_WIDTHS).apply({"params": params}, x)
+    for batch in (x, x[0]):
+        got = remat.features(params, batch, layers, pooling="max")
+        assert list(got) == list(layers)
+        for name in layers:
+            want = expected[name] if batch.ndim == 4 else expected[name][0]
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5)
+
+
+def _step_bytes(shape, loss):
+    """XLA's figures for the step at ``shape`` with the full-size VGG19, from shapes:
+    ``(temporaries, total)``, in bytes."""
+    config = nst_jax.Config(loss=loss, convolution="direct")
+    params = jax.eval_shape(lambda: conv.prepare(nst_jax.init_params(jax.random.key(0))))
+    image = jax.ShapeDtypeStruct(shape + (3,), jnp.float32)
+    static = dict(config=config, preprocessing=nst_jax.CAFFE)
+    setup = functools.partial(optimize.init, **static)
+    targets, state = jax.eval_shape(setup, params, image, image, None, key=jax.random.key(0))
+    step = optimize.jit(
+        functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
+        donate_argnums=(2,),
+    )
+    weights = optimize._term_weights(config, None)
+    analysis = step.lower(params, targets, state, weights).compile().memory_analysis()
+    if analysis is None:
+        pytest.fail("XLA gave no memory analysis on this backend")
+    temp = analysis.temp_size_in_bytes
+    return temp, temp + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+
+
+def test_remat_lowers_the_compiled_steps_memory_and_the_estimate_bounds_it():
+    """XLA's own account, not a timing: the strips must cut the step's temporaries."""
+    shape = (320, 480)  # Large enough that activations, not weights, dominate.
+    (plain, _), (lean, total) = (_step_bytes(shape, LossConfig(remat=r)) for r in (0, 1))
+    assert lean < 0.7 * plain, (lean, plain)
+    estimate = memory.estimate_bytes(shape, LossConfig(remat=True))
+    assert total <= estimate <= 6 * total, (total, estimate)
+
+
+def test_remat_refuses_winograd():
+    with pytest.raises(ValueError, match="strips of direct convolutions"):
+        nst_jax.Config(loss=LossConfig(remat=True), convolution="winograd")
+    auto = nst_jax.Config(loss=LossConfig(remat=True))
+    assert auto.convolution_algorithm((1024, 1024)) == "direct"
+
+
+def test_too_large_a_size_suggests_remat(monkeypatch):
+    shape = (2048, 3072)
+    plain = memory.estimate_bytes(shape, LossConfig())
+    lean = memory.estimate_bytes(shape, LossConfig(remat=True))
+    assert lean < plain / 2
+    have = int(lean / 0.8)  # Room for the lean step only.
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: have)
+    with pytest.raises(ValueError, match=r"--size \d+; --remat needs about [\d.]+ GiB and fits"):
+        memory.check_estimate(shape, LossConfig())
+    memory.check_estimate(shape, LossConfig(remat=True))
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: int(lean / 4))
+    with pytest.raises(ValueError, match=r"or --size \d+ with --remat"):
+        memory.check_estimate(shape, LossConfig())
