@@ -117,7 +117,7 @@ flags.DEFINE_bool(
     "remat",
     False,
     "Run VGG in strips and recompute it in the backward pass: about half the memory at "
-    "1024-2048 px, for about 1.4x the step time.",
+    "2048 px and up, for 1.1-1.3x the step time.",
 )
 flags.DEFINE_enum(
     "convolution",

@@ -106,7 +106,7 @@ class LossConfig:
       pooling: ``"avg"`` or ``"max"`` pooling in VGG19.
       remat: run VGG in strips and recompute it in the backward pass, keeping only
         each block's input (``remat.py``). Same values and gradients; about half the
-        memory at 1024-2048 px, for about 1.4x the step time (``benchmarks/memory.py``).
+        memory from 2048 px up, for 1.1-1.3x the step time (``benchmarks/memory.py``).
       widths: VGG channel widths; only tests change it, to run narrow networks.
     """
 
@@ -389,7 +389,12 @@ def make_targets(
     """
     key = jax.random.key(0) if key is None else key
     styles = tuple(style) if isinstance(style, (list, tuple)) else (style,)
-    kw = dict(preprocessing=preprocessing, pooling=config.pooling, widths=config.widths)
+    kw = dict(
+        preprocessing=preprocessing,
+        pooling=config.pooling,
+        widths=config.widths,
+        remat=config.remat,  # Its forward pass, in strips, holds less too.
+    )
     content_feats = (
         features(params, content, config.content_layers, **kw) if config.content_layers else {}
     )

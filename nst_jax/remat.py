@@ -1,20 +1,26 @@
 """VGG19 features whose gradient needs little memory (``LossConfig.remat``).
 
-At its peak, the backward pass of a step holds every activation the forward pass made:
-at 2048 px, 6 GiB. ``features`` keeps only each VGG block's input instead, and runs
-each block's backward pass in horizontal strips: a strip recomputes its rows of the
+Without it, the backward pass of a step holds every activation up to the deepest layer
+used: at 2048 px, 4.9 GiB. ``features`` keeps only each VGG block's input instead, and
+runs every block in horizontal strips, both ways: a strip recomputes its rows of the
 block from the block's input, with a halo of one row per convolution, and adds its
-share of the input gradient. No block's activations, nor their gradients, ever exist
-whole in the backward pass. The cost is one more forward pass, in strips.
+share of the input gradient. No block's activations, nor their gradients, exist whole
+in the backward pass. The cost is one more forward pass, in strips: 1.1-1.3x the direct
+step's time at 256-1024 px (``benchmarks/memory.py``).
 
 A strip is exact, not an approximation: its outputs depend on input rows within
 ``halo`` of its own (one 3x3 convolution per row), pooling windows never straddle two
 strips (strips start at even rows), and the input gradient is the sum of the strips'
 shares. Zero padding at the image's edges is reproduced by zeroing rows outside it.
 
-Why not ``jax.checkpoint``: XLA:CPU drops the optimisation barriers that keep a
-checkpoint's recomputation apart from the forward pass, merges the two, and so keeps
-every activation anyway (measured: 1.02x the plain peak). A loop is never merged.
+Why strips, on XLA:CPU:
+
+* ``jax.checkpoint`` does not work there: XLA drops the optimisation barriers that keep
+  a recomputation apart from the forward pass, merges the two, and so keeps every
+  activation anyway (measured: 1.02x the plain peak). A loop's body is never merged.
+* The forward pass runs in strips too, each output written into one buffer: on the
+  whole image, XLA computes a ReLU once per consumer (the next convolution, the Gram
+  matrix) and holds both copies.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from nst_jax.vgg import BLOCKS, check_layers, pool2x2
 # (each strip's buffers are 1/STRIPS of a layer's) and costs loop overhead.
 STRIPS = 16
 # Rows per strip are at least this many times the halo, so that recomputing the halo
-# costs at most 2/MIN_STRIP_TO_HALO of the block.
-MIN_STRIP_TO_HALO = 8
+# costs at most 2/MIN_STRIP_TO_HALO of the block: 8 made the step 1.7x the direct one at
+# 1024 px, 16 makes it 1.3x, 32 1.2x but with 10% more memory at 2048 px.
+MIN_STRIP_TO_HALO = 16
 
 
 def _conv_rows(x: jax.Array, layer: dict) -> jax.Array:
@@ -103,6 +110,11 @@ def _rows(first: jax.Array, name: str, rows: int) -> jax.Array:
     return first // _scale(name) + jnp.arange(rows // _scale(name))
 
 
+def _zero_from(x: jax.Array) -> jax.Array:
+    """A scalar 0 that XLA cannot fold into a constant: it waits for ``x``."""
+    return jnp.nan_to_num(0 * x.reshape(-1)[0], nan=0.0)
+
+
 def _prepare(params: dict, x: jax.Array):
     """The strips' parameters, the padded input, the halo, rows per strip and strips."""
     plain = {  # Strips run direct convolutions, with the input gradient's kernels.
@@ -148,7 +160,7 @@ def block(params: dict, x: jax.Array, names: tuple, pooling: str) -> dict:
     shapes = jax.eval_shape(lambda: f(plain, xp[:, : x.shape[1] + 2 * halo], 0))
     # Zeros computed from the input, so that XLA allocates them as the block starts,
     # not all at the start of the step.
-    zero = 0 * x[0, 0, 0, 0]
+    zero = _zero_from(x)
     out = {k: jnp.broadcast_to(zero, v.shape) for k, v in shapes.items()}
     return jax.lax.fori_loop(0, strips, body, out)
 
@@ -180,7 +192,7 @@ def _block_bwd(names, pooling, residuals, g):
 
     # As in the forward pass: zeros allocated as this block's backward pass starts, when
     # the next block's has given the gradient of the pooled output (the last name).
-    zero = 0 * g[names[-1]][0, 0, 0, 0]
+    zero = _zero_from(g[names[-1]])
     init = (jax.tree.map(jnp.zeros_like, plain), jnp.broadcast_to(zero, xp.shape))
     dplain, dx = jax.lax.fori_loop(0, strips, body, init)
     dparams = {  # Exact for kernels and biases; none for the derived kernels.

@@ -36,17 +36,16 @@ def _reference(params, x, names, pooling):
 
 
 @pytest.mark.parametrize(
-    "block, names, height",
+    "block, names, height, pooling",
     [
-        (1, ("conv1_1", "pool"), 37),  # Odd height: pooling drops the last row.
-        (1, ("conv1_1", "conv1_2"), 22),
-        (2, ("conv2_1",), 19),  # Only the first layer: a halo of one row.
-        (3, ("conv3_1", "pool"), 30),
-        (4, ("conv4_2", "pool"), 17),
-        (5, ("conv5_1",), 9),
+        (1, ("conv1_1", "pool"), 37, "max"),  # Odd height: pooling drops the last row.
+        (1, ("conv1_1", "conv1_2"), 22, "avg"),
+        (2, ("conv2_1",), 19, "avg"),  # Only the first layer: a halo of one row.
+        (3, ("conv3_1", "pool"), 30, "avg"),
+        (4, ("conv4_2", "pool"), 17, "max"),
+        (5, ("conv5_1",), 9, "avg"),
     ],
 )
-@pytest.mark.parametrize("pooling", ["max", "avg"])
 def test_strips_give_the_blocks_values_and_gradients(
     small_weights, rng, many_strips, block, names, height, pooling
 ):
