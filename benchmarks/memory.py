@@ -18,13 +18,11 @@ interleaved.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 from common import compiled_step, demo_pair, median_step_seconds, save, table
 
 import nst_jax
@@ -46,19 +44,9 @@ def _config(variant: str) -> nst_jax.Config:
 
 def compiled_bytes(weights, shape, config) -> int:
     """XLA's memory figure for the step at ``shape`` = (H, W), compiled from shapes."""
-    static = dict(config=config, preprocessing=weights.preprocessing)
-    content = jax.ShapeDtypeStruct((*shape, 3), jnp.float32)
-    style = jax.ShapeDtypeStruct((min(shape), min(shape), 3), jnp.float32)
-    setup = functools.partial(optimize.init, **static)
     params = conv.prepare(weights.params, config.convolution_algorithm(shape))
-    targets, state = jax.eval_shape(setup, params, content, style, None, key=jax.random.key(0))
-    step = optimize.jit(
-        functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
-        donate_argnums=(2,),
-    )
-    tw = optimize._term_weights(config, None)
-    m = step.lower(params, targets, state, tw).compile().memory_analysis()
-    return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+    analysis = optimize.step_memory(params, shape, config, preprocessing=weights.preprocessing)
+    return memory.analysis_bytes(analysis)
 
 
 def _status(field: str) -> int:

@@ -135,9 +135,14 @@ def check_compiled(
         return
     if analysis is None:
         return
-    need = (
+    check(analysis_bytes(analysis), shape, batch, lean=lean)
+
+
+def analysis_bytes(analysis) -> int:
+    """What a compiled program needs, from its ``memory_analysis()``: arguments, outputs
+    and temporaries."""
+    return (
         analysis.temp_size_in_bytes
         + analysis.argument_size_in_bytes
         + analysis.output_size_in_bytes
     )
-    check(need, shape, batch, lean=lean)

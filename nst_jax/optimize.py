@@ -390,6 +390,24 @@ def _term_weights(config: Config, weights: obj.Terms | None) -> obj.Terms:
     return obj.Terms(*(jnp.asarray(w, jnp.float32) for w in weights))
 
 
+def step_memory(params: dict, shape: tuple[int, int], config: Config, *, preprocessing):
+    """XLA's memory analysis of the step ``stylize`` runs for one ``shape`` = (H, W)
+    image, compiled from shapes alone: no memory is needed for the activations, so any
+    size can be asked about. ``params`` may be ``jax.ShapeDtypeStruct``s; a style of the
+    content's shape stands in (the step holds statistics, whose size does not depend on
+    the style's). Returns ``compiled.memory_analysis()``, None where a backend has none.
+    """
+    static = dict(config=config, preprocessing=preprocessing)
+    image = jax.ShapeDtypeStruct((*shape, 3), jnp.float32)
+    setup = functools.partial(init, **static)
+    targets, state = jax.eval_shape(setup, params, image, image, None, key=jax.random.key(0))
+    run = jit(
+        functools.partial(step, **static, optimizer=make_optimizer(config)), donate_argnums=(2,)
+    )
+    compiled = run.lower(params, targets, state, _term_weights(config, None)).compile()
+    return compiled.memory_analysis()
+
+
 def _final_losses(params, targets, image, weights, *, config, preprocessing):
     image = jnp.clip(image, 0.0, 1.0)
     value, terms = obj.objective(

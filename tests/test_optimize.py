@@ -1,7 +1,4 @@
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -203,29 +200,10 @@ def test_memory_estimate_bounds_xla(convolution):
     params = jax.eval_shape(
         lambda: conv.prepare(nst_jax.init_params(jax.random.key(0)), convolution)
     )
-    image = jax.ShapeDtypeStruct(shape + (3,), jnp.float32)
-    static = dict(config=config, preprocessing=nst_jax.CAFFE)
-    targets, state = jax.eval_shape(
-        functools.partial(optimize.init, **static),
-        params,
-        image,
-        image,
-        None,
-        key=jax.random.key(0),
-    )
-    step = optimize.jit(
-        functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
-        donate_argnums=(2,),
-    )
-    weights = optimize._term_weights(config, None)
-    analysis = step.lower(params, targets, state, weights).compile().memory_analysis()
+    analysis = optimize.step_memory(params, shape, config, preprocessing=nst_jax.CAFFE)
     if analysis is None:
         pytest.fail("XLA gave no memory analysis on this backend")
-    xla = (
-        analysis.temp_size_in_bytes
-        + analysis.argument_size_in_bytes
-        + analysis.output_size_in_bytes
-    )
+    xla = memory.analysis_bytes(analysis)
     assert xla <= estimate <= 6 * xla, (xla, estimate)
 
 

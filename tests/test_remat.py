@@ -1,8 +1,6 @@
 """The memory-lean VGG19 of ``remat.py``: blocks computed in strips, both ways, must
 give the network's values and gradients exactly, and need less memory."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,20 +87,10 @@ def _step_bytes(shape, loss):
     ``(temporaries, total)``, in bytes."""
     config = nst_jax.Config(loss=loss, convolution="direct")
     params = jax.eval_shape(lambda: conv.prepare(nst_jax.init_params(jax.random.key(0))))
-    image = jax.ShapeDtypeStruct(shape + (3,), jnp.float32)
-    static = dict(config=config, preprocessing=nst_jax.CAFFE)
-    setup = functools.partial(optimize.init, **static)
-    targets, state = jax.eval_shape(setup, params, image, image, None, key=jax.random.key(0))
-    step = optimize.jit(
-        functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
-        donate_argnums=(2,),
-    )
-    weights = optimize._term_weights(config, None)
-    analysis = step.lower(params, targets, state, weights).compile().memory_analysis()
+    analysis = optimize.step_memory(params, shape, config, preprocessing=nst_jax.CAFFE)
     if analysis is None:
         pytest.fail("XLA gave no memory analysis on this backend")
-    temp = analysis.temp_size_in_bytes
-    return temp, temp + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+    return analysis.temp_size_in_bytes, memory.analysis_bytes(analysis)
 
 
 def test_remat_lowers_the_compiled_steps_memory_and_the_estimate_bounds_it():
