@@ -122,6 +122,75 @@ def _weighted_gram_bwd(residuals, g_bar):
 _weighted_gram.defvjp(_weighted_gram_fwd, _weighted_gram_bwd)
 
 
+MOMENTS = ("sum", "sq", "gram")
+
+
+def moment_sums(
+    features: jax.Array, kinds: tuple[str, ...], *, weights: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """Sums over positions that the moment statistics (``moment_statistics``) are made of.
+
+    ``"sum"``: ``Σ_i m_i f_i``; ``"sq"``: ``Σ_i m_i f_i²``; ``"gram"``: ``Σ_i m_i f_i f_iᵀ``,
+    with its one-matmul gradient. They add up over any split of the positions, so
+    ``remat.py`` takes them strip by strip and never holds the features whole.
+
+    Args:
+      features: ``[H, W, C]``.
+      kinds: names from ``MOMENTS``.
+      weights: optional ``[R, H, W]`` non-negative masks, one sum per region; without
+        them every position weighs 1 and the sums have no region axis.
+
+    Returns:
+      ``{kind: [(R,) C]}``, and ``[(R,) C, C]`` for ``"gram"``; float32.
+    """
+    _check_rank("moment_sums", features, 3)
+    h, w, c = features.shape
+    f = features.reshape(h * w, c).astype(jnp.float32)
+    if weights is None:
+        sums = {
+            "sum": lambda: jnp.sum(f, axis=0),
+            "sq": lambda: jnp.sum(jnp.square(f), axis=0),
+            "gram": lambda: _weighted_gram(f, jnp.float32(1.0)),
+        }
+    else:
+        if weights.ndim != 3 or weights.shape[1:] != (h, w):
+            raise ValueError(f"weights {weights.shape} must be [R, {h}, {w}]")
+        m = weights.reshape(-1, h * w).astype(jnp.float32)
+        sums = {
+            "sum": lambda: _matmul(m, f),
+            "sq": lambda: _matmul(m, jnp.square(f)),
+            "gram": lambda: jax.vmap(lambda r: _weighted_gram(f, r[:, None]))(m),
+        }
+    return {kind: sums[kind]() for kind in kinds}
+
+
+def moment_statistics(
+    sums: dict[str, jax.Array], count: jax.Array | float, *, eps: float = 1e-5
+) -> dict[str, jax.Array]:
+    """Normalised statistics from ``moment_sums`` over ``count`` (``Σ_i m_i``) positions.
+
+    ``"gram"``: ``G`` as ``gram``; ``"mean"``: as ``weighted_mean``; ``"std"`` (needs
+    ``"sum"`` and ``"sq"``): ``sqrt(E[f²] − E[f]² + eps)``, as ``mean_std``.
+
+    Args:
+      sums: ``{kind: [(R,) C, ...]}``.
+      count: a scalar, or ``[R]`` per region; clamped to at least 1e-8.
+
+    Returns:
+      ``{"gram": [(R,) C, C], "mean": [(R,) C], "std": [(R,) C]}``, those the sums allow.
+    """
+    n = jnp.maximum(jnp.asarray(count, jnp.float32), 1e-8)[..., None]
+    out = {}
+    if "gram" in sums:
+        out["gram"] = sums["gram"] / n[..., None]
+    if "sum" in sums:
+        out["mean"] = sums["sum"] / n
+        if "sq" in sums:
+            var = jnp.maximum(sums["sq"] / n - jnp.square(out["mean"]), 0.0)
+            out["std"] = jnp.sqrt(var + eps)
+    return out
+
+
 def gram_loss(
     features: jax.Array, target_gram: jax.Array, *, weights: jax.Array | None = None
 ) -> jax.Array:

@@ -234,35 +234,49 @@ class Targets(NamedTuple):
     masks: dict[str, jax.Array] = {}
 
 
-def features(
+def features_and_sums(
     params: dict,
     image: jax.Array,
     layers: Sequence[str],
+    moments: dict[str, tuple[tuple[str, ...], jax.Array | None]],
     *,
     preprocessing: Preprocessing,
     pooling: str = "avg",
     widths: Sequence[int] = WIDTHS,
     remat: bool = False,
-) -> dict[str, jax.Array]:
-    """VGG19 activations of an RGB image.
+) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
+    """VGG19 activations of an RGB image, and sums over positions of other layers.
 
-    With ``remat``, the backward pass needs much less memory (``remat.py``); the values
-    and gradients are the same.
+    With ``remat``, the backward pass needs much less memory, and a layer that only
+    ``moments`` asks for is never held whole (``remat.py``); the values and gradients
+    are the same.
 
     Args:
       params: VGG19 parameters ``{layer: {kernel, bias}}``.
       image: ``[H, W, 3]`` RGB in [0, 1].
       layers: names of the layers to return.
+      moments: ``{layer: (kinds, weights)}``: ``losses.moment_sums`` of the layer, with
+        ``weights`` ``[R, h, w]`` at its resolution, or None.
 
     Returns:
-      ``{layer: [h, w, c]}``.
+      ``({layer: [h, w, c]}, {layer: {kind: [(R,) c, ...]}})``.
     """
     x = preprocess(image, preprocessing)
     if remat:
-        return remat_lib.features(params, x, layers, pooling=pooling)
-    return VGG19(layers=tuple(layers), pooling=pooling, widths=tuple(widths)).apply(
-        {"params": params}, x
-    )
+        return remat_lib.features_and_sums(params, x, layers, moments, pooling=pooling)
+    every = tuple(dict.fromkeys((*layers, *moments)))
+    feats = VGG19(layers=every, pooling=pooling, widths=tuple(widths)).apply({"params": params}, x)
+    sums = {
+        layer: losses.moment_sums(feats[layer], kinds, weights=weights)
+        for layer, (kinds, weights) in moments.items()
+    }
+    return {layer: feats[layer] for layer in layers}, sums
+
+
+def features(params: dict, image: jax.Array, layers: Sequence[str], **kw) -> dict[str, jax.Array]:
+    """VGG19 activations ``{layer: [h, w, c]}`` of an RGB image ``[H, W, 3]`` in [0, 1];
+    keywords as ``features_and_sums``."""
+    return features_and_sums(params, image, layers, {}, **kw)[0]
 
 
 def _flat(f: jax.Array) -> jax.Array:
@@ -276,7 +290,43 @@ def _sample_rows(x: jax.Array, n: int, key: jax.Array) -> jax.Array:
     return x[jax.random.randint(key, (n,), 0, x.shape[0])]
 
 
-MASKABLE = ("gram", "mmd_poly", "mmd_linear", "meanstd")
+# The statistics made of sums over positions (``losses.moment_sums``), and the sums each
+# needs. They alone take masks, and with remat they are taken strip by strip.
+MOMENT_SUMS = {
+    "gram": ("gram",),
+    "mmd_linear": ("sum",),
+    "meanstd": ("sum", "sq"),
+    "mmd_poly": ("gram", "sum"),  # Degree 2; other degrees are sampled.
+}
+
+
+def _moment_kinds(name: str, config: LossConfig) -> tuple[str, ...] | None:
+    """The sums that statistic ``name`` is made of, or None if it needs the features."""
+    return None if _sampled(name, config) else MOMENT_SUMS.get(name)
+
+
+def _style_moments(
+    config: LossConfig, masks: dict[str, jax.Array | None]
+) -> dict[str, tuple[tuple[str, ...], jax.Array | None]]:
+    """``{layer: (kinds, masks[layer])}``: every sum the style statistics need, per layer."""
+    kinds: dict[str, dict[str, None]] = {}
+    for name, _ in config.style_loss:
+        need = _moment_kinds(name, config)
+        for layer, _ in config.statistic_layers(name) if need else ():
+            kinds.setdefault(layer, {}).update(dict.fromkeys(need))
+    return {layer: (tuple(k), masks.get(layer)) for layer, k in kinds.items()}
+
+
+def feature_layers(config: LossConfig) -> tuple[str, ...]:
+    """The style layers whose statistics need the features themselves, not sums over
+    positions: with remat, the only style layers held whole (``memory.py`` counts them)."""
+    used = {
+        layer
+        for name, _ in config.style_loss
+        if _moment_kinds(name, config) is None
+        for layer, _ in config.statistic_layers(name)
+    }
+    return tuple(layer for layer in LAYERS if layer in used)
 
 
 def _pairwise_target(ys: jax.Array, config: LossConfig, kernel: str):
@@ -296,26 +346,24 @@ def _sampled(name: str, config: LossConfig) -> bool:
     return name == "mmd_gauss" or (name == "mmd_poly" and config.mmd_degree != 2)
 
 
-def _style_target(
-    name: str,
-    f: jax.Array,
-    out_shape: tuple[int, int],
-    config: LossConfig,
-    mask: jax.Array | None = None,
-):
-    """The statistic ``name`` of one style's features ``f`` ``[h, w, c]`` (not sampled
-    kernels; see ``_mixed_samples``), over the ``mask`` region if given."""
+def _count(shape: tuple[int, int], layer: str, weights: jax.Array | None):
+    """``Σ_i m_i`` at ``layer`` for an image of ``shape`` = (H, W): its positions, or
+    ``[R]`` sums of the masks ``weights`` ``[R, h, w]``."""
+    if weights is None:
+        s = layer_stride(layer)
+        return (shape[0] // s) * (shape[1] // s)
+    return jnp.sum(weights, axis=(-2, -1))
+
+
+def _moment_target(name: str, stats: dict[str, jax.Array]):
+    """Moment statistic ``name``'s target from ``losses.moment_statistics``."""
     if name == "gram":
-        return losses.gram(f, weights=mask)
+        return stats["gram"]
     if name == "mmd_linear":
-        return losses.weighted_mean(f, weights=mask)
+        return stats["mean"]
     if name == "meanstd":
-        return losses.mean_std(f, weights=mask)
-    if name == "histogram":
-        return losses.style_quantiles(f, out_shape[0] * out_shape[1])
-    if name == "mmd_poly":
-        return {"gram": losses.gram(f, weights=mask), "mean": losses.weighted_mean(f, weights=mask)}
-    raise ValueError(f"{name} has no moment target")
+        return stats["mean"], stats["std"]
+    return {"gram": stats["gram"], "mean": stats["mean"]}  # mmd_poly, degree 2.
 
 
 def _mixed_samples(feats: Sequence[jax.Array], blend: jax.Array, n: int, key: jax.Array):
@@ -407,7 +455,7 @@ def make_targets(
                 f"content masks {content_masks.shape} must be [{len(styles)}, H, W] for "
                 f"{len(styles)} styles and a {content.shape[0]}x{content.shape[1]} content"
             )
-        bad = [n for n, _ in config.style_loss if n not in MASKABLE or _sampled(n, config)]
+        bad = [n for n, _ in config.style_loss if _moment_kinds(n, config) is None]
         if bad:
             raise ValueError(
                 f"masks work with gram, mmd_poly (degree 2), mmd_linear and meanstd, not {bad[0]}"
@@ -416,69 +464,82 @@ def make_targets(
     if len(style_masks) != len(styles):
         raise ValueError(f"{len(style_masks)} style masks for {len(styles)} styles")
     blend = _blend(config, len(styles), blend)
-    style_feats = [features(params, s, style_layers, **kw) for s in styles]
+    whole = feature_layers(config)
+    per_style = []  # (features, statistics) of each style.
+    for image, m in zip(styles, style_masks, strict=True):
+        moments = {
+            layer: (kinds, None if m is None else layer_masks(m[None], layer))
+            for layer, (kinds, _) in _style_moments(config, {}).items()
+        }
+        feats, sums = features_and_sums(params, image, whole, moments, **kw)
+        stats = {
+            layer: losses.moment_statistics(
+                sums[layer], _count(image.shape[:2], layer, moments[layer][1])
+            )
+            for layer in sums
+        }
+        if m is not None:  # One region: drop its axis.
+            stats = jax.tree.map(lambda v: v[0], stats)
+        per_style.append((feats, stats))
     h, w = content.shape[:2]
     style_targets, masks = {}, {}
     for name, _ in config.style_loss:
         for layer, _ in config.statistic_layers(name):
             s = layer_stride(layer)
             key, sub = jax.random.split(key)
-            feats = [f[layer] for f in style_feats]
             if _sampled(name, config):
+                feats = [f[layer] for f, _ in per_style]
                 ys = _mixed_samples(feats, blend, config.mmd_samples, sub)
                 kernel = "gauss" if name == "mmd_gauss" else "poly"
                 style_targets[f"{name}/{layer}"] = _pairwise_target(ys, config, kernel)
                 continue
-            per_style = [
-                _style_target(
-                    name,
-                    f,
-                    (h // s, w // s),
-                    config,
-                    None if m is None else layer_masks(m[None], layer)[0],
-                )
-                for f, m in zip(feats, style_masks, strict=True)
-            ]
-            if content_masks is None:
-                style_targets[f"{name}/{layer}"] = mix_targets(per_style, blend)
+            if name == "histogram":
+                targets = [
+                    losses.style_quantiles(f[layer], (h // s) * (w // s)) for f, _ in per_style
+                ]
             else:
-                style_targets[f"{name}/{layer}"] = jax.tree.map(
-                    lambda *ts: jnp.stack(ts), *per_style
-                )
+                targets = [_moment_target(name, stats[layer]) for _, stats in per_style]
+            if content_masks is None:
+                style_targets[f"{name}/{layer}"] = mix_targets(targets, blend)
+            else:
+                style_targets[f"{name}/{layer}"] = jax.tree.map(lambda *ts: jnp.stack(ts), *targets)
                 masks[layer] = layer_masks(content_masks, layer)
     return jax.lax.stop_gradient(Targets(content=content_feats, style=style_targets, masks=masks))
 
 
-def _statistic_loss(name: str, f: jax.Array, target, config: LossConfig, key: jax.Array, mask=None):
-    """One statistic at one layer, scaled so that weight 1 pulls about like Gram.
-
-    With ``mask`` ``[h, w]`` the statistic is taken over that region only."""
-    n = f.shape[-1]
-    if name == "gram":
-        value = losses.gram_loss(f, target, weights=mask)
+def _moment_loss(name: str, stats: dict[str, jax.Array], target, config: LossConfig):
+    """Moment statistic ``name``'s loss at one layer (one region), from the output's
+    ``losses.moment_statistics``; scaled so that weight 1 pulls about like Gram."""
+    if name == "gram":  # E_l of Gatys et al. 2016, eq. 4, as losses.gram_loss.
+        c = target.shape[-1]
+        value = jnp.sum(jnp.square(stats["gram"] - target)) / (4.0 * c * c)
     elif name == "mmd_linear":
-        value = jnp.sum(jnp.square(losses.weighted_mean(f, weights=mask) - target))
-    elif name == "meanstd":
-        value = losses.mean_std_loss(f, target, weights=mask)
-    elif name == "histogram":
-        value = losses.histogram_loss(f, target)
-    elif name == "mmd_poly" and config.mmd_degree == 2:
-        # MMD² = ‖G_x − G_y‖² + 2c ‖μ_x − μ_y‖² (losses.mmd2_poly2), over the region.
-        g = losses.gram(f, weights=mask)
-        dm = losses.weighted_mean(f, weights=mask) - target["mean"]
-        value = jnp.sum(jnp.square(g - target["gram"])) + 2.0 * config.mmd_c * jnp.sum(
-            jnp.square(dm)
+        value = jnp.sum(jnp.square(stats["mean"] - target))
+    elif name == "meanstd":  # As losses.mean_std_loss.
+        mean, std = target
+        value = jnp.mean(jnp.square(stats["mean"] - mean) + jnp.square(stats["std"] - std))
+    else:  # mmd_poly: MMD² = ‖G_x − G_y‖² + 2c ‖μ_x − μ_y‖² (losses.mmd2_poly2).
+        n = target["mean"].shape[-1]
+        value = jnp.sum(jnp.square(stats["gram"] - target["gram"])) + 2.0 * config.mmd_c * jnp.sum(
+            jnp.square(stats["mean"] - target["mean"])
         )
         value = value / (4.0 * n * n)
+    return SCALES[name] * value
+
+
+def _feature_loss(name: str, f: jax.Array, target, config: LossConfig, key: jax.Array):
+    """The histogram or a sampled kernel's loss at one layer, from its features ``f``
+    ``[h, w, c]``; scaled so that weight 1 pulls about like Gram."""
+    if name == "histogram":
+        return SCALES[name] * losses.histogram_loss(f, target)
+    n = f.shape[-1]
+    x = _sample_rows(_flat(f), config.mmd_samples, key)
+    y = target["samples"]
+    if name == "mmd_gauss":
+        value = losses.mmd2_gaussian(x, y, target["sigma"], kyy=target["kyy"])
     else:
-        x = _sample_rows(_flat(f), config.mmd_samples, key)
-        y = target["samples"]
-        if name == "mmd_gauss":
-            value = losses.mmd2_gaussian(x, y, target["sigma"], kyy=target["kyy"])
-        else:
-            value = losses.mmd2_poly(
-                x, y, c=config.mmd_c, degree=config.mmd_degree, kyy=target["kyy"]
-            ) / (4.0 * n * n)
+        value = losses.mmd2_poly(x, y, c=config.mmd_c, degree=config.mmd_degree, kyy=target["kyy"])
+        value = value / (4.0 * n * n)
     return SCALES[name] * value
 
 
@@ -498,20 +559,25 @@ def loss_terms(
     """
     key = jax.random.key(0) if key is None else key
     style_on = bool(config.style_weight and config.all_style_layers)
-    layers = tuple(
-        dict.fromkeys(config.content_layers + (config.all_style_layers if style_on else ()))
-    )
-    if not layers:
+    if not config.content_layers and not style_on:
         raise ValueError("nothing to match: no content layers, and no style layers or weight")
-    feats = features(
+    style_layers = feature_layers(config) if style_on else ()
+    layers = tuple(dict.fromkeys(config.content_layers + style_layers))
+    moments = _style_moments(config, targets.masks) if style_on else {}
+    feats, sums = features_and_sums(
         params,
         image,
         layers,
+        moments,
         preprocessing=preprocessing,
         pooling=config.pooling,
         widths=config.widths,
         remat=config.remat,
     )
+    stats = {
+        layer: losses.moment_statistics(sums[layer], _count(image.shape[:2], layer, weights))
+        for layer, (_, weights) in moments.items()
+    }
     content_fn = (
         losses.normalized_content_loss
         if config.content_loss == "normalized"
@@ -523,16 +589,16 @@ def loss_terms(
         for layer, w in config.statistic_layers(name):
             key, sub = jax.random.split(key)
             target = targets.style[f"{name}/{layer}"]
-            f = feats[layer]
-            if layer in targets.masks:  # One term per region, each against its own style.
-                per_region = jax.vmap(
-                    lambda m, t, f=f, name=name, sub=sub: _statistic_loss(
-                        name, f, t, config, sub, mask=m
+            if _moment_kinds(name, config) is None:
+                value = _feature_loss(name, feats[layer], target, config, sub)
+            elif layer in targets.masks:  # One term per region, each against its own style.
+                value = jnp.sum(
+                    jax.vmap(lambda st, t, name=name: _moment_loss(name, st, t, config))(
+                        stats[layer], target
                     )
-                )(targets.masks[layer], target)
-                value = jnp.sum(per_region)
+                )
             else:
-                value = _statistic_loss(name, f, target, config, sub)
+                value = _moment_loss(name, stats[layer], target, config)
             style = style + mix * w * value
     alpha = losses.alpha_norm(image, alpha=config.alpha) if config.alpha_norm_weight else 0.0
     return Terms(

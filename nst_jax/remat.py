@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from nst_jax import conv
+from nst_jax import conv, losses
 from nst_jax.vgg import BLOCKS, check_layers, pool2x2
 
 # Each block's backward pass runs in about this many strips; more saves little memory
@@ -133,66 +133,108 @@ def _prepare(params: dict, x: jax.Array):
     return plain, xp, halo, rows, strips
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def block(params: dict, x: jax.Array, names: tuple, pooling: str) -> dict:
+def _strip_sums(
+    res: dict, weights: dict, first: jax.Array, rows: int, moments: tuple
+) -> dict[str, dict[str, jax.Array]]:
+    """A strip's share of each ``(layer, kinds)`` in ``moments``: ``losses.moment_sums``
+    over its rows, ``{layer: {kind: [N, (R,) C, ...]}}``. Rows past the image are zero in
+    ``res`` and in the weights (a gather with fill), so they add nothing."""
+    out = {}
+    for layer, kinds in moments:
+        w = weights[layer]
+        if w is not None:
+            w = jnp.take(w, first + jnp.arange(rows), axis=1, mode="fill", fill_value=0)
+        out[layer] = jax.vmap(lambda f, w=w, kinds=kinds: losses.moment_sums(f, kinds, weights=w))(
+            res[layer]
+        )
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def block(
+    params: dict, x: jax.Array, weights: dict, names: tuple, pooling: str, moments: tuple = ()
+) -> tuple[dict, dict]:
     """A VGG19 block computed in strips, both ways, from its input.
 
     Args:
       params: the block's first layers, ``{name: {kernel, bias, ...}}``: as many as
-        ``names`` need (all of them for ``"pool"``).
+        ``names`` and ``moments`` need (all of them for ``"pool"``).
       x: ``[N, H, W, C]``, the block's input (the image, or the previous block pooled).
-      names: wanted outputs, layer names of this block or ``"pool"``.
+      weights: ``{layer: [R, H, W] | None}``, the masks of each layer in ``moments``.
+      names: wanted outputs, layer names of this block or ``"pool"`` (last).
+      moments: ``((layer, kinds), ...)``: sums over positions (``losses.moment_sums``)
+        taken strip by strip, so that the layer is never held whole, nor its gradient.
 
     Returns:
-      ``{name: [N, H / s, W / s, C]}`` with ``s`` 1, or 2 for ``"pool"`` (floored).
+      ``({name: [N, H / s, W / s, C]}, {layer: {kind: [N, (R,) C, ...]}})`` with ``s`` 1,
+      or 2 for ``"pool"`` (floored).
     """
     plain, xp, halo, rows, strips = _prepare(params, x)
-    f = functools.partial(_strip, height=x.shape[1], names=names, pooling=pooling)
+    f = functools.partial(_strip, height=x.shape[1], names=_wanted(names, moments), pooling=pooling)
 
-    def body(i, out):
+    def step(i, window):
+        res = f(plain, window, i * rows)
+        return res, _strip_sums(res, weights, i * rows, rows, moments)
+
+    def body(i, carry):
+        out, sums = carry
         first = i * rows
-        res = f(plain, jax.lax.dynamic_slice_in_dim(xp, first, rows + 2 * halo, axis=1), first)
+        res, part = step(i, jax.lax.dynamic_slice_in_dim(xp, first, rows + 2 * halo, axis=1))
         # In place; the last strip's rows past the end are dropped.
-        return {k: out[k].at[:, _rows(first, k, rows)].set(res[k], mode="drop") for k in names}
+        out = {k: out[k].at[:, _rows(first, k, rows)].set(res[k], mode="drop") for k in names}
+        return out, jax.tree.map(jnp.add, sums, part)
 
     # Outputs are written strip by strip into their buffers: a whole-image forward pass
     # would hold some activations twice (XLA:CPU duplicates a ReLU per consumer).
     shapes = jax.eval_shape(lambda: f(plain, xp[:, : x.shape[1] + 2 * halo], 0))
+    sum_shapes = jax.eval_shape(lambda: step(0, xp[:, : rows + 2 * halo])[1])
     # Zeros computed from the input, so that XLA allocates them as the block starts,
     # not all at the start of the step.
     zero = _zero_from(x)
-    out = {k: jnp.broadcast_to(zero, v.shape) for k, v in shapes.items()}
-    return jax.lax.fori_loop(0, strips, body, out)
+    out = {k: jnp.broadcast_to(zero, shapes[k].shape) for k in names}
+    sums = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), sum_shapes)
+    return jax.lax.fori_loop(0, strips, body, (out, sums))
 
 
-def _block_fwd(params, x, names, pooling):
-    return block(params, x, names, pooling), (params, x)
+def _wanted(names: tuple, moments: tuple) -> tuple:
+    """What a strip computes: the outputs, and the layers whose sums are taken."""
+    return tuple(dict.fromkeys(names + tuple(layer for layer, _ in moments)))
 
 
-def _block_bwd(names, pooling, residuals, g):
-    params, x = residuals
+def _block_fwd(params, x, weights, names, pooling, moments):
+    return block(params, x, weights, names, pooling, moments), (params, x, weights)
+
+
+def _block_bwd(names, pooling, moments, residuals, g):
+    params, x, weights = residuals
+    g_out, g_sums = g
     plain, xp, halo, rows, strips = _prepare(params, x)
-    f = functools.partial(_strip, height=x.shape[1], names=names, pooling=pooling)
+    f = functools.partial(_strip, height=x.shape[1], names=_wanted(names, moments), pooling=pooling)
+
+    def outputs(p, window, first):
+        res = f(p, window, first)
+        return {k: res[k] for k in names}, _strip_sums(res, weights, first, rows, moments)
 
     def body(i, carry):
         dplain, dx = carry
         first = i * rows
         window = jax.lax.dynamic_slice_in_dim(xp, first, rows + 2 * halo, axis=1)
         # This strip's rows of each cotangent, zero past the end: a gather with fill
-        # reads them in place, where padding would copy a whole gradient.
+        # reads them in place, where padding would copy a whole gradient. The sums'
+        # cotangents are every strip's.
         cotangents = {
-            k: jnp.take(g[k], _rows(first, k, rows), axis=1, mode="fill", fill_value=0)
+            k: jnp.take(g_out[k], _rows(first, k, rows), axis=1, mode="fill", fill_value=0)
             for k in names
         }
-        _, vjp = jax.vjp(lambda p, w: f(p, w, first), plain, window)
-        dp, dwindow = vjp(cotangents)
+        _, vjp = jax.vjp(lambda p, w: outputs(p, w, first), plain, window)
+        dp, dwindow = vjp((cotangents, g_sums))
         old = jax.lax.dynamic_slice_in_dim(dx, first, rows + 2 * halo, axis=1)
         dx = jax.lax.dynamic_update_slice_in_dim(dx, old + dwindow, first, axis=1)
         return jax.tree.map(jnp.add, dplain, dp), dx
 
     # As in the forward pass: zeros allocated as this block's backward pass starts, when
     # the next block's has given the gradient of the pooled output (the last name).
-    zero = _zero_from(g[names[-1]])
+    zero = _zero_from(g_out[names[-1]] if names else jax.tree.leaves(g_sums)[0])
     init = (jax.tree.map(jnp.zeros_like, plain), jnp.broadcast_to(zero, xp.shape))
     dplain, dx = jax.lax.fori_loop(0, strips, body, init)
     dparams = {  # Exact for kernels and biases; none for the derived kernels.
@@ -202,7 +244,8 @@ def _block_bwd(names, pooling, residuals, g):
         }
         for name, p in params.items()
     }
-    return dparams, dx[:, halo : halo + x.shape[1]]
+    # The masks are constants: no gradient.
+    return dparams, dx[:, halo : halo + x.shape[1]], jax.tree.map(jnp.zeros_like, weights)
 
 
 block.defvjp(_block_fwd, _block_bwd)
@@ -225,18 +268,60 @@ def features(
     Returns:
       ``{layer: [(N,) h, w, c]}``, as ``VGG19``.
     """
-    layers = check_layers(layers)
+    return features_and_sums(params, x, layers, {}, pooling=pooling)[0]
+
+
+def features_and_sums(
+    params: dict,
+    x: jax.Array,
+    layers: Sequence[str],
+    moments: dict[str, tuple[tuple[str, ...], jax.Array | None]],
+    *,
+    pooling: str = "avg",
+) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
+    """``features``, and sums over positions of other layers, taken strip by strip.
+
+    A layer in ``moments`` alone is never held whole, nor its gradient: at 2048 px the
+    style layers' would be 1.4 GB each way.
+
+    Args:
+      params: VGG19 parameters ``{layer: {kernel, bias, ...}}``.
+      x: ``[H, W, 3]`` or ``[N, H, W, 3]``, preprocessed.
+      layers: names from ``LAYERS``, returned whole.
+      moments: ``{layer: (kinds, weights)}``: ``losses.moment_sums(f, kinds,
+        weights=weights)`` of each example's layer ``f``; ``weights`` ``[R, h, w]`` at
+        the layer's resolution, or None.
+
+    Returns:
+      ``({layer: [(N,) h, w, c]}, {layer: {kind: [(N,) (R,) C, ...]}})``.
+    """
+    layers = check_layers(layers) if layers else ()
+    if moments:
+        check_layers(tuple(moments))
+    if not layers and not moments:
+        raise ValueError("no layers and no sums asked for")
     batched = x.ndim == 4
     x = x if batched else x[None]
-    deepest = max(int(name[4]) for name in layers)
-    out = {}
+    deepest = max(int(name[4]) for name in (*layers, *moments))
+    out, sums = {}, {}
     for index in range(1, deepest + 1):
         names = tuple(name for name in layers if int(name[4]) == index)
         names += ("pool",) if index < deepest else ()
+        mine_moments = tuple(
+            (layer, tuple(kinds)) for layer, (kinds, _) in moments.items() if int(layer[4]) == index
+        )
+        weights = {layer: moments[layer][1] for layer, _ in mine_moments}
         # The layers up to the deepest wanted, or all of them for the next block.
-        depth = BLOCKS[index - 1] if "pool" in names else max(int(n[6]) for n in names)
+        depth = (
+            BLOCKS[index - 1]
+            if "pool" in names
+            else max(int(n[6]) for n in _wanted(names, mine_moments))
+        )
         mine = {f"conv{index}_{i}": params[f"conv{index}_{i}"] for i in range(1, depth + 1)}
-        res = block(mine, x, names, pooling)
+        res, part = block(mine, x, weights, names, pooling, mine_moments)
         x = res.pop("pool", None)
         out.update(res)
-    return {name: out[name] if batched else out[name][0] for name in layers}
+        sums.update(part)
+    if not batched:
+        out, sums = jax.tree.map(lambda v: v[0], (out, sums))
+    return {name: out[name] for name in layers}, sums

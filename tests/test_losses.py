@@ -43,6 +43,37 @@ def test_gram_gradient_is_autodiffs(rng, masked):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_moment_statistics_are_gram_mean_and_std_and_their_sums_add_up(rng, masked):
+    """The sums behind ``remat.py``'s strips: their statistics are ``gram``,
+    ``weighted_mean`` and ``mean_std`` per region, and they add over a split of the rows."""
+    f = jnp.asarray(rng.standard_normal((6, 7, 5)) + 0.5, jnp.float32)
+    masks = jnp.asarray(rng.random((3, 6, 7)), jnp.float32) if masked else None
+    sums = losses.moment_sums(f, losses.MOMENTS, weights=masks)
+    count = 42 if masks is None else jnp.sum(masks, axis=(1, 2))
+    stats = losses.moment_statistics(sums, count)
+    for r, m in enumerate([None] if masks is None else masks):
+        at = (lambda v: v) if masks is None else (lambda v, r=r: v[r])
+        mean, std = losses.mean_std(f, weights=m)
+        np.testing.assert_allclose(
+            at(stats["gram"]), losses.gram(f, weights=m), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(at(stats["mean"]), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(at(stats["std"]), std, rtol=1e-4)
+    halves = [
+        losses.moment_sums(
+            f[rows], losses.MOMENTS, weights=None if masks is None else masks[:, rows]
+        )
+        for rows in (slice(0, 2), slice(2, None))
+    ]
+    added = jax.tree.map(jnp.add, *halves)
+    for kind in losses.MOMENTS:
+        np.testing.assert_allclose(added[kind], sums[kind], rtol=1e-5, atol=1e-5)
+    assert set(losses.moment_statistics({"sum": sums["sum"]}, count)) == {"mean"}
+    with pytest.raises(ValueError, match="must be"):
+        losses.moment_sums(f, ("sum",), weights=jnp.ones((6, 7)))
+
+
 def test_gram_is_size_independent(rng):
     f = rng.standard_normal((4, 5, 3)).astype(np.float32)
     tiled = np.tile(f, (2, 3, 1))
