@@ -38,17 +38,17 @@ def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str
     """A quick estimate of one step's memory at ``shape`` = (H, W), before compiling.
 
     Counts float32 buffers: the kernels with the ones ``conv.prepare`` derives for
-    ``convolution``, 16 image-sized buffers for the optimiser, 5 more per histogram
-    layer (its quantile target and the matching's temporaries), and the activations:
+    ``convolution``, 5 per histogram layer (its quantile target and the matching's
+    temporaries), and:
 
-    * plain: every VGG layer's up to the deepest one used, times 2.5 (XLA keeps about
-      2x for the default objective: each activation and, in turn, its gradient, plus
-      workspace). Winograd also holds one layer's transformed tiles and products, 4x
-      its input and 4x its output.
-    * ``loss.remat`` (``remat.py``): the layers held whole (content layers, and those
-      of the statistics that are not sums over positions) and each block's input, each
-      twice (with its gradient), the content targets, and 6 buffers of the largest
-      strip; all times 1.1.
+    * plain: 16 image-sized buffers for the optimiser, and every VGG layer's up to the
+      deepest one used, times 2.5 (XLA keeps about 2x for the default objective: each
+      activation and, in turn, its gradient, plus workspace). Winograd also holds one
+      layer's transformed tiles and products, 4x its input and 4x its output.
+    * ``loss.remat`` (``remat.py``): 8 image-sized buffers for the optimiser, the layers
+      held whole (content layers, and those of the statistics that are not sums over
+      positions) twice (with their gradients), the content targets, each block's input
+      and the largest one's gradient, and 6 buffers of the largest strip; all times 1.1.
 
     It errs high, by design; tests check it against XLA's own figure for the step.
     """
@@ -61,14 +61,15 @@ def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str
         histogram = {}
     deepest = max(LAYERS.index(name) for name in used)
     elements, weights, tiles, channels = 0, 0, 0, 3
-    held, strip, extra = 3 * h * w, 0, 0  # The image, with remat.
+    held, strip, extra, gradient = 3 * h * w, 0, 0, 0  # The image, with remat.
     for name in LAYERS[: deepest + 1]:
         block, s, width = int(name[4]), layer_stride(name), loss.widths[int(name[4]) - 1]
         size = (h // s) * (w // s)
         elements += size * width
         extra += 5 * size * width * (name in histogram)
         held += size * width * (name in loss.content_layers)  # The content target.
-        held += 2 * size * (width * (name in whole) + channels * name.endswith("_1"))
+        held += size * (2 * width * (name in whole) + channels * name.endswith("_1"))
+        gradient = max(gradient, size * channels * name.endswith("_1"))
         halo = BLOCKS[block - 1]
         strip = max(strip, (strip_rows(h // s, halo) + 2 * halo) * (w // s) * width)
         pairs = channels * width
@@ -79,7 +80,7 @@ def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str
             weights += 2 * 9 * pairs + width
         channels = width
     if loss.remat:
-        return 4 * 11 * (held + 6 * strip + extra + weights + 16 * h * w * 3) // 10
+        return 4 * 11 * (held + gradient + 6 * strip + extra + weights + 8 * h * w * 3) // 10
     return 4 * (5 * elements // 2 + tiles + extra + weights + 16 * h * w * 3)
 
 

@@ -5,8 +5,10 @@ used: at 2048 px, 4.9 GiB. ``features`` keeps only each VGG block's input instea
 runs every block in horizontal strips, both ways: a strip recomputes its rows of the
 block from the block's input, with a halo of one row per convolution, and adds its
 share of the input gradient. No block's activations, nor their gradients, exist whole
-in the backward pass. The cost is one more forward pass, in strips: 1.1-1.3x the direct
-step's time at 256-1024 px (``benchmarks/memory.py``).
+in the backward pass. The style statistics that are sums over positions (Gram matrices,
+means, variances: ``losses.moment_sums``) are taken strip by strip as well, forward, and
+in the backward pass each strip adds their gradient to its rows' own: a style layer is
+never held whole. The cost is one more forward pass, in strips (``benchmarks/memory.py``).
 
 A strip is exact, not an approximation: its outputs depend on input rows within
 ``halo`` of its own (one 3x3 convolution per row), pooling windows never straddle two
