@@ -124,8 +124,7 @@ flags.DEFINE_enum(
     _C.convolution,
     list(nst_jax.optimize.CONVOLUTIONS),
     "How VGG's convolutions run: auto (Winograd on CPU from 128 px on the short side; "
-    "direct on GPU, for smaller images or with --remat), direct, or winograd (not with "
-    "--remat). The results "
+    "direct on GPU and for smaller images), direct, or winograd. The results "
     "agree to float32 rounding.",
 )
 flags.DEFINE_enum("optimizer", _C.optimizer, ["adam", "lbfgs"], "Optimiser.")

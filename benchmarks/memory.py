@@ -1,6 +1,7 @@
 """Peak memory of one optimisation step at 512 to 4096 px: with Winograd convolutions
-(the CPU default), direct ones, and ``--remat`` (VGG in strips, ``nst_jax/remat.py``);
-a real step's resident memory at one size; and the time cost of remat, in the same run.
+(the CPU default), direct ones (as on GPU), and ``--remat`` (VGG in strips,
+``nst_jax/remat.py``) with each; a real step's resident memory at one size; and the
+time cost of remat, in the same run.
 
   python benchmarks/memory.py [--sizes 512,1024,2048,4096] [--rss_size 2048]
                               [--time_sizes 256,512]
@@ -11,8 +12,8 @@ every size is measured even where it would not fit. Beside it: the quick estimat
 CLI checks before compiling. To check that account against the process, each variant
 runs for real at ``--rss_size`` in a fresh subprocess (Linux), which reports its
 resident memory: at the peak of compiling and setting up, and a step's own peak (the
-high-water mark is reset before it). Time: median seconds per step, direct and remat
-interleaved.
+high-water mark is reset before it). Time: median seconds per step, the four variants
+interleaved; each remat variant against the plain step with the same convolutions.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ GIB = 2.0**30
 VARIANTS = {  # name: (convolution, remat)
     "winograd": ("winograd", False),
     "direct": ("direct", False),
-    "remat": ("direct", True),
+    "remat": ("winograd", True),  # --remat on CPU.
+    "remat_direct": ("direct", True),  # --remat where direct convolutions run (GPU).
 }
+PAIRS = (("remat", "winograd"), ("remat_direct", "direct"))  # Each against its plain step.
 
 
 def _config(variant: str) -> nst_jax.Config:
@@ -104,7 +107,8 @@ def main():
                 shape, config.loss, convolution=config.convolution_algorithm(shape)
             )
             row[f"{name} estimate GiB"] = round(estimate / GIB, 2)
-        row["remat / direct"] = round(row["remat GiB"] / row["direct GiB"], 2)
+        for lean, plain in PAIRS:
+            row[f"{lean} / {plain}"] = round(row[f"{lean} GiB"] / row[f"{plain} GiB"], 2)
         rows.append(row)
         print(row, flush=True)
 
@@ -115,21 +119,17 @@ def main():
     for size in map(int, args.time_sizes.split(",")):
         content, style = demo_pair(size)
         seconds = {}
-        for variant in ("direct", "remat", "direct", "remat"):  # Interleaved, for drift.
+        for variant in (*VARIANTS, *VARIANTS):  # Interleaved, for drift.
             step, params, targets, state, _ = compiled_step(
                 weights, content, style, _config(variant)
             )
             median = median_step_seconds(step, params, targets, state, 5)
             seconds.setdefault(variant, []).append(median)
-        plain, lean = (sum(seconds[v]) / 2 for v in ("direct", "remat"))
-        times.append(
-            {
-                "size": size,
-                "direct s": round(plain, 3),
-                "remat s": round(lean, 3),
-                "remat / direct": round(lean / plain, 2),
-            }
-        )
+        mean = {v: sum(s) / len(s) for v, s in seconds.items()}
+        row = {"size": size, **{f"{v} s": round(t, 3) for v, t in mean.items()}}
+        for lean, plain in PAIRS:
+            row[f"{lean} / {plain}"] = round(mean[lean] / mean[plain], 2)
+        times.append(row)
         print(times[-1], flush=True)
 
     columns = list(rows[0])
@@ -142,7 +142,7 @@ def main():
         "above the loaded weights at the peak of compiling and setting up (setup), a step's "
         "rise above its start (step), and the whole run's peak (run).\n\n"
         + table(rss_rows, list(rss_rows[0]))
-        + "\n\nStep time, direct and remat interleaved (median of 5 steps, mean of 2 rounds):"
+        + "\n\nStep time, the variants interleaved (median of 5 steps, mean of 2 rounds):"
         "\n\n" + table(times, list(times[0]))
     )
     save(

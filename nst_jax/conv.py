@@ -94,18 +94,21 @@ def _at(rows: list[jax.Array]) -> list[jax.Array]:
     return [m0 + m1 + m2, m1 - m2 - m3]
 
 
-def winograd(x: jax.Array, u: jax.Array) -> jax.Array:
+def winograd(x: jax.Array, u: jax.Array, padding=SAME) -> jax.Array:
     """F(2x2, 3x3) convolution: ``x`` ``[N, H, W, I]``, ``u = winograd_kernel(k)``.
 
-    Equals ``direct(x, k)`` up to float32 rounding (relative error about 1e-6), for any
-    ``H`` and ``W``: odd sizes are padded to whole tiles and cropped back.
+    Equals ``direct(x, k, padding)`` up to float32 rounding (relative error about 1e-6),
+    for any ``H`` and ``W``: odd sizes are padded to whole tiles and cropped back.
 
     Returns:
-      ``[N, H, W, O]``.
+      ``[N, H + t + b - 2, W + l + r - 2, O]`` for ``padding = ((t, b), (l, r))``.
     """
     n, h, w, c = x.shape
-    th, tw = (h + 1) // 2, (w + 1) // 2  # Output tiles.
-    xp = jnp.pad(x, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - w), (0, 0)))
+    (top, bottom), (left, right) = padding
+    oh, ow = h + top + bottom - 2, w + left + right - 2
+    th, tw = (oh + 1) // 2, (ow + 1) // 2  # Output tiles.
+    pads = ((0, 0), (top, 2 * th + 2 - h - top), (left, 2 * tw + 2 - w - left), (0, 0))
+    xp = jnp.pad(x, pads)
     rows = jnp.stack(_bt(_tiles(xp, 1, th)))  # Bᵀ d: [4, N, th, 2 tw + 2, I]
     v = jnp.stack(_bt(_tiles(rows, 3, tw)), axis=1)  # Bᵀ d B: [4, 4, N, th, tw, I]
     m = jnp.einsum(
@@ -114,7 +117,7 @@ def winograd(x: jax.Array, u: jax.Array) -> jax.Array:
     cols = jnp.stack(_at([m[a] for a in range(4)]))  # Aᵀ m: [2, 4, N, th, tw, O]
     y = jnp.stack(_at([cols[:, b] for b in range(4)]), axis=-2)  # [2, N, th, tw, 2, O]
     y = jnp.moveaxis(y, 0, 2)  # [N, th, 2, tw, 2, O]
-    return y.reshape(n, 2 * th, 2 * tw, -1)[:, :h, :w]
+    return y.reshape(n, 2 * th, 2 * tw, -1)[:, :oh, :ow]
 
 
 def _kernel_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, padding=SAME) -> jax.Array:
@@ -144,21 +147,23 @@ def _direct_bwd(padding, residuals, g):
 direct_pretransposed.defvjp(_direct_fwd, _direct_bwd)
 
 
-@jax.custom_vjp
-def winograd_conv(x: jax.Array, kernel: jax.Array, u: jax.Array, u_t: jax.Array) -> jax.Array:
-    """``direct(x, kernel)`` by Winograd both ways: ``u``, ``u_t`` transform the kernel and
-    its ``backward_kernel``."""
-    return winograd(x, u)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def winograd_conv(
+    x: jax.Array, kernel: jax.Array, u: jax.Array, u_t: jax.Array, padding=SAME
+) -> jax.Array:
+    """``direct(x, kernel, padding)`` by Winograd both ways: ``u``, ``u_t`` transform the
+    kernel and its ``backward_kernel``."""
+    return winograd(x, u, padding)
 
 
-def _winograd_fwd(x, kernel, u, u_t):
-    return winograd(x, u), (x, kernel, u, u_t)
+def _winograd_fwd(x, kernel, u, u_t, padding):
+    return winograd(x, u, padding), (x, kernel, u, u_t)
 
 
-def _winograd_bwd(residuals, g):
+def _winograd_bwd(padding, residuals, g):
     x, kernel, u, u_t = residuals
-    dx = winograd(g, u_t)
-    return dx, _kernel_grad(x, kernel, g), jnp.zeros_like(u), jnp.zeros_like(u_t)
+    dx = winograd(g, u_t, _transposed(padding))
+    return dx, _kernel_grad(x, kernel, g, padding), jnp.zeros_like(u), jnp.zeros_like(u_t)
 
 
 winograd_conv.defvjp(_winograd_fwd, _winograd_bwd)

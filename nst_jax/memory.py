@@ -48,7 +48,8 @@ def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str
     * ``loss.remat`` (``remat.py``): 8 image-sized buffers for the optimiser, the layers
       held whole (content layers, and those of the statistics that are not sums over
       positions) twice (with their gradients), the content targets, each block's input
-      and the largest one's gradient, and 6 buffers of the largest strip; all times 1.1.
+      and the largest one's gradient, and 6 buffers of the largest strip (14 with
+      Winograd's tiles); all times 1.1.
 
     It errs high, by design; tests check it against XLA's own figure for the step.
     """
@@ -70,17 +71,18 @@ def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str
         held += size * width * (name in loss.content_layers)  # The content target.
         held += size * (2 * width * (name in whole) + channels * name.endswith("_1"))
         gradient = max(gradient, size * channels * name.endswith("_1"))
-        halo = BLOCKS[block - 1]
-        strip = max(strip, (strip_rows(h // s, halo) + 2 * halo) * (w // s) * width)
+        halo, tiled = BLOCKS[block - 1], convolution == "winograd" and block >= WINOGRAD_FROM_BLOCK
+        buffers = 14 if tiled else 6  # Winograd's tiles and products: 4x each.
+        strip = max(strip, buffers * (strip_rows(h // s, halo) + 2 * halo) * (w // s) * width)
         pairs = channels * width
-        if convolution == "winograd" and block >= WINOGRAD_FROM_BLOCK:
+        if tiled:
             weights += 9 * pairs + 2 * 16 * pairs + width
             tiles = max(tiles, 4 * (h // s + 1) * (w // s + 1) * (channels + width))
         else:
             weights += 2 * 9 * pairs + width
         channels = width
     if loss.remat:
-        return 4 * 11 * (held + gradient + 6 * strip + extra + weights + 8 * h * w * 3) // 10
+        return 4 * 11 * (held + gradient + strip + extra + weights + 8 * h * w * 3) // 10
     return 4 * (5 * elements // 2 + tiles + extra + weights + 16 * h * w * 3)
 
 

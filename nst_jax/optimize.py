@@ -84,10 +84,9 @@ class Config:
         ``"winograd"``, ``"direct"``, or ``"auto"``: Winograd on CPU for images whose
         short side is at least ``WINOGRAD_MIN_SIDE``, where it makes a step 1.3-1.5x
         faster; direct for smaller ones (Winograd takes a few seconds longer to compile),
-        on accelerators (their convolution libraries pick their own algorithms), with
-        ``loss.remat`` (it runs direct convolutions in strips; ``"winograd"`` is refused
-        with it), or where only direct convolutions fit in the free memory. Results
-        agree to float32 rounding.
+        on accelerators (their convolution libraries pick their own algorithms), or
+        where only direct convolutions fit in the free memory. ``loss.remat``'s strips
+        run either. Results agree to float32 rounding.
     """
 
     loss: obj.LossConfig = obj.LossConfig()
@@ -123,11 +122,6 @@ class Config:
             raise ValueError(f"linesearch_steps must be >= 1, got {self.linesearch_steps}")
         if self.convolution not in CONVOLUTIONS:
             raise ValueError(f"convolution must be one of {CONVOLUTIONS}, got {self.convolution!r}")
-        if self.loss.remat and self.convolution == "winograd":
-            raise ValueError(
-                "remat runs VGG in strips of direct convolutions; "
-                "use convolution 'auto' or 'direct' with it"
-            )
 
     def convolution_algorithm(self, shape: tuple[int, int], batch: int = 1) -> str:
         """The algorithm a run of ``batch`` images at ``shape`` = (H, W) uses:
@@ -135,7 +129,7 @@ class Config:
         if self.convolution != "auto":
             return self.convolution
         cpu = jax.default_backend() == "cpu"
-        if not cpu or self.loss.remat or min(shape) < WINOGRAD_MIN_SIDE:
+        if not cpu or min(shape) < WINOGRAD_MIN_SIDE:
             return "direct"
         # Where only direct convolutions fit in memory, use them rather than fail.
         need = batch * memory.estimate_bytes(shape, self.loss, convolution="winograd")

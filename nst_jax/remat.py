@@ -47,11 +47,17 @@ MIN_STRIP_TO_HALO = 16
 
 
 def _conv_rows(x: jax.Array, layer: dict) -> jax.Array:
-    """3x3 convolution, 'VALID' over rows and 'SAME' over columns, so it loses 2 rows.
+    """3x3 convolution, 'VALID' over rows and 'SAME' over columns, so it loses 2 rows:
+    by Winograd where ``conv.prepare`` derived its kernels, direct otherwise.
 
     ``[N, R, W, I] -> [N, R - 2, W, O]``.
     """
-    y = conv.direct_pretransposed(x, layer["kernel"], layer["kernel_t"], ((0, 0), (1, 1)))
+    rows = ((0, 0), (1, 1))
+    if "winograd" in layer:
+        k, u, u_t = layer["kernel"], layer["winograd"], layer["winograd_t"]
+        y = conv.winograd_conv(x, k, u, u_t, rows)
+    else:
+        y = conv.direct_pretransposed(x, layer["kernel"], layer["kernel_t"], rows)
     return y + layer["bias"][None, None, None]
 
 
@@ -119,11 +125,15 @@ def _zero_from(x: jax.Array) -> jax.Array:
 
 def _prepare(params: dict, x: jax.Array):
     """The strips' parameters, the padded input, the halo, rows per strip and strips."""
-    plain = {  # Strips run direct convolutions, with the input gradient's kernels.
+    plain = {  # Winograd's kernels where prepared, or the input gradient's direct kernel.
         name: {
             "kernel": p["kernel"],
             "bias": p["bias"],
-            "kernel_t": p["kernel_t"] if "kernel_t" in p else conv.backward_kernel(p["kernel"]),
+            **(
+                {"winograd": p["winograd"], "winograd_t": p["winograd_t"]}
+                if "winograd" in p
+                else {"kernel_t": p.get("kernel_t", conv.backward_kernel(p["kernel"]))}
+            ),
         }
         for name, p in params.items()
     }

@@ -71,7 +71,6 @@ def _one_line_error(result, match):
         (["--output", "{d}/content.png"], "refusing to overwrite"),
         (["--report", "{d}/style.png"], "--report must end in .json"),
         (["--size", "200000"], "largest size that fits is about --size"),
-        (["--remat", "--convolution=winograd"], "strips of direct convolutions"),
         (["--weights", "{d}/notes.png"], "unsupported weights format"),
         (["--init", "{d}/missing.png"], "image not found"),
         (["stray_argument"], "unexpected argument"),
@@ -403,12 +402,14 @@ def test_masks_blend_colour_and_pyramid(images, tmp_path, real_weights):
         "--output",
         out,
         "--progress=false",
-        "--remat",  # Masked statistics on the features computed in strips.
+        "--remat",  # Masked statistics as sums taken in strips,
+        "--convolution=winograd",  # of Winograd convolutions.
     )
     assert result.returncode == 0, result.stderr
     assert "note: resizing mask" in result.stderr and "warning" not in result.stderr
     settings = nst_jax.read_settings(out)
     assert len(settings["style"]) == 2 and settings["config"]["loss"]["remat"] is True
+    assert settings["config"]["convolution"] == "winograd"
     result = run(
         *base,
         "--style",

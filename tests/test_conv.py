@@ -36,15 +36,23 @@ def test_winograd_equals_direct_convolution(rng, h, w):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("algorithm", conv.ALGORITHMS)
 @pytest.mark.parametrize("padding", [conv.SAME, ((0, 0), (1, 1)), ((2, 0), (1, 2))])
-def test_pretransposed_gradients_equal_autodiff_for_any_padding(rng, padding):
+def test_custom_convolutions_equal_autodiff_for_any_padding(rng, algorithm, padding):
     """``remat.py``'s strips pad columns only; the input gradient crops what was padded."""
     x, kernel = _data(rng, 1, 11, 6, 4), _data(rng, 3, 3, 4, 3)
     k_t = conv.backward_kernel(kernel)
-    y, vjp = jax.vjp(lambda x, k: conv.direct_pretransposed(x, k, k_t, padding), x, kernel)
+    if algorithm == "direct":
+        fast = lambda x, k: conv.direct_pretransposed(x, k, k_t, padding)  # noqa: E731
+    else:
+        u, u_t = conv.winograd_kernel(kernel), conv.winograd_kernel(k_t)
+        fast = lambda x, k: conv.winograd_conv(x, k, u, u_t, padding)  # noqa: E731
+    y, vjp = jax.vjp(fast, x, kernel)
+    expected_y, expected_vjp = jax.vjp(lambda x, k: conv.direct(x, k, padding), x, kernel)
+    assert y.shape == expected_y.shape
+    np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
     g = _data(rng, *y.shape)
-    expected = jax.vjp(lambda x, k: conv.direct(x, k, padding), x, kernel)[1](g)
-    for a, b in zip(vjp(g), expected, strict=True):
+    for a, b in zip(vjp(g), expected_vjp(g), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -124,15 +132,16 @@ def test_jit_compiles_with_the_package_options(rng):
         assert "ynn_fusion" not in ours.lower(x, kernel).compile().as_text()
 
 
-def test_auto_convolution_resolves_per_backend_size_and_remat():
+def test_auto_convolution_resolves_per_backend_and_size_with_or_without_remat():
     from nst_jax.objective import LossConfig
 
     cpu = jax.default_backend() == "cpu"
     big, small = (optimize.WINOGRAD_MIN_SIDE, 300), (optimize.WINOGRAD_MIN_SIDE - 1, 300)
     assert optimize.Config().convolution_algorithm(big) == ("winograd" if cpu else "direct")
     assert optimize.Config().convolution_algorithm(small) == "direct"
-    remat = optimize.Config(loss=LossConfig(remat=True))
-    assert remat.convolution_algorithm(big) == "direct"
+    remat = optimize.Config(loss=LossConfig(remat=True))  # Its strips run either.
+    assert remat.convolution_algorithm(big) == ("winograd" if cpu else "direct")
+    assert remat.convolution_algorithm(small) == "direct"
     assert optimize.Config(convolution="direct").convolution_algorithm(big) == "direct"
     assert optimize.Config(convolution="winograd").convolution_algorithm(small) == "winograd"
     with pytest.raises(ValueError, match="convolution must be one of"):

@@ -87,9 +87,13 @@ def test_strips_give_the_blocks_values_sums_and_gradients(
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
 
 
-def test_features_equal_the_network_with_prepared_params(small_weights, rng, many_strips):
-    """``remat.features`` is ``VGG19`` with any derived kernels, batched or not."""
-    params = conv.prepare(small_weights.params, "direct")
+@pytest.mark.parametrize("algorithm", conv.ALGORITHMS)
+def test_features_equal_the_network_with_prepared_params(
+    small_weights, rng, many_strips, algorithm
+):
+    """``remat.features`` is ``VGG19`` with either algorithm's kernels, batched or not,
+    and so is its image gradient."""
+    params = conv.prepare(small_weights.params, algorithm)
     x = jnp.asarray(rng.standard_normal((2, 29, 21, 3)), jnp.float32)
     layers = ("conv1_2", "conv3_1", "conv4_2", "conv2_2")
     expected = nst_jax.VGG19(layers=layers, widths=SMALL_WIDTHS).apply({"params": params}, x)
@@ -99,6 +103,21 @@ def test_features_equal_the_network_with_prepared_params(small_weights, rng, man
         for name in layers:
             want = expected[name] if batch.ndim == 4 else expected[name][0]
             np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5)
+
+    probes = {
+        k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32) for k, v in expected.items()
+    }
+
+    def grad(fn):
+        return jax.grad(lambda x: sum(jnp.sum(fn(x)[k] * p) for k, p in probes.items()))(x)
+
+    network = nst_jax.VGG19(layers=layers, widths=SMALL_WIDTHS)
+    np.testing.assert_allclose(
+        grad(lambda x: remat.features(params, x, layers, pooling="max")),
+        grad(lambda x: network.apply({"params": params}, x)),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def _step_bytes(shape, loss):
@@ -131,13 +150,6 @@ def test_style_layers_cost_remat_no_whole_layer():
         with_style, _ = _step_bytes(shape, loss)
         layer = 4 * shape[0] * shape[1] * 64
         assert with_style - without < layer / 4, (statistic, with_style - without, layer)
-
-
-def test_remat_refuses_winograd():
-    with pytest.raises(ValueError, match="strips of direct convolutions"):
-        nst_jax.Config(loss=LossConfig(remat=True), convolution="winograd")
-    auto = nst_jax.Config(loss=LossConfig(remat=True))
-    assert auto.convolution_algorithm((1024, 1024)) == "direct"
 
 
 def test_too_large_a_size_suggests_remat(monkeypatch):
