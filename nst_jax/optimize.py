@@ -384,12 +384,19 @@ def _term_weights(config: Config, weights: obj.Terms | None) -> obj.Terms:
     return obj.Terms(*(jnp.asarray(w, jnp.float32) for w in weights))
 
 
-def step_memory(params: dict, shape: tuple[int, int], config: Config, *, preprocessing):
-    """XLA's memory analysis of the step ``stylize`` runs for one ``shape`` = (H, W)
-    image, compiled from shapes alone: no memory is needed for the activations, so any
-    size can be asked about. ``params`` may be ``jax.ShapeDtypeStruct``s; a style of the
-    content's shape stands in (the step holds statistics, whose size does not depend on
-    the style's). Returns ``compiled.memory_analysis()``, None where a backend has none.
+def lower_step(
+    params: dict,
+    shape: tuple[int, int],
+    config: Config,
+    *,
+    preprocessing,
+    platforms: Sequence[str] | None = None,
+):
+    """The step ``stylize`` runs for one ``shape`` = (H, W) image, lowered from shapes
+    alone: ``params`` may be ``jax.ShapeDtypeStruct``s, and a style of the content's
+    shape stands in (the step holds statistics, whose size does not depend on the
+    style's). ``platforms``, e.g. ``("cuda",)``, lowers it for other backends than this
+    machine's. Returns a ``jax.stages.Lowered``.
     """
     static = dict(config=config, preprocessing=preprocessing)
     image = jax.ShapeDtypeStruct((*shape, 3), jnp.float32)
@@ -398,8 +405,18 @@ def step_memory(params: dict, shape: tuple[int, int], config: Config, *, preproc
     run = jit(
         functools.partial(step, **static, optimizer=make_optimizer(config)), donate_argnums=(2,)
     )
-    compiled = run.lower(params, targets, state, _term_weights(config, None)).compile()
-    return compiled.memory_analysis()
+    traced = run.trace(params, targets, state, _term_weights(config, None))
+    return traced.lower(lowering_platforms=tuple(platforms) if platforms else None)
+
+
+def step_memory(params: dict, shape: tuple[int, int], config: Config, *, preprocessing):
+    """XLA's memory analysis of the step ``stylize`` runs for one ``shape`` = (H, W)
+    image, compiled from shapes alone (``lower_step``): no memory is needed for the
+    activations, so any size can be asked about. Returns ``compiled.memory_analysis()``,
+    None where a backend has none.
+    """
+    lowered = lower_step(params, shape, config, preprocessing=preprocessing)
+    return lowered.compile().memory_analysis()
 
 
 def _final_losses(params, targets, image, weights, *, config, preprocessing):

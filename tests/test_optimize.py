@@ -337,3 +337,17 @@ def test_progress_bars_are_named_by_what_runs(small_weights, rng, monkeypatch):
     optimize.stylize_pyramid(image, image, config, sizes=(16, 32), **kw)
     optimize.stylize(image, image, config, progress=False, **kw)
     assert names == ["texture", "invert conv2_1", "level 1/2, 16x16", "level 2/2, 32x32", False]
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_the_step_lowers_for_gpu(remat):
+    """No GPU runs these tests: lowering the step for CUDA at least shows that every
+    operation in it, remat's strips included, has a GPU lowering."""
+    config = nst_jax.Config(loss=LossConfig(remat=remat), convolution="direct")
+    params = jax.eval_shape(lambda: conv.prepare(nst_jax.init_params(jax.random.key(0))))
+    lowered = optimize.lower_step(
+        params, (96, 128), config, preprocessing=nst_jax.CAFFE, platforms=("cuda",)
+    )
+    text = lowered.as_text()
+    assert "stablehlo.convolution" in text
+    assert ("stablehlo.while" in text) == remat  # The strips are loops.
