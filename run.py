@@ -116,8 +116,9 @@ flags.DEFINE_list("level_steps", None, "Steps per pyramid level, coarse to fine 
 flags.DEFINE_bool(
     "remat",
     False,
-    "Run VGG in strips and recompute it in the backward pass: about half the memory at "
-    "2048 px and up, for 1.1-1.3x the step time.",
+    "Run VGG in strips, recomputed in the backward pass, with the style statistics summed "
+    "strip by strip: a quarter of the memory or less from 2048 px up, for 1.2-1.3x the "
+    "step time.",
 )
 flags.DEFINE_enum(
     "convolution",

@@ -105,8 +105,10 @@ class LossConfig:
         polynomial d ≠ 2) kernels.
       pooling: ``"avg"`` or ``"max"`` pooling in VGG19.
       remat: run VGG in strips and recompute it in the backward pass, keeping only
-        each block's input (``remat.py``). Same values and gradients; about half the
-        memory from 2048 px up, for 1.1-1.3x the step time (``benchmarks/memory.py``).
+        each block's input, and take the style statistics that are sums over positions
+        strip by strip (``remat.py``). Same values and gradients; a quarter of the
+        memory or less from 2048 px up, for 1.2-1.3x the step time
+        (``benchmarks/memory.py``).
       widths: VGG channel widths; only tests change it, to run narrow networks.
     """
 
