@@ -1,6 +1,8 @@
 """The memory-lean VGG19 of ``remat.py``: blocks computed in strips, both ways, must
 give the network's values and gradients exactly, and need less memory."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,15 +76,21 @@ def test_strips_give_the_blocks_values_sums_and_gradients(
     def strips(p, x):
         return remat.block(p, x, masks, names, pooling, moments)
 
-    got, expected = strips(params, x), reference(params, x)
+    shapes = jax.eval_shape(strips, params, x)
+    cotangents = jax.tree.map(lambda v: jnp.asarray(rng.standard_normal(v.shape), v.dtype), shapes)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def values_and_vjp(fn, p, x):
+        out, vjp = jax.vjp(fn, p, x)
+        return out, vjp(cotangents)
+
+    (got, d_got), (expected, d_expected) = (
+        values_and_vjp(f, params, x) for f in (strips, reference)
+    )
     assert jax.tree.structure(got) == jax.tree.structure(expected)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
-
-    cotangents = jax.tree.map(lambda v: jnp.asarray(rng.standard_normal(v.shape), v.dtype), got)
-    d_got = jax.vjp(strips, params, x)[1](cotangents)
-    d_expected = jax.vjp(reference, params, x)[1](cotangents)
     for a, b in zip(jax.tree.leaves(d_got), jax.tree.leaves(d_expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
 
@@ -96,28 +104,28 @@ def test_features_equal_the_network_with_prepared_params(
     params = conv.prepare(small_weights.params, algorithm)
     x = jnp.asarray(rng.standard_normal((2, 29, 21, 3)), jnp.float32)
     layers = ("conv1_2", "conv3_1", "conv4_2", "conv2_2")
-    expected = nst_jax.VGG19(layers=layers, widths=SMALL_WIDTHS).apply({"params": params}, x)
-    for batch in (x, x[0]):
-        got = remat.features(params, batch, layers, pooling="max")
-        assert list(got) == list(layers)
-        for name in layers:
-            want = expected[name] if batch.ndim == 4 else expected[name][0]
-            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-5)
-
-    probes = {
-        k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32) for k, v in expected.items()
-    }
-
-    def grad(fn):
-        return jax.grad(lambda x: sum(jnp.sum(fn(x)[k] * p) for k, p in probes.items()))(x)
-
     network = nst_jax.VGG19(layers=layers, widths=SMALL_WIDTHS)
-    np.testing.assert_allclose(
-        grad(lambda x: remat.features(params, x, layers, pooling="max")),
-        grad(lambda x: network.apply({"params": params}, x)),
-        rtol=1e-4,
-        atol=1e-4,
-    )
+    shapes = jax.eval_shape(lambda: network.apply({"params": params}, x))
+    probes = {k: jnp.asarray(rng.standard_normal(v.shape), jnp.float32) for k, v in shapes.items()}
+
+    def with_grad(fn):
+        """Features and the gradient of a probe of them, in one program; the params are
+        an argument, or XLA would spend its time folding the network into constants."""
+
+        def loss(p, x):
+            f = fn(p, x)
+            return sum(jnp.sum(f[k] * probe) for k, probe in probes.items()), f
+
+        return jax.jit(jax.grad(loss, argnums=1, has_aux=True))(params, x)
+
+    d_got, got = with_grad(lambda p, x: remat.features(p, x, layers, pooling="max"))
+    d_want, want = with_grad(lambda p, x: network.apply({"params": p}, x))
+    single = jax.jit(lambda p, x: remat.features(p, x, layers, pooling="max"))(params, x[0])
+    assert set(got) == set(single) == set(layers)
+    for name in layers:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(single[name], want[name][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d_got, d_want, rtol=1e-4, atol=1e-4)
 
 
 def _step_bytes(shape, loss):
