@@ -57,9 +57,8 @@ def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str
     style = loss.all_style_layers if loss.style_weight else ()
     used = loss.content_layers + style
     whole = loss.content_layers + (feature_layers(loss) if style else ())
-    histogram = dict(loss.statistic_layers("histogram")) if style else {}
-    if "histogram" not in dict(loss.style_loss):
-        histogram = {}
+    on = style and "histogram" in dict(loss.style_loss)
+    histogram = {layer for layer, _ in loss.statistic_layers("histogram")} if on else set()
     deepest = max(LAYERS.index(name) for name in used)
     elements, weights, tiles, channels = 0, 0, 0, 3
     held, strip, extra, gradient = 3 * h * w, 0, 0, 0  # The image, with remat.
@@ -119,14 +118,22 @@ def fits(need: int) -> bool:
     return have is None or need <= 0.9 * have
 
 
-def check(need: int, shape: tuple[int, int], batch: int = 1, *, lean: int | None = None) -> None:
+def check(
+    need: int,
+    shape: tuple[int, int],
+    batch: int = 1,
+    *,
+    lean: int | None = None,
+    sure: float = 1.0,
+) -> None:
     """Raises ValueError, naming the largest size that fits, if ``need`` bytes won't fit.
 
     ``lean``: what the same run needs with ``--remat``, for the message; None when the
-    run already uses it.
+    run already uses it. ``sure``: for estimates that err high, refuse only when this
+    share of ``need`` won't fit.
     """
-    if not fits(need):
-        _raise_too_big(shape, need, available_bytes(), batch, lean)
+    if not fits(sure * need):
+        _raise_too_big(shape, need, available_bytes(), batch, lean, sure=sure)
 
 
 # ``estimate_bytes`` errs high, by 1.1-1.7x from 512 to 4096 px (benchmarks/memory.py;
@@ -144,9 +151,7 @@ def check_estimate(
     exact figure once the step is compiled.
     """
     need = batch * estimate_bytes(shape, loss, convolution=convolution)
-    if not fits(SURELY * need):
-        lean = lean_bytes(shape, loss, batch)
-        _raise_too_big(shape, need, available_bytes(), batch, lean, sure=SURELY)
+    check(need, shape, batch, lean=lean_bytes(shape, loss, batch), sure=SURELY)
 
 
 def lean_bytes(shape: tuple[int, int], loss: LossConfig, batch: int = 1) -> int | None:

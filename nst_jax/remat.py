@@ -182,30 +182,42 @@ def block(
       or 2 for ``"pool"`` (floored).
     """
     plain, xp, halo, rows, strips = _prepare(params, x)
-    f = functools.partial(_strip, height=x.shape[1], names=_wanted(names, moments), pooling=pooling)
-
-    def step(i, window):
-        res = f(plain, window, i * rows)
-        return res, _strip_sums(res, weights, i * rows, rows, moments)
+    outputs = _strip_outputs(x, weights, names, pooling, moments, rows)
 
     def body(i, carry):
         out, sums = carry
         first = i * rows
-        res, part = step(i, jax.lax.dynamic_slice_in_dim(xp, first, rows + 2 * halo, axis=1))
+        res, part = outputs(
+            plain, jax.lax.dynamic_slice_in_dim(xp, first, rows + 2 * halo, 1), first
+        )
         # In place; the last strip's rows past the end are dropped.
         out = {k: out[k].at[:, _rows(first, k, rows)].set(res[k], mode="drop") for k in names}
         return out, jax.tree.map(jnp.add, sums, part)
 
     # Outputs are written strip by strip into their buffers: a whole-image forward pass
     # would hold some activations twice (XLA:CPU duplicates a ReLU per consumer).
-    shapes = jax.eval_shape(lambda: f(plain, xp[:, : x.shape[1] + 2 * halo], 0))
-    sum_shapes = jax.eval_shape(lambda: step(0, xp[:, : rows + 2 * halo])[1])
+    strip, sum_shapes = jax.eval_shape(outputs, plain, xp[:, : rows + 2 * halo], 0)
     # Zeros computed from the input, so that XLA allocates them as the block starts,
     # not all at the start of the step.
     zero = _zero_from(x)
-    out = {k: jnp.broadcast_to(zero, shapes[k].shape) for k in names}
+    out = {
+        k: jnp.broadcast_to(zero, (v.shape[0], x.shape[1] // _scale(k), *v.shape[2:]))
+        for k, v in strip.items()
+    }
     sums = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), sum_shapes)
     return jax.lax.fori_loop(0, strips, body, (out, sums))
+
+
+def _strip_outputs(x, weights, names, pooling, moments, rows):
+    """What both passes compute per strip: ``(params, window, first) -> ({name: the
+    strip's rows}, {layer: its sums})`` for the block input ``x``."""
+    f = functools.partial(_strip, height=x.shape[1], names=_wanted(names, moments), pooling=pooling)
+
+    def outputs(p, window, first):
+        res = f(p, window, first)
+        return {k: res[k] for k in names}, _strip_sums(res, weights, first, rows, moments)
+
+    return outputs
 
 
 def _wanted(names: tuple, moments: tuple) -> tuple:
@@ -221,11 +233,7 @@ def _block_bwd(names, pooling, moments, residuals, g):
     params, x, weights = residuals
     g_out, g_sums = g
     plain, xp, halo, rows, strips = _prepare(params, x)
-    f = functools.partial(_strip, height=x.shape[1], names=_wanted(names, moments), pooling=pooling)
-
-    def outputs(p, window, first):
-        res = f(p, window, first)
-        return {k: res[k] for k in names}, _strip_sums(res, weights, first, rows, moments)
+    outputs = _strip_outputs(x, weights, names, pooling, moments, rows)
 
     def body(i, carry):
         dplain, dx = carry
