@@ -11,15 +11,14 @@ each statistic starts out as far from its target, in loss units, as Gram does.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import math
 
 import jax
 from common import demo_pair, save, table
 
 import nst_jax
-from nst_jax import objective as obj
+from nst_jax import objective
+from nst_jax.objective import SCALES, STATISTICS, LossConfig, Targets
 
 
 def main():
@@ -27,17 +26,19 @@ def main():
     parser.add_argument("--size", type=int, default=192)
     args = parser.parse_args()
     content, style = demo_pair(args.size)
-    weights = nst_jax.load_weights(progress=False)
+    network = nst_jax.prepare(nst_jax.load_weights(progress=False))
     raw = {}
-    for name in obj.STATISTICS:
-        loss = obj.LossConfig(style_loss=((name, 1.0),))
-        targets = jax.jit(
-            functools.partial(obj.make_targets, config=loss, preprocessing=weights.preprocessing)
-        )(weights.params, content, style)
-        terms = jax.jit(
-            functools.partial(obj.loss_terms, config=loss, preprocessing=weights.preprocessing)
-        )(weights.params, content, targets)
-        raw[name] = float(terms.style) / obj.SCALES[name]
+    for name in STATISTICS:
+        loss = LossConfig(style_loss=((name, 1.0),))
+
+        def style_loss(network, content, style, loss=loss):
+            targets = Targets(
+                objective.content_targets(network, content, loss),
+                objective.style_targets(network, style, loss, shape=content.shape[:2]),
+            )
+            return objective.loss_terms(network, content, targets, loss).style
+
+        raw[name] = float(jax.jit(style_loss)(network, content, style)) / SCALES[name]
     rows = []
     for name, value in raw.items():
         ratio = raw["gram"] / value
@@ -48,7 +49,7 @@ def main():
                 "unscaled loss": f"{value:.4g}",
                 "gram / it": f"{ratio:.3g}",
                 "suggested scale": f"{suggested:g}",
-                "scale in use": f"{obj.SCALES[name]:g}",
+                "scale in use": f"{SCALES[name]:g}",
             }
         )
     md = (
@@ -60,7 +61,7 @@ def main():
         {
             "size": args.size,
             "raw": raw,
-            "scales": dataclasses.asdict(obj.LossConfig()) and obj.SCALES,
+            "scales": SCALES,
         },
         md,
     )

@@ -61,47 +61,49 @@ def save(name: str, data: dict, markdown: str) -> None:
 
 
 def compiled_step(weights, content, style, config, *, tuned: bool = True):
-    """The step ``nst_jax.stylize`` runs, compiled: ``(step, params, targets, state, compile_s)``.
+    """The step a run of ``content`` compiles, from the package's one compile point
+    (``solve.programs``), with its targets and starting state: ``(step, network, targets,
+    state, compile_s)``; ``step(network, targets, state) -> (state, losses)``.
 
-    ``tuned=False`` compiles the same step the plain way: XLA's default compiler options,
-    and parameters without derived kernels, so autodiff's convolutions. It is the
-    reference the tuning is measured against.
+    The network is the one the run's policy picks (``tasks.policy.plan``).
+    ``tuned=False`` compiles the same step the plain way: XLA's default compiler
+    options and autodiff's convolutions (``"plain"``), the reference the tuning is
+    measured against.
     """
-    import functools
+    import dataclasses
 
-    from nst_jax import conv, optimize
+    from nst_jax.solve import programs
+    from nst_jax.solve.solver import term_weights_of
+    from nst_jax.tasks import policy
 
-    static = dict(config=config, preprocessing=weights.preprocessing)
-    jit = optimize.jit if tuned else jax.jit
-    params = weights.params
-    if tuned:
-        params = conv.prepare(params, config.convolution_algorithm(content.shape[:2]))
-    setup = jit(functools.partial(optimize.init, **static))
-    targets, state = setup(params, content, style, None, key=jax.random.key(0))
-    step = jit(
-        functools.partial(optimize.step, **static, optimizer=optimize.make_optimizer(config)),
-        donate_argnums=(2,),
-    )
+    if not tuned:
+        config = dataclasses.replace(
+            config, net=dataclasses.replace(config.net, convolution="plain")
+        )
+    network = policy.plan(config, content.shape[:2]).network(weights)
+    keys = jax.numpy.stack([jax.random.key(0)])
+    term_weights = nst_jax.Terms(*(w[None] for w in term_weights_of(config)))
+    setup = programs.jit(programs.batched_setup(config, init_images=False, blends=False), once=True)
+    targets, state = setup(network, content[None], (style,), None, None, None, keys)
     t = time.perf_counter()
-    term_weights = optimize._term_weights(config, None)
-    compiled = step.lower(params, targets, state, term_weights).compile()
+    compiled = programs.compile_step(network, targets, state, term_weights, config, tuned=tuned)
     seconds = time.perf_counter() - t
 
-    def run(p, tg, st):
-        return compiled(p, tg, st, term_weights)
+    def run(n, tg, st):
+        return compiled(n, tg, st, term_weights)
 
     run.cost_analysis = compiled.cost_analysis
-    return run, params, targets, state, seconds
+    return run, network, targets, state, seconds
 
 
-def median_step_seconds(step, params, targets, state, steps: int) -> float:
+def median_step_seconds(step, network, targets, state, steps: int) -> float:
     """Median wall time of ``steps`` calls of a compiled step, after one warm-up call."""
-    state, losses = step(params, targets, state)
+    state, losses = step(network, targets, state)
     jax.block_until_ready(losses)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        state, losses = step(params, targets, state)
+        state, losses = step(network, targets, state)
         jax.block_until_ready(losses)
         times.append(time.perf_counter() - t)
     return float(np.median(times))

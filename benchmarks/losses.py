@@ -20,8 +20,8 @@ STEPS = 7
 
 
 def seconds_per_step(weights, content, style, config) -> float:
-    step, params, targets, state, _ = compiled_step(weights, content, style, config)
-    return median_step_seconds(step, params, targets, state, STEPS)
+    step, network, targets, state, _ = compiled_step(weights, content, style, config)
+    return median_step_seconds(step, network, targets, state, STEPS)
 
 
 def main():

@@ -1,6 +1,6 @@
 """Peak memory of one optimisation step at 512 to 4096 px: with Winograd convolutions
 (the CPU default), direct ones (as on GPU), and ``--remat`` (VGG in strips,
-``nst_jax/remat.py``) with each; a real step's resident memory at one size; and the
+``nst_jax/nets/remat.py``) with each; a real step's resident memory at one size; and the
 time cost of remat, in the same run.
 
   python benchmarks/memory.py [--sizes 512,1024,2048,4096] [--rss_size 2048]
@@ -27,8 +27,7 @@ import jax
 from common import compiled_step, demo_pair, median_step_seconds, save, table
 
 import nst_jax
-from nst_jax import conv, memory, optimize
-from nst_jax.objective import LossConfig
+from nst_jax import NetConfig, memory, solve
 
 GIB = 2.0**30
 VARIANTS = {  # name: (convolution, remat)
@@ -42,13 +41,12 @@ PAIRS = (("remat", "winograd"), ("remat_direct", "direct"))  # Each against its 
 
 def _config(variant: str) -> nst_jax.Config:
     convolution, remat = VARIANTS[variant]
-    return nst_jax.Config(loss=LossConfig(remat=remat), convolution=convolution)
+    return nst_jax.Config(net=NetConfig(convolution=convolution, remat=remat))
 
 
 def compiled_bytes(weights, shape, config) -> int:
     """XLA's memory figure for the step at ``shape`` = (H, W), compiled from shapes."""
-    params = conv.prepare(weights.params, config.convolution_algorithm(shape))
-    analysis = optimize.step_memory(params, shape, config, preprocessing=weights.preprocessing)
+    analysis = solve.step_memory(nst_jax.prepare(weights, config.net), shape, config)
     return memory.analysis_bytes(analysis)
 
 
@@ -64,12 +62,12 @@ def measure_one(variant: str, size: int) -> dict:
     weights = nst_jax.load_weights(progress=False)
     content, style = demo_pair(size)
     loaded = _status("VmRSS")
-    step, params, targets, state, _ = compiled_step(weights, content, style, _config(variant))
+    step, network, targets, state, _ = compiled_step(weights, content, style, _config(variant))
     setup = _status("VmHWM")
     with open("/proc/self/clear_refs", "w") as f:  # Resets VmHWM to the current RSS.
         f.write("5")
     before = _status("VmRSS")
-    jax.block_until_ready(step(params, targets, state))
+    jax.block_until_ready(step(network, targets, state))
     return {"loaded": loaded, "setup": setup, "before": before, "peak": _status("VmHWM")}
 
 
@@ -103,9 +101,7 @@ def main():
         for name in VARIANTS:
             config = _config(name)
             row[f"{name} GiB"] = round(compiled_bytes(weights, shape, config) / GIB, 2)
-            estimate = memory.estimate_bytes(
-                shape, config.loss, convolution=config.convolution_algorithm(shape)
-            )
+            estimate = memory.estimate_bytes(shape, config.loss, config.net)
             row[f"{name} estimate GiB"] = round(estimate / GIB, 2)
         for lean, plain in PAIRS:
             row[f"{lean} / {plain}"] = round(row[f"{lean} GiB"] / row[f"{plain} GiB"], 2)
@@ -120,10 +116,10 @@ def main():
         content, style = demo_pair(size)
         seconds = {}
         for variant in (*VARIANTS, *VARIANTS):  # Interleaved, for drift.
-            step, params, targets, state, _ = compiled_step(
+            step, network, targets, state, _ = compiled_step(
                 weights, content, style, _config(variant)
             )
-            median = median_step_seconds(step, params, targets, state, 5)
+            median = median_step_seconds(step, network, targets, state, 5)
             seconds.setdefault(variant, []).append(median)
         mean = {v: sum(s) / len(s) for v, s in seconds.items()}
         row = {"size": size, **{f"{v} s": round(t, 3) for v, t in mean.items()}}

@@ -17,7 +17,6 @@ import time
 from common import demo_pair, save, table
 
 import nst_jax
-from nst_jax import optimize
 
 CHUNK = 10
 
@@ -45,7 +44,7 @@ def main():
         if level == 2 and "seconds" not in reached and losses["style"] <= goal:
             reached.update(seconds=time.perf_counter() - t0, steps=step)
 
-    sizes = optimize.pyramid_sizes(args.size, levels=3)
+    sizes = nst_jax.pyramid_sizes(args.size, levels=3)
     results = nst_jax.stylize_pyramid(
         content,
         style,

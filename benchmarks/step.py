@@ -7,11 +7,11 @@ machine's drift hits them alike; each figure is the median over rounds of the me
 of ``STEPS`` steps:
 
 * **JAX**: the step ``nst_jax.stylize`` compiles by default (Adam, the default layers
-  and losses): on CPU, Winograd convolutions from block 2 on (``conv.py``), Eigen
-  rather than YNNPACK for the rest (``optimize.jit``).
+  and losses, a batch of one): on CPU, Winograd convolutions from block 2 on
+  (``nets/conv.py``), Eigen rather than YNNPACK for the rest (``solve.jit``).
 * **JAX direct**: the same with ``convolution="direct"``: XLA's convolutions, with the
   image gradient given pre-transposed kernels.
-* **XLA defaults**: the same step under plain ``jax.jit`` with plain parameters, so
+* **XLA defaults**: the same step under plain ``jax.jit`` with ``convolution="plain"``,
   autodiff's convolutions: the reference the tuning is measured against.
 * **PyTorch**: a plain eager implementation of the same step: the same VGG19 weights,
   layers, pooling, Gram/content/TV losses and Adam update. PyTorch is optional
@@ -26,7 +26,6 @@ step's own. The matmul peak is the best 2048x2048 float32 matmul seen across the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import jax
@@ -35,14 +34,14 @@ import numpy as np
 from common import best_of, compiled_step, demo_pair, save, table
 
 import nst_jax
-from nst_jax import optimize
+from nst_jax import solve
 
 STEPS = 3
 
 
 def jax_runner(weights, content, style, config, *, tuned=True):
     """``(run, compile seconds, flops per step)``; ``run()`` times ``STEPS`` steps."""
-    step, params, targets, state, compile_seconds = compiled_step(
+    step, network, targets, state, compile_seconds = compiled_step(
         weights, content, style, config, tuned=tuned
     )
     cost = step.cost_analysis()
@@ -54,7 +53,7 @@ def jax_runner(weights, content, style, config, *, tuned=True):
         jax.block_until_ready(holder[0].image)
         t = time.perf_counter()
         for _ in range(STEPS):
-            holder[0], losses = step(params, targets, holder[0])
+            holder[0], losses = step(network, targets, holder[0])
         jax.block_until_ready(losses)
         return (time.perf_counter() - t) / STEPS
 
@@ -68,7 +67,7 @@ def torch_runner(weights, content, style, config):
         import torch
     except ImportError:
         return None
-    from nst_jax.vgg import LAYERS
+    from nst_jax.nets.vgg import CONV_LAYERS as LAYERS
 
     loss_cfg = config.loss
     prep = weights.preprocessing
@@ -85,7 +84,7 @@ def torch_runner(weights, content, style, config):
     std = torch.tensor(prep.std).view(1, 3, 1, 1)
     pool = (
         torch.nn.functional.avg_pool2d
-        if loss_cfg.pooling == "avg"
+        if config.net.pooling == "avg"
         else (torch.nn.functional.max_pool2d)
     )
 
@@ -157,7 +156,7 @@ def matmul_gflops(n: int = 2048) -> float:
     """The best rate of an ``n x n`` float32 matmul, under both compilations."""
     a = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32))
     times = [
-        best_of(jit(lambda a, b: a @ b), a, a + 1.0, repeats=3) for jit in (jax.jit, optimize.jit)
+        best_of(jit(lambda a, b: a @ b), a, a + 1.0, repeats=3) for jit in (jax.jit, solve.jit)
     ]
     return 2 * n**3 / min(times) / 1e9
 
@@ -169,7 +168,7 @@ def main():
     args = parser.parse_args()
     weights = nst_jax.load_weights(progress=False)
     config = nst_jax.Config(optimizer="adam")
-    direct = dataclasses.replace(config, convolution="direct")
+    direct = config.replace(net=dict(convolution="direct"))
     peak = matmul_gflops()
     rows, data = [], {"rounds": args.rounds, "sizes": {}}
     for size in map(int, args.sizes.split(",")):

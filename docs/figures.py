@@ -62,7 +62,7 @@ def texture(size: int, steps: int) -> None:
 
 # The README's grids, made by the same commands a user runs.
 GRIDS = {
-    "invert_layers": "--mode invert --demo --layers conv1_1,conv2_1,conv3_1,conv4_1,conv5_1 "
+    "invert_layers": "--mode invert --demo --layers conv1_1,conv2_1,conv3_1,conv4_1,conv5_1,pool5 "
     "--inits 3 --size 128 --steps 300",
     "invert_tv": "--mode invert --demo --layer conv4_1 --tv_weights 0,1,10,100 --size 128 "
     "--steps 300",

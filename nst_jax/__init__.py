@@ -1,42 +1,46 @@
 """nst_jax: neural style transfer in JAX.
 
-The data flows one way: image files -> arrays (``image``) -> VGG19 features (``vgg``) ->
-losses (``losses``) -> objective (``objective``) -> optimiser (``optimize``) -> files.
+The data flows one way: image files -> arrays (``image``, ``color``) -> VGG19 features
+(``nets``) -> losses (``losses``) -> objective (``objective``) -> solver (``solve``) ->
+tasks (``tasks``) -> files (``jobs``, behind the command line, ``cli``).
 """
 
-from nst_jax import conv, memory, optimize, sweeps
+from nst_jax import color, config, jobs, losses, memory, nets, objective, solve, tasks
+from nst_jax.config import Config
 from nst_jax.image import (
-    CAFFE,
-    TORCHVISION,
-    Preprocessing,
     demo_images,
     labelled_grid,
     load_image,
-    preprocess,
+    load_mask,
     read_settings,
     resize,
     resize_longest,
     save_image,
 )
+from nst_jax.jobs import Inputs, Job, Outputs, invert_files, stylize_files, texture_files
 from nst_jax.losses import content_loss, gram, gram_loss, total_variation
-from nst_jax.objective import LossConfig, Targets, Terms, features, make_targets
-from nst_jax.optimize import (
-    Config,
-    Result,
-    initial_image,
-    invert,
-    make_optimizer,
-    stylize,
-    stylize_batch,
-    stylize_pyramid,
-    synthesize,
-    transfer,
+from nst_jax.nets import (
+    CAFFE,
+    LAYERS,
+    TORCHVISION,
+    VGG19,
+    NetConfig,
+    Network,
+    Preprocessing,
+    Weights,
+    init_params,
+    prepare,
+    preprocess,
 )
-from nst_jax.vgg import LAYERS, VGG19, init_params
-from nst_jax.weights import Weights
-from nst_jax.weights import load as load_weights
-
-__version__ = "0.1.0"
+from nst_jax.nets.weights import load_weights
+from nst_jax.objective import LossConfig, Targets, Terms, content_targets, style_targets
+from nst_jax.solve import Result, transfer
+from nst_jax.tasks import sweeps
+from nst_jax.tasks.invert import invert
+from nst_jax.tasks.pyramid import pyramid_sizes, stylize_pyramid
+from nst_jax.tasks.stylize import stylize, stylize_batch
+from nst_jax.tasks.texture import synthesize
+from nst_jax.version import __version__
 
 __all__ = [
     "CAFFE",
@@ -44,38 +48,54 @@ __all__ = [
     "TORCHVISION",
     "VGG19",
     "Config",
+    "Inputs",
+    "Job",
     "LossConfig",
+    "NetConfig",
+    "Network",
+    "Outputs",
     "Preprocessing",
     "Result",
     "Targets",
     "Terms",
     "Weights",
+    "__version__",
+    "color",
+    "config",
     "content_loss",
-    "conv",
+    "content_targets",
     "demo_images",
-    "features",
     "gram",
     "gram_loss",
-    "initial_image",
-    "invert",
-    "labelled_grid",
     "init_params",
+    "invert",
+    "invert_files",
+    "jobs",
+    "labelled_grid",
     "load_image",
+    "load_mask",
     "load_weights",
-    "make_optimizer",
-    "make_targets",
+    "losses",
     "memory",
-    "optimize",
+    "nets",
+    "objective",
+    "prepare",
     "preprocess",
+    "pyramid_sizes",
     "read_settings",
     "resize",
     "resize_longest",
     "save_image",
+    "solve",
+    "style_targets",
     "stylize",
     "stylize_batch",
+    "stylize_files",
     "stylize_pyramid",
     "sweeps",
     "synthesize",
+    "tasks",
+    "texture_files",
     "total_variation",
     "transfer",
 ]

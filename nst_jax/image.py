@@ -1,8 +1,9 @@
-"""Image files <-> float arrays, and the pixel preprocessing each set of weights expects.
+"""Image files <-> float arrays: loading (EXIF, modes, 16-bit), resizing, masks, saving
+with the settings chunk, labelled grids, and the demo images.
 
 Arrays in this library are float32 RGB in [0, 1], shaped ``[H, W, 3]`` (one image) or
-``[N, H, W, 3]`` (a batch). Everything that touches files lives here, so the rest of the
-library only ever sees arrays.
+``[N, H, W, 3]`` (a batch). Everything that reads or writes images lives here, so the
+rest of the library only ever sees arrays.
 """
 
 from __future__ import annotations
@@ -13,55 +14,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from nst_jax._atomic import atomic_path
+from nst_jax.atomic import atomic_path
 
 # Pillow refuses images above ~179 MP by default (a decompression-bomb guard). We keep
 # its guard but raise it to a size that still fits comfortably in memory as float32.
 Image.MAX_IMAGE_PIXELS = 16384 * 16384
 
 PNG_SETTINGS_KEY = "nst_jax"
-
-
-class Preprocessing(NamedTuple):
-    """How a set of weights wants its pixels: ``((rgb or bgr) * scale - mean) / std``.
-
-    Caffe-derived VGG weights (the Keras file) expect BGR in 0-255 minus the ImageNet mean
-    pixel; torchvision's expect RGB in 0-1, normalised by the ImageNet mean and std.
-    """
-
-    bgr: bool
-    scale: float
-    mean: tuple[float, float, float]  # In the network's channel order.
-    std: tuple[float, float, float]
-
-
-CAFFE = Preprocessing(bgr=True, scale=255.0, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0))
-TORCHVISION = Preprocessing(
-    bgr=False, scale=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
-)
-
-
-def preprocess(image: jnp.ndarray, spec: Preprocessing) -> jnp.ndarray:
-    """Maps RGB pixels in [0, 1] to the network's input space.
-
-    Args:
-      image: ``[..., H, W, 3]`` float RGB in [0, 1].
-      spec: the preprocessing that matches the weights.
-
-    Returns:
-      ``[..., H, W, 3]`` float32, in the channel order and range the weights expect.
-    """
-    if image.shape[-1] != 3:
-        raise ValueError(f"expected an RGB image with 3 channels last, got shape {image.shape}")
-    x = image[..., ::-1] if spec.bgr else image
-    bcast = (1,) * (image.ndim - 1) + (3,)
-    mean = jnp.asarray(spec.mean, jnp.float32).reshape(bcast)
-    std = jnp.asarray(spec.std, jnp.float32).reshape(bcast)
-    return (x * spec.scale - mean) / std
+LUMA = (0.299, 0.587, 0.114)  # Y of YIQ / YUV (Rec. 601): how masks read colour files.
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
@@ -204,7 +167,7 @@ def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
     A colour or RGBA file counts by its luminance (over white). With ``shape`` the mask
     is resized to it (Lanczos, clipped to [0, 1]).
     """
-    mask = np.clip(load_image(path) @ np.asarray(_LUMA, np.float32), 0.0, 1.0)
+    mask = np.clip(load_image(path) @ np.asarray(LUMA, np.float32), 0.0, 1.0)
     return mask if shape is None else resize_mask(mask, shape)
 
 
@@ -234,68 +197,6 @@ def mask_problems(masks: np.ndarray, *, tolerance: float = 0.01) -> list[str]:
         if m.max() < 0.5:
             out.append(f"mask {i + 1} is empty; its style is unused")
     return out
-
-
-# Colour preservation (Gatys et al. 2017, "Controlling Perceptual Factors", sec. 5).
-_LUMA = (0.299, 0.587, 0.114)  # Y of YIQ / YUV (Rec. 601).
-
-
-def luminance(image: np.ndarray) -> np.ndarray:
-    """``[..., 3]`` RGB -> ``[...]`` luminance Y (of YIQ)."""
-    from skimage.color import rgb2yiq
-
-    return rgb2yiq(image)[..., 0].astype(np.float32)
-
-
-def luminance_image(image: np.ndarray) -> np.ndarray:
-    """``[..., 3]`` RGB -> ``[..., 3]`` grey image of its luminance, for VGG."""
-    return np.repeat(luminance(image)[..., None], 3, axis=-1)
-
-
-def match_luminance(style: np.ndarray, content: np.ndarray) -> np.ndarray:
-    """The style's luminance, shifted and scaled to the content's mean and std, as a grey
-    ``[H', W', 3]`` image: ``L_s' = σ_c / σ_s (L_s − μ_s) + μ_c`` (Gatys et al. 2017)."""
-    ls, lc = luminance(style), luminance(content)
-    matched = (ls - ls.mean()) * (lc.std() / max(float(ls.std()), 1e-6)) + lc.mean()
-    return np.repeat(np.clip(matched, 0.0, 1.0)[..., None], 3, axis=-1).astype(np.float32)
-
-
-def with_content_color(output: np.ndarray, content: np.ndarray) -> np.ndarray:
-    """The output's luminance with the content's chroma (I and Q of YIQ), clipped to
-    [0, 1]: the second half of luminance-only transfer. ``output`` ``[..., H, W, 3]``
-    (a batch too), ``content`` ``[H, W, 3]``."""
-    from skimage.color import rgb2yiq, yiq2rgb
-
-    yiq = np.broadcast_to(rgb2yiq(content), output.shape).copy()
-    yiq[..., 0] = luminance(output)
-    return np.clip(yiq2rgb(yiq), 0.0, 1.0).astype(np.float32)
-
-
-def _sqrtm(cov: np.ndarray, *, inverse: bool = False) -> np.ndarray:
-    """Symmetric square root (or inverse square root) of a ``[3, 3]`` covariance."""
-    w, v = np.linalg.eigh(cov)
-    w = np.maximum(w, 1e-6)
-    return (v * w ** (-0.5 if inverse else 0.5)) @ v.T
-
-
-def match_color(style: np.ndarray, content: np.ndarray) -> np.ndarray:
-    """The style recoloured with the content's palette: colour preservation before the
-    transfer (Gatys et al. 2017, sec. 5.1).
-
-    First the linear map ``x' = Σ_c^½ Σ_s^-½ (x − μ_s) + μ_c`` gives the style's pixels
-    the content's mean and RGB covariance (Hertzmann 1998, the method of the paper);
-    matching the channels one by one alone would keep the style's colour correlations
-    (a blue-yellow painting stays blue-yellow). Then scikit-image's
-    ``match_histograms`` matches each channel's histogram exactly.
-    """
-    from skimage.exposure import match_histograms
-
-    xs = style.reshape(-1, 3).astype(np.float64)
-    xc = content.reshape(-1, 3).astype(np.float64)
-    a = _sqrtm(np.cov(xc.T)) @ _sqrtm(np.cov(xs.T), inverse=True)
-    linear = np.clip((xs - xs.mean(0)) @ a.T + xc.mean(0), 0.0, 1.0).reshape(style.shape)
-    matched = match_histograms(linear, content, channel_axis=-1)
-    return np.clip(matched, 0.0, 1.0).astype(np.float32)
 
 
 GRID_GAP = 4  # Pixels between tiles.

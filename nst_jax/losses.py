@@ -1,6 +1,11 @@
 """Statistics and losses: small pure functions on one example, ``[H, W, C]`` arrays.
 
-Batch them with ``jax.vmap``. Reductions run in float32 whatever the input dtype.
+Each formula is written once. The moment statistics (Gram matrices, means, standard
+deviations) are made of sums over positions (``moment_sums``), which ``remat.py`` takes
+strip by strip, and their losses are distances between statistics (``gram_distance``,
+``mean_std_distance``, ...): the objective runs those, and the feature-level losses
+(``gram_loss``, ``mean_std_loss``, ...) are the same distances of the same statistics.
+Batch with ``jax.vmap``. Reductions run in float32 whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -54,39 +59,6 @@ def normalized_content_loss(features: jax.Array, target: jax.Array) -> jax.Array
     return jnp.sum(jnp.square(diff)) / jnp.maximum(jnp.sum(jnp.square(p)), 1e-12)
 
 
-def _position_weights(features: jax.Array, weights: jax.Array | None) -> jax.Array | None:
-    """``[H, W]`` mask weights, flattened to ``[H * W, 1]`` and normalised to sum 1."""
-    if weights is None:
-        return None
-    if weights.shape != features.shape[:2]:
-        raise ValueError(f"weights {weights.shape} must match features {features.shape[:2]}")
-    w = weights.reshape(-1, 1).astype(jnp.float32)
-    return w / jnp.maximum(jnp.sum(w), 1e-8)
-
-
-def gram(features: jax.Array, *, weights: jax.Array | None = None) -> jax.Array:
-    """Gram matrix normalised by the number of positions: ``G = Fᵀ F / M``.
-
-    ``F`` is the ``[M, C]`` matrix of feature vectors at the ``M = H * W`` positions.
-    Dividing by ``M`` makes ``G`` an average, comparable across image sizes. With
-    ``weights`` (a soft mask ``m``, Gatys et al. 2017) it is the weighted average
-    ``Σ_i m_i f_i f_iᵀ / Σ_i m_i``: for a binary mask, the Gram matrix of the masked
-    positions normalised by their number ``M_l``.
-
-    Args:
-      features: ``[H, W, C]``.
-      weights: optional ``[H, W]`` non-negative mask.
-
-    Returns:
-      ``[C, C]`` float32, symmetric positive semi-definite.
-    """
-    _check_rank("gram", features, 3)
-    h, w, c = features.shape
-    f = features.reshape(h * w, c).astype(jnp.float32)
-    m = _position_weights(features, weights)
-    return _weighted_gram(f, jnp.float32(1.0 / (h * w)) if m is None else m)
-
-
 def _matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
@@ -126,7 +98,7 @@ MOMENTS = ("sum", "sq", "gram")
 
 
 def moment_sums(
-    features: jax.Array, kinds: tuple[str, ...], *, weights: jax.Array | None = None
+    features: jax.Array, kinds: tuple[str, ...], *, masks: jax.Array | None = None
 ) -> dict[str, jax.Array]:
     """Sums over positions that the moment statistics (``moment_statistics``) are made of.
 
@@ -137,8 +109,9 @@ def moment_sums(
     Args:
       features: ``[H, W, C]``.
       kinds: names from ``MOMENTS``.
-      weights: optional ``[R, H, W]`` non-negative masks, one sum per region; without
-        them every position weighs 1 and the sums have no region axis.
+      masks: optional ``[R, H, W]`` non-negative masks (soft masks weigh positions),
+        one sum per region; without them every position weighs 1 and the sums have no
+        region axis.
 
     Returns:
       ``{kind: [(R,) C]}``, and ``[(R,) C, C]`` for ``"gram"``; float32.
@@ -146,16 +119,16 @@ def moment_sums(
     _check_rank("moment_sums", features, 3)
     h, w, c = features.shape
     f = features.reshape(h * w, c).astype(jnp.float32)
-    if weights is None:
+    if masks is None:
         sums = {
             "sum": lambda: jnp.sum(f, axis=0),
             "sq": lambda: jnp.sum(jnp.square(f), axis=0),
             "gram": lambda: _weighted_gram(f, jnp.float32(1.0)),
         }
     else:
-        if weights.ndim != 3 or weights.shape[1:] != (h, w):
-            raise ValueError(f"weights {weights.shape} must be [R, {h}, {w}]")
-        m = weights.reshape(-1, h * w).astype(jnp.float32)
+        if masks.ndim != 3 or masks.shape[1:] != (h, w):
+            raise ValueError(f"masks {masks.shape} must be [R, {h}, {w}]")
+        m = masks.reshape(-1, h * w).astype(jnp.float32)
         sums = {
             "sum": lambda: _matmul(m, f),
             "sq": lambda: _matmul(m, jnp.square(f)),
@@ -169,8 +142,8 @@ def moment_statistics(
 ) -> dict[str, jax.Array]:
     """Normalised statistics from ``moment_sums`` over ``count`` (``Σ_i m_i``) positions.
 
-    ``"gram"``: ``G`` as ``gram``; ``"mean"``: as ``weighted_mean``; ``"std"`` (needs
-    ``"sum"`` and ``"sq"``): ``sqrt(E[f²] − E[f]² + eps)``, as ``mean_std``.
+    ``"gram"``: ``G = Σ_i m_i f_i f_iᵀ / Σ_i m_i``; ``"mean"``: ``μ = Σ_i m_i f_i / Σ_i m_i``;
+    ``"std"`` (needs ``"sum"`` and ``"sq"``): ``σ = sqrt(E[f²] − E[f]² + eps)``.
 
     Args:
       sums: ``{kind: [(R,) C, ...]}``.
@@ -191,36 +164,166 @@ def moment_statistics(
     return out
 
 
-def gram_loss(
-    features: jax.Array, target_gram: jax.Array, *, weights: jax.Array | None = None
-) -> jax.Array:
-    """Per-layer style loss ``E_l`` of Gatys et al. (2016), eq. 4.
+def _one_region(features: jax.Array, mask: jax.Array | None):
+    """``(masks [1, H, W] or None, count)`` for a single optional ``[H, W]`` mask."""
+    if mask is None:
+        return None, features.shape[0] * features.shape[1]
+    if mask.shape != features.shape[:2]:
+        raise ValueError(f"mask {mask.shape} must match features {features.shape[:2]}")
+    return mask[None], jnp.sum(mask)[None]
 
-    ``E_l = 1 / (4 N² M²) Σ (Fᵀ F − Aᵀ A)²``, which with ``G = Fᵀ F / M`` (see ``gram``)
-    is ``Σ (G − G_style)² / (4 N²)``: independent of the image size, so the style
-    image may differ in size from the content.
+
+def _statistics(features: jax.Array, kinds: tuple[str, ...], mask: jax.Array | None):
+    _check_rank("statistics", features, 3)
+    masks, count = _one_region(features, mask)
+    stats = moment_statistics(moment_sums(features, kinds, masks=masks), count)
+    return stats if mask is None else jax.tree.map(lambda v: v[0], stats)
+
+
+def gram(features: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+    """Gram matrix normalised by the number of positions: ``G = Fᵀ F / M``.
+
+    ``F`` is the ``[M, C]`` matrix of feature vectors at the ``M = H * W`` positions.
+    Dividing by ``M`` makes ``G`` an average, comparable across image sizes. With a
+    ``mask`` (a soft mask ``m``, Gatys et al. 2017) it is the weighted average
+    ``Σ_i m_i f_i f_iᵀ / Σ_i m_i``: for a binary mask, the Gram matrix of the masked
+    positions normalised by their number ``M_l``.
+
+    Args:
+      features: ``[H, W, C]``.
+      mask: optional ``[H, W]`` non-negative mask.
+
+    Returns:
+      ``[C, C]`` float32, symmetric positive semi-definite.
+    """
+    return _statistics(features, ("gram",), mask)["gram"]
+
+
+def feature_mean(features: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+    """Per-channel mean over positions, ``[H, W, C] -> [C]``, optionally mask-weighted."""
+    return _statistics(features, ("sum",), mask)["mean"]
+
+
+def mean_std(features: jax.Array, *, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and standard deviation over positions (mask-weighted if given).
+
+    Args:
+      features: ``[H, W, C]``.
+      mask: optional ``[H, W]`` non-negative mask.
+
+    Returns:
+      ``(mean [C], std [C])``, float32; the std as ``moment_statistics`` gives it.
+    """
+    stats = _statistics(features, ("sum", "sq"), mask)
+    return stats["mean"], stats["std"]
+
+
+def gram_distance(g: jax.Array, target: jax.Array) -> jax.Array:
+    """``Σ (G − G_s)² / (4 N²)``: the per-layer style loss ``E_l`` of Gatys et al. (2016),
+    eq. 4, between normalised Gram matrices ``[(R,) N, N]`` (summed over regions).
+
+    With ``G = Fᵀ F / M`` (see ``gram``), ``E_l = 1 / (4 N² M²) Σ (Fᵀ F − Aᵀ A)²`` is this:
+    independent of the image size, so the style image may differ in size from the content.
+    """
+    if g.shape != target.shape:
+        raise ValueError(f"shape mismatch: gram {g.shape} vs target {target.shape}")
+    n = g.shape[-1]
+    return jnp.sum(jnp.square(g - target)) / (4.0 * n * n)
+
+
+def mean_distance(mean: jax.Array, target: jax.Array) -> jax.Array:
+    """``‖μ − μ_s‖²``: MMD² with the linear kernel ``k(x, y) = xᵀy`` (Li et al. 2017),
+    which matches only the feature means; summed over regions if any."""
+    return jnp.sum(jnp.square(mean - target))
+
+
+def mean_std_distance(
+    mean: jax.Array, std: jax.Array, target: tuple[jax.Array, jax.Array]
+) -> jax.Array:
+    """``1/C Σ_c (μ_c − μ_c^s)² + (σ_c − σ_c^s)²``: the batch-norm-statistics style loss
+    (Li et al. 2017, "Demystifying NST", eq. 12); summed over regions if any."""
+    target_mean, target_std = target
+    per = jnp.square(mean - target_mean) + jnp.square(std - target_std)
+    return jnp.sum(jnp.mean(per, axis=-1))
+
+
+def poly2_mmd2(
+    g: jax.Array,
+    mean: jax.Array,
+    target_gram: jax.Array,
+    target_mean: jax.Array,
+    *,
+    c: float = 0.0,
+) -> jax.Array:
+    """MMD² with the kernel ``k(x, y) = (xᵀy + c)²``, exactly, from moments.
+
+    With ``G = Xᵀ X / M`` and ``μ = mean(X)``, the mean of ``k`` over all pairs is
+    ``⟨G_x, G_y⟩_F + 2c μ_xᵀμ_y + c²``, so ``MMD² = ‖G_x − G_y‖²_F + 2c ‖μ_x − μ_y‖²``.
+    With ``c = 0`` this is ``4 N² E_l``, Gatys' Gram loss (Li et al. 2017, Theorem 1).
+    """
+    return 4.0 * g.shape[-1] ** 2 * gram_distance(g, target_gram) + 2.0 * c * mean_distance(
+        mean, target_mean
+    )
+
+
+def gram_loss(
+    features: jax.Array, target_gram: jax.Array, *, mask: jax.Array | None = None
+) -> jax.Array:
+    """``gram_distance(gram(features), target_gram)``: Gatys et al.'s ``E_l``.
 
     Args:
       features: ``[H, W, C]`` activations of the image being optimised.
       target_gram: ``[C, C]`` normalised Gram matrix of the style image.
-      weights: optional ``[H, W]`` mask: compare the Gram matrix of this region only.
+      mask: optional ``[H, W]`` mask: compare the Gram matrix of this region only.
 
     Returns:
       A float32 scalar.
     """
-    g = gram(features, weights=weights)
-    if g.shape != target_gram.shape:
-        raise ValueError(f"shape mismatch: gram {g.shape} vs target {target_gram.shape}")
-    c = g.shape[0]
-    return jnp.sum(jnp.square(g - target_gram)) / (4.0 * c * c)
+    return gram_distance(gram(features, mask=mask), target_gram)
 
 
-def weighted_mean(features: jax.Array, *, weights: jax.Array | None = None) -> jax.Array:
-    """Per-channel mean over positions, ``[H, W, C] -> [C]``, optionally mask-weighted."""
-    _check_rank("weighted_mean", features, 3)
-    f = features.reshape(-1, features.shape[-1]).astype(jnp.float32)
-    m = _position_weights(features, weights)
-    return jnp.mean(f, axis=0) if m is None else jnp.sum(f * m, axis=0)
+def mean_std_loss(
+    features: jax.Array,
+    target: tuple[jax.Array, jax.Array],
+    *,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """``mean_std_distance`` of the features' ``mean_std`` from ``target``.
+
+    Args:
+      features: ``[H, W, C]``.
+      target: ``(mean [C], std [C])`` of the style features (see ``mean_std``).
+      mask: optional ``[H, W]`` mask: compare this region's statistics only.
+    """
+    return mean_std_distance(*mean_std(features, mask=mask), target)
+
+
+def _rows_as_features(x: jax.Array, name: str) -> jax.Array:
+    _check_rank(name, x, 2)
+    return x[None]
+
+
+def mmd2_linear(x: jax.Array, y_mean: jax.Array) -> jax.Array:
+    """MMD² with the linear kernel: ``mean_distance(mean(x), y_mean)``, exact in O(M C).
+
+    Args:
+      x: ``[M, C]`` feature vectors of the output, one per position.
+      y_mean: ``[C]`` mean feature vector of the style.
+    """
+    return mean_distance(feature_mean(_rows_as_features(x, "mmd2_linear")), y_mean)
+
+
+def mmd2_poly2(x: jax.Array, y_gram: jax.Array, y_mean: jax.Array, *, c: float = 0.0):
+    """MMD² with the kernel ``(xᵀy + c)²`` over all positions, in O(M C²): ``poly2_mmd2``
+    of ``x``'s moments.
+
+    Args:
+      x: ``[M, C]`` output features.
+      y_gram: ``[C, C]`` normalised Gram matrix of the style (``gram``).
+      y_mean: ``[C]`` mean of the style features.
+    """
+    stats = _statistics(_rows_as_features(x, "mmd2_poly2"), ("gram", "sum"), None)
+    return poly2_mmd2(stats["gram"], stats["mean"], y_gram, y_mean, c=c)
 
 
 def total_variation(image: jax.Array, *, beta: float = 2.0, eps: float = 1e-8) -> jax.Array:
@@ -245,81 +348,6 @@ def total_variation(image: jax.Array, *, beta: float = 2.0, eps: float = 1e-8) -
     if beta == 2.0:
         return jnp.mean(sq)
     return jnp.mean(jnp.power(sq + eps, beta / 2.0))
-
-
-def mean_std(
-    features: jax.Array, *, weights: jax.Array | None = None, eps: float = 1e-5
-) -> tuple[jax.Array, jax.Array]:
-    """Per-channel mean and standard deviation over positions (mask-weighted if given).
-
-    Args:
-      features: ``[H, W, C]``.
-      weights: optional ``[H, W]`` non-negative mask.
-
-    Returns:
-      ``(mean [C], std [C])``, float32.
-    """
-    _check_rank("mean_std", features, 3)
-    f = features.reshape(-1, features.shape[-1]).astype(jnp.float32)
-    m = _position_weights(features, weights)
-    if m is None:
-        return jnp.mean(f, axis=0), jnp.sqrt(jnp.var(f, axis=0) + eps)
-    mean = jnp.sum(f * m, axis=0)
-    var = jnp.sum(jnp.square(f - mean[None]) * m, axis=0)
-    return mean, jnp.sqrt(var + eps)
-
-
-def mean_std_loss(
-    features: jax.Array,
-    target: tuple[jax.Array, jax.Array],
-    *,
-    weights: jax.Array | None = None,
-) -> jax.Array:
-    """Batch-norm-statistics style loss (Li et al. 2017, "Demystifying NST", eq. 12).
-
-    ``L = 1/C Σ_c (μ_c − μ_c^s)² + (σ_c − σ_c^s)²``: matching these is matching a linear-
-    plus-variance view of the feature distribution.
-
-    Args:
-      features: ``[H, W, C]``.
-      target: ``(mean [C], std [C])`` of the style features (see ``mean_std``).
-      weights: optional ``[H, W]`` mask: compare this region's statistics only.
-    """
-    mean, std = mean_std(features, weights=weights)
-    return jnp.mean(jnp.square(mean - target[0]) + jnp.square(std - target[1]))
-
-
-def mmd2_linear(x: jax.Array, y_mean: jax.Array) -> jax.Array:
-    """MMD² with the linear kernel ``k(x, y) = xᵀy``: ``‖mean(x) − mean(y)‖²``.
-
-    Exact in O(M C) (Li et al. 2017): the linear kernel matches only the feature means.
-
-    Args:
-      x: ``[M, C]`` feature vectors of the output, one per position.
-      y_mean: ``[C]`` mean feature vector of the style.
-    """
-    _check_rank("mmd2_linear", x, 2)
-    return jnp.sum(jnp.square(jnp.mean(x.astype(jnp.float32), axis=0) - y_mean))
-
-
-def mmd2_poly2(x: jax.Array, y_gram: jax.Array, y_mean: jax.Array, *, c: float = 0.0):
-    """MMD² with the kernel ``k(x, y) = (xᵀy + c)²``, exactly, in O(M C²).
-
-    With ``G = Xᵀ X / M`` and ``μ = mean(X)``, the mean of ``k`` over all pairs is
-    ``⟨G_x, G_y⟩_F + 2c μ_xᵀμ_y + c²``, so
-    ``MMD² = ‖G_x − G_y‖²_F + 2c ‖μ_x − μ_y‖²``. With ``c = 0`` and ``1/M²`` in both terms this
-    is ``4 N² E_l``, Gatys' Gram loss (Li et al. 2017, Theorem 1).
-
-    Args:
-      x: ``[M, C]`` output features.
-      y_gram: ``[C, C]`` normalised Gram matrix of the style (``gram``).
-      y_mean: ``[C]`` mean of the style features.
-    """
-    _check_rank("mmd2_poly2", x, 2)
-    x = x.astype(jnp.float32)
-    gx = jnp.matmul(x.T, x, precision=jax.lax.Precision.HIGHEST) / x.shape[0]
-    dm = jnp.mean(x, axis=0) - y_mean
-    return jnp.sum(jnp.square(gx - y_gram)) + 2.0 * c * jnp.sum(jnp.square(dm))
 
 
 def squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:

@@ -1,20 +1,23 @@
 """Memory: what a step needs, what is free, and the largest size that fits.
 
-Two checks guard a run: a quick analytic estimate before anything is resized or compiled
-(``check_estimate``), and XLA's own figure for the compiled step (``check_compiled``).
-Either failing raises ``ValueError`` naming the largest ``--size`` that fits.
+Two checks guard a run (the task layer makes them, once: ``tasks.policy``): a quick
+analytic estimate before anything is resized or compiled (``check_estimate``), and
+XLA's own figure for the compiled step (``check_compiled``). Either failing raises
+``ValueError`` naming the largest ``--size`` that fits.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import dataclasses
+from collections.abc import Sequence
 
 import jax
 
-from nst_jax.conv import WINOGRAD_FROM_BLOCK
+from nst_jax.nets.conv import WINOGRAD_FROM_BLOCK
+from nst_jax.nets.network import NetConfig
+from nst_jax.nets.remat import strip_rows
+from nst_jax.nets.vgg import BLOCKS, LAYERS, WIDTHS, feature_shape, layer
 from nst_jax.objective import LossConfig, feature_layers
-from nst_jax.remat import strip_rows
-from nst_jax.vgg import BLOCKS, LAYERS, layer_stride
 
 
 def available_bytes(device: jax.Device | None = None) -> int | None:
@@ -34,18 +37,20 @@ def available_bytes(device: jax.Device | None = None) -> int | None:
     return None
 
 
-def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str = "direct") -> int:
+def estimate_bytes(
+    shape: tuple[int, int], loss: LossConfig, net: NetConfig, *, widths: Sequence[int] = WIDTHS
+) -> int:
     """A quick estimate of one step's memory at ``shape`` = (H, W), before compiling.
 
-    Counts float32 buffers: the kernels with the ones ``conv.prepare`` derives for
-    ``convolution``, 5 per histogram layer (its quantile target and the matching's
-    temporaries), and:
+    ``net.convolution`` must be an algorithm, not ``"auto"``. Counts float32 buffers:
+    the kernels with the ones the algorithm derives, 5 per histogram layer (its quantile
+    target and the matching's temporaries), and:
 
     * plain: 16 image-sized buffers for the optimiser, and every VGG layer's up to the
       deepest one used, times 2.5 (XLA keeps about 2x for the default objective: each
       activation and, in turn, its gradient, plus workspace). Winograd also holds one
       layer's transformed tiles and products, 4x its input and 4x its output.
-    * ``loss.remat`` (``remat.py``): 8 image-sized buffers for the optimiser, the layers
+    * ``net.remat`` (``remat.py``): 8 image-sized buffers for the optimiser, the layers
       held whole (content layers, and those of the statistics that are not sums over
       positions) twice (with their gradients), the content targets, each block's input
       and the largest one's gradient, and 6 buffers of the largest strip (14 with
@@ -53,36 +58,49 @@ def estimate_bytes(shape: tuple[int, int], loss: LossConfig, *, convolution: str
 
     It errs high, by design; tests check it against XLA's own figure for the step.
     """
+    if net.convolution == "auto":
+        raise ValueError("estimate_bytes needs a convolution algorithm, not 'auto'")
     h, w = shape
     style = loss.all_style_layers if loss.style_weight else ()
     used = loss.content_layers + style
     whole = loss.content_layers + (feature_layers(loss) if style else ())
     on = style and "histogram" in dict(loss.style_loss)
-    histogram = {layer for layer, _ in loss.statistic_layers("histogram")} if on else set()
-    deepest = max(LAYERS.index(name) for name in used)
+    histogram = {name for name, _ in loss.statistic_layers("histogram")} if on else set()
+    deepest = max(layer(name).order for name in used)
     elements, weights, tiles, channels = 0, 0, 0, 3
     held, strip, extra, gradient = 3 * h * w, 0, 0, 0  # The image, with remat.
     for name in LAYERS[: deepest + 1]:
-        block, s, width = int(name[4]), layer_stride(name), loss.widths[int(name[4]) - 1]
-        size = (h // s) * (w // s)
+        info = layer(name)
+        size, width = _positions(shape, name), widths[info.block - 1]
         elements += size * width
         extra += 5 * size * width * (name in histogram)
         held += size * width * (name in loss.content_layers)  # The content target.
-        held += size * (2 * width * (name in whole) + channels * name.endswith("_1"))
-        gradient = max(gradient, size * channels * name.endswith("_1"))
-        halo, tiled = BLOCKS[block - 1], convolution == "winograd" and block >= WINOGRAD_FROM_BLOCK
+        held += 2 * size * width * (name in whole)
+        if info.is_pool:
+            continue
+        first = info.index == 1
+        held += size * channels * first  # The block's input.
+        gradient = max(gradient, size * channels * first)
+        halo = BLOCKS[info.block - 1]
+        tiled = net.convolution == "winograd" and info.block >= WINOGRAD_FROM_BLOCK
         buffers = 14 if tiled else 6  # Winograd's tiles and products: 4x each.
-        strip = max(strip, buffers * (strip_rows(h // s, halo) + 2 * halo) * (w // s) * width)
+        rows, cols = feature_shape(shape, name)
+        strip = max(strip, buffers * (strip_rows(rows, halo) + 2 * halo) * cols * width)
         pairs = channels * width
         if tiled:
             weights += 9 * pairs + 2 * 16 * pairs + width
-            tiles = max(tiles, 4 * (h // s + 1) * (w // s + 1) * (channels + width))
-        else:
+            tiles = max(tiles, 4 * (rows + 1) * (cols + 1) * (channels + width))
+        else:  # The kernel, and its backward kernel (derived, or autodiff's).
             weights += 2 * 9 * pairs + width
         channels = width
-    if loss.remat:
+    if net.remat:
         return 4 * 11 * (held + gradient + strip + extra + weights + 8 * h * w * 3) // 10
     return 4 * (5 * elements // 2 + tiles + extra + weights + 16 * h * w * 3)
+
+
+def _positions(shape: tuple[int, int], name: str) -> int:
+    h, w = feature_shape(shape, name)
+    return h * w
 
 
 def _largest(shape, need: int, have: int) -> int:
@@ -143,20 +161,36 @@ SURELY = 0.55
 
 
 def check_estimate(
-    shape: tuple[int, int], loss: LossConfig, batch: int = 1, *, convolution: str = "direct"
+    shape: tuple[int, int],
+    loss: LossConfig,
+    net: NetConfig,
+    batch: int = 1,
+    *,
+    widths: Sequence[int] = WIDTHS,
 ) -> None:
     """Raises ValueError, naming the largest size that fits, if ``shape`` surely won't fit.
 
-    Cheap enough to call before resizing anything; ``stylize`` checks again with XLA's
-    exact figure once the step is compiled.
+    Cheap enough to call before resizing anything; the task layer checks again with
+    XLA's exact figure once the step is compiled (``check_compiled``).
     """
-    need = batch * estimate_bytes(shape, loss, convolution=convolution)
-    check(need, shape, batch, lean=lean_bytes(shape, loss, batch), sure=SURELY)
+    need = batch * estimate_bytes(shape, loss, net, widths=widths)
+    lean = lean_bytes(shape, loss, net, batch, widths=widths)
+    check(need, shape, batch, lean=lean, sure=SURELY)
 
 
-def lean_bytes(shape: tuple[int, int], loss: LossConfig, batch: int = 1) -> int | None:
-    """The estimate with ``remat``, for error messages; None if ``loss`` has it already."""
-    return None if loss.remat else batch * estimate_bytes(shape, replace(loss, remat=True))
+def lean_bytes(
+    shape: tuple[int, int],
+    loss: LossConfig,
+    net: NetConfig,
+    batch: int = 1,
+    *,
+    widths: Sequence[int] = WIDTHS,
+) -> int | None:
+    """The estimate with ``remat``, for error messages; None if ``net`` has it already."""
+    if net.remat:
+        return None
+    lean = dataclasses.replace(net, remat=True)
+    return batch * estimate_bytes(shape, loss, lean, widths=widths)
 
 
 def check_compiled(

@@ -1,8 +1,17 @@
 """Shared fixtures. Unit tests use narrow, randomly initialised VGG19s; the few tests
 that need the real weights take the ``real_weights`` fixture, which fetches and caches
-them (``python -m nst_jax.weights`` does the same ahead of time)."""
+them (``python -m nst_jax.nets.fetch`` does the same ahead of time).
 
+Every compiled program is kept in a persistent compilation cache for the session, in a
+fresh folder shared by the test workers (pytest-xdist) and the command lines tests
+start, so that a program is compiled once.
+"""
+
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -12,19 +21,46 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nst_jax  # noqa: E402
-from nst_jax.image import CAFFE  # noqa: E402
-from nst_jax.weights import Weights  # noqa: E402
+from nst_jax import NetConfig, Weights  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+_CACHE = os.environ.get("NST_JAX_TEST_CACHE")
+if _CACHE is None:  # The first process of the session makes it, and removes it at exit.
+    _CACHE = tempfile.mkdtemp(prefix="nst_jax_test_xla_")
+    os.environ["NST_JAX_TEST_CACHE"] = _CACHE  # For the workers.
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["NST_JAX_COMPILATION_CACHE"] = _CACHE  # For the command lines tests start.
+# Programs worth keeping; the many tiny ones of eager tests cost more to write than to
+# compile again.
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+nst_jax.solve.enable_compilation_cache(_CACHE)
 
 SMALL_WIDTHS = (4, 8, 8, 16, 16)
+
+
+def shallow(**kw) -> nst_jax.LossConfig:
+    """A loss that stops at block 3: where a test's point does not need the whole
+    network, its programs compile in half the time."""
+    layers = {"style_layers": ("conv1_1", "conv2_1", "conv3_1"), "content_layers": ("conv2_2",)}
+    return nst_jax.LossConfig(**{**layers, **kw})
 
 
 @pytest.fixture(scope="session")
 def small_weights() -> Weights:
     """A narrow random VGG19 with the real topology and Caffe preprocessing."""
     params = nst_jax.init_params(jax.random.key(0), widths=SMALL_WIDTHS)
-    return Weights(params=params, preprocessing=CAFFE, sha256="random-small")
+    return Weights(params=params, preprocessing=nst_jax.CAFFE, sha256="random-small")
+
+
+@pytest.fixture(scope="session")
+def small_net(small_weights):
+    """The small network, prepared with XLA's own convolutions and autodiff: the
+    reference every other way of running it is compared against."""
+
+    def make(**net) -> nst_jax.Network:
+        return nst_jax.prepare(small_weights, NetConfig(**{"convolution": "plain", **net}))
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""run.py end to end, in subprocesses, as a user runs it."""
+"""The command line, end to end. Most runs go through ``cli.execute`` in this process
+(the same parsing, configs, job and exit codes as the command, without a new process
+for each); a few start the command itself: ``run.py``, signals, ``python -m nst_jax``."""
 
 import json
 import signal
@@ -12,11 +14,13 @@ import pytest
 from PIL import Image
 
 import nst_jax
+from nst_jax import cli
 
 RUN = Path(__file__).resolve().parent.parent / "run.py"
 
 
 def run(*args, timeout=300):
+    """``python run.py ARGS``, in a new process."""
     return subprocess.run(
         [sys.executable, str(RUN), *map(str, args)],
         capture_output=True,
@@ -24,6 +28,23 @@ def run(*args, timeout=300):
         timeout=timeout,
         check=False,
     )
+
+
+class Ran:
+    def __init__(self, code, stderr):
+        self.returncode, self.stderr = code, stderr
+
+
+@pytest.fixture
+def command(capsys):
+    """``nst-jax ARGS`` in this process: ``Ran(returncode, stderr)``."""
+
+    def execute(*args):
+        capsys.readouterr()
+        code = cli.execute(["nst-jax", *map(str, args), "--noprogress"])
+        return Ran(code, capsys.readouterr().err)
+
+    return execute
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +56,8 @@ def images(tmp_path_factory):
     style = rng.random((50, 50, 3)) ** 2
     nst_jax.save_image(folder / "content.png", content.astype(np.float32))
     nst_jax.save_image(folder / "style.png", style.astype(np.float32))
+    # An input named like the snapshot a run writing out.png would make.
+    nst_jax.save_image(folder / "out.step00002.png", style.astype(np.float32))
     (folder / "notes.png").write_text("not an image")
     mask = np.zeros((30, 40, 3), np.float32)  # Half the content's size: resized, with a note.
     mask[:, :20] = 1.0
@@ -51,111 +74,115 @@ def _one_line_error(result, match):
     assert lines[0].startswith("error: ") and match in lines[0], lines[0]
 
 
-@pytest.mark.parametrize(
-    "extra, match",
-    [
-        (["--content", "{d}/missing.png"], "image not found"),
-        (["--content", "{d}/notes.png"], "not a readable image"),
-        (["--style_layers", "conv1_1,conv9_1"], "unknown VGG19 layer 'conv9_1'"),
-        (["--content_layers", "relu4_2"], "unknown VGG19 layer 'relu4_2'"),
-        (["--style_weight=-1"], "style_weight must be >= 0"),
-        (["--tv_weight=-0.5"], "tv_weight must be >= 0"),
-        (["--style_layer_weights", "1,2"], "2 style layer weights for 5"),
-        (["--size=-5"], "--size must be positive"),
-        (["--steps=-1"], "steps must be >= 0"),
-        (["--steps=abc"], "steps"),
-        (["--optimizer=sgd"], "optimizer"),
-        (["--output", "{d}/no/such/folder/out.png"], "does not exist"),
-        (["--output", "/proc/out.png"], "cannot write"),
-        (["--output", "{d}/out.gif2"], "unsupported output format"),
-        (["--output", "{d}/content.png"], "refusing to overwrite"),
-        (["--report", "{d}/style.png"], "--report must end in .json"),
-        (["--size", "200000"], "largest size that fits is about --size"),
-        (["--weights", "{d}/notes.png"], "unsupported weights format"),
-        (["--init", "{d}/missing.png"], "image not found"),
-        (["stray_argument"], "unexpected argument"),
-        (["--style_loss", "gramm:1"], "unknown style loss 'gramm'"),
-        (["--style_loss", "gram:-1"], "must be >= 0"),
-        (["--stat_layers", "histogram"], "bad --stat_layers entry"),
-        (["--stat_layers", "histogram=conv1_1+conv7_1"], "unknown VGG19 layer 'conv7_1'"),
-        (["--tv_beta=0"], "tv_beta must be > 0"),
-        (["--inits=0"], "--inits must be >= 1"),
-        (["--tv_weights", "1,x"], "bad --tv_weights"),
-        (["--ratios", "10,-1"], "ratios must be > 0"),
-        (["--layers", "conv1_1"], "--layers is for --mode invert"),
-        (["--mode", "invert"], "takes no --style"),
-        (["--save_every=2", "--inits=2"], "--save_every is for single runs"),
-        (["--content_masks", "{d}/mask.png,{d}/mask.png"], "2 --content_masks for 1 styles"),
-        (["--style_masks", "{d}/mask.png"], "--style_masks needs --content_masks"),
-        (["--style_blend", "1,2"], "2 style blend weights for 1 style images"),
-        (["--style_scale", "0"], "--style_scale needs one positive value"),
-        (["--preserve_color", "yes"], "preserve_color"),
-        (["--pyramid", "9"], "go below 16 px"),
-        (["--start_size", "16", "--level_steps", "1"], "--level_steps has 1 values for 2"),
-        (["--content_masks", "{d}/missing.png"], "image not found"),
-    ],
-)
-def test_bad_input_gets_one_line_and_exit_2(images, extra, match):
+BAD_INPUTS = [
+    (["--content", "{d}/missing.png"], "image not found"),
+    (["--content", "{d}/notes.png"], "not a readable image"),
+    (["--style", "{d}/style.png,"], "empty path in --style"),
+    (["--style_layers", "conv1_1,conv9_1"], "unknown VGG19 layer 'conv9_1'"),
+    (["--content_layers", "relu4_2"], "unknown VGG19 layer 'relu4_2'"),
+    (["--style_weight=-1"], "style_weight must be a finite number >= 0"),
+    (["--style_weight=inf"], "style_weight must be a finite number >= 0"),
+    (["--tv_weight=-0.5"], "tv_weight must be a finite number >= 0"),
+    (["--lr=inf"], "lr must be a finite number > 0"),
+    (["--style_layer_weights", "1,2"], "2 style layer weights for 5"),
+    (["--size=-5"], "--size must be positive"),
+    (["--steps=-1"], "steps must be >= 0"),
+    (["--steps=abc"], "steps"),
+    (["--optimizer=sgd"], "optimizer"),
+    (["--output", "{d}/no/such/folder/out.png"], "does not exist"),
+    (["--output", "/proc/out.png"], "cannot write"),
+    (["--output", "{d}/out.gif2"], "unsupported output format"),
+    (["--output", "{d}/content.png"], "refusing to overwrite"),
+    (
+        ["--style", "{d}/out.step00002.png", "--save_every", "2", "--steps", "3"],
+        "out.step00002.png is an input file",
+    ),
+    (["--report", "{d}/style.png"], "--report must end in .json"),
+    (["--report", "{d}/no/such/folder/r.json"], "--report: output folder does not exist"),
+    (["--size", "200000"], "largest size that fits is about --size"),
+    (["--weights", "{d}/notes.png"], "unsupported weights format"),
+    (["--init", "{d}/missing.png"], "image not found"),
+    (["stray_argument"], "unexpected argument"),
+    (["--style_loss", "gramm:1"], "unknown style loss 'gramm'"),
+    (["--style_loss", "gram:-1"], ">= 0"),
+    (["--style_loss", "gram:inf"], "finite"),
+    (["--stat_layers", "histogram"], "bad --stat_layers entry"),
+    (["--stat_layers", "histogram=conv1_1+conv7_1"], "unknown VGG19 layer 'conv7_1'"),
+    (["--tv_beta=0"], "tv_beta must be a finite number > 0"),
+    (["--inits=0"], "--inits must be >= 1"),
+    (["--tv_weights", "1,x"], "bad --tv_weights"),
+    (["--ratios", "10,-1"], "ratios must be > 0"),
+    (["--layers", "conv1_1"], "--layers is for --mode invert"),
+    (["--mode", "invert"], "takes no --style"),
+    (["--save_every=2", "--inits=2"], "--save_every is for single runs"),
+    (["--content_masks", "{d}/mask.png,{d}/mask.png"], "2 --content_masks for 1 styles"),
+    (["--style_masks", "{d}/mask.png"], "--style_masks needs --content_masks"),
+    (["--style_blend", "1,2"], "2 --style_blend weights for 1 style images"),
+    (["--style_scale", "0"], "style_scale needs one positive value"),
+    (["--preserve_color", "yes"], "preserve_color"),
+    (["--convolution", "fft"], "convolution"),
+    (["--pyramid", "9"], "go below 16 px"),
+    (["--start_size", "16", "--level_steps", "1"], "--level_steps has 1 values for 2"),
+    (["--content_masks", "{d}/missing.png"], "image not found"),
+]
+
+
+@pytest.mark.parametrize("extra, match", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_gets_one_line_and_exit_2(command, images, extra, match):
     before = (images / "content.png").read_bytes()
-    args = [
-        "--content",
-        images / "content.png",
-        "--style",
-        images / "style.png",
-        "--output",
-        images / "out.png",
-        "--steps",
-        "1",
-        "--size",
-        "32",
-    ]
-    result = run(*args, *[e.format(d=images) for e in extra])
+    args = ["--content", images / "content.png", "--style", images / "style.png"]
+    args += ["--output", images / "out.png", "--steps", "1", "--size", "32"]
+    result = command(*args, *[e.format(d=images) for e in extra])
     _one_line_error(result, match)
     assert (images / "content.png").read_bytes() == before
     assert not (images / "out.png").exists()
 
 
-def test_missing_inputs(images):
-    _one_line_error(run("--output", images / "x.png"), "give --content and --style, or --demo")
+def test_missing_inputs_and_mode_errors(command, images, tmp_path):
+    out = tmp_path / "x.png"
+    _one_line_error(command("--output", out), "give --content and --style, or --demo")
+    _one_line_error(
+        command(
+            "--mode",
+            "texture",
+            "--style",
+            images / "style.png",
+            "--content",
+            images / "content.png",
+            "--output",
+            out,
+        ),  # fmt: skip
+        "takes no --content",
+    )
+    _one_line_error(command("--mode", "invert", "--output", out), "needs --content")
 
 
 def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weights):
+    """``python run.py`` as a user runs it, with many flags at once."""
     out, report = tmp_path / "out.png", tmp_path / "report.json"
     result = run(
-        "--content",
-        images / "content.png",
-        "--style",
-        images / "style.png",
-        "--output",
-        out,
-        "--size",
-        "64",
-        "--steps",
-        "6",
-        "--optimizer",
-        "adam",
-        "--save_every",
-        "3",
-        "--report",
-        report,
-        "--seed",
-        "7",
-        "--progress=false",
-    )
+        "--content", images / "content.png", "--style", images / "style.png",
+        "--output", out, "--size", "64", "--steps", "6", "--save_every", "3",
+        "--report", report, "--seed", "7", "--progress=false",
+        "--content_layers", "conv4_2,pool3", "--style_layers", "conv1_1,pool1,conv3_1",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     image = np.asarray(Image.open(out))
     assert image.shape == (48, 64, 3)
     settings = nst_jax.read_settings(out)
     assert settings["config"]["steps"] == 6 and settings["config"]["seed"] == 7
-    assert settings["config"]["optimizer"] == "adam"
+    assert settings["config"]["loss"]["content_layers"] == ["conv4_2", "pool3"]
     assert settings["weights_sha256"] == real_weights.sha256
-    assert (tmp_path / "out.step00003.png").is_file()
+    assert nst_jax.read_settings(tmp_path / "out.step00003.png")["step"] == 3
     data = json.loads(report.read_text())
-    assert data["steps"] == 6 and len(data["history"]["total"]) == 6
-    assert data["final_losses"]["style"] < data["initial_losses"]["style"]
+    (one,) = data["runs"]
+    (tile,) = one["tiles"]
+    assert one["steps"] == 6 and len(tile["history"]["total"]) == 6
+    assert tile["final_losses"]["style"] < tile["initial_losses"]["style"]
     assert data["content_size"] == [48, 64] and data["style_sizes"] == [[64, 64]]
-    assert data["seconds_per_step"] > 0 and data["compile_seconds"] > 0
-    assert data["weights_sha256"] == real_weights.sha256
+    assert one["seconds_per_step"] > 0 and one["compile_seconds"] > 0
+    assert one["convolution"] == "direct"  # "auto" below 128 px.
+    assert data["weights_sha256"] == real_weights.sha256 and not data["interrupted"]
     assert data["flags"]["size"] == 64 and data["flags"]["save_every"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "out.png",
@@ -164,77 +191,41 @@ def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weigh
     ]
 
 
-def test_flags_reach_the_config(images, tmp_path, real_weights):
+def test_flags_reach_the_config(command, images, tmp_path, real_weights):
     out = tmp_path / "out.png"
-    result = run(
-        "--content",
-        images / "content.png",
-        "--style",
-        images / "style.png",
-        "--output",
-        out,
-        "--size",
-        "40",
-        "--steps",
-        "2",
-        "--progress=false",
-        "--init",
-        images / "style.png",
-        "--style_loss",
-        "gram:1,histogram:0.5",
-        "--stat_layers",
-        "histogram=conv1_1+conv4_1",
-        "--tv_beta",
-        "1.5",
-        "--alpha_norm_weight",
-        "0.001",
-        "--alpha",
-        "4",
-        "--mmd_samples",
-        "64",
-        "--pooling",
-        "max",
-        "--optimizer",
-        "lbfgs",
-        "--lbfgs_memory",
-        "5",
-        "--linesearch",
-        "backtracking",
-        "--style_layer_weights",
-        "1,1,1,1,2",
-        "--content_loss",
-        "normalized",
-        "--preserve_color",
-        "histogram",
-        "--convolution",
-        "winograd",
-    )
+    result = command(
+        "--content", images / "content.png", "--style", images / "style.png",
+        "--output", out, "--size", "40", "--steps", "2", "--init", images / "style.png",
+        "--style_loss", "gram:1,histogram:0.5", "--stat_layers", "histogram=conv1_1+conv4_1",
+        "--tv_beta", "1.5", "--alpha_norm_weight", "0.001", "--alpha", "4",
+        "--mmd_samples", "64", "--pooling", "max", "--optimizer", "lbfgs",
+        "--lbfgs_memory", "5", "--linesearch", "backtracking", "--style_layer_weights",
+        "1,1,1,1,2", "--content_loss", "normalized", "--preserve_color", "histogram",
+        "--convolution", "plain",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     settings = nst_jax.read_settings(out)
-    assert settings["config"]["convolution"] == "winograd"
-    loss = settings["config"]["loss"]
-    assert loss["content_loss"] == "normalized" and loss["remat"] is False
-    assert settings["config"]["preserve_color"] == "histogram"
+    config, loss = settings["config"], settings["config"]["loss"]
+    assert config["net"] == {"convolution": "plain", "pooling": "max", "remat": False}
+    assert loss["content_loss"] == "normalized" and config["preserve_color"] == "histogram"
     assert loss["style_loss"] == [["gram", 1.0], ["histogram", 0.5]]
     assert loss["stat_layers"] == [["histogram", ["conv1_1", "conv4_1"]]]
     assert (loss["tv_beta"], loss["alpha_norm_weight"], loss["alpha"]) == (1.5, 0.001, 4.0)
-    assert loss["pooling"] == "max" and loss["style_layer_weights"] == [1, 1, 1, 1, 2]
-    assert settings["config"]["lbfgs_memory"] == 5
-    assert settings["config"]["linesearch"] == "backtracking"
-    assert settings["init"] == str(images / "style.png")
+    assert loss["style_layer_weights"] == [1, 1, 1, 1, 2] and loss["mmd_samples"] == 64
+    assert config["lbfgs_memory"] == 5 and config["linesearch"] == "backtracking"
+    assert config["optimizer"] == "lbfgs" and settings["init"] == str(images / "style.png")
 
 
-def test_demo_runs_without_user_files(tmp_path, real_weights):
+def test_demo_runs_without_user_files(command, tmp_path, real_weights):
     out = tmp_path / "demo.png"
-    result = run("--demo", "--size", "48", "--steps", "2", "--output", out, "--progress=false")
+    result = command("--demo", "--size", "48", "--steps", "2", "--output", out)
     assert result.returncode == 0, result.stderr
     assert np.asarray(Image.open(out)).shape == (32, 48, 3)  # Chelsea is 300x451.
     assert nst_jax.read_settings(out)["content"] == "demo:chelsea"
 
 
-def test_ctrl_c_saves_the_current_image(images, tmp_path, real_weights):
-    out = tmp_path / "out.png"
-    proc = subprocess.Popen(
+def _start(images, out):
+    return subprocess.Popen(
         [
             sys.executable,
             str(RUN),
@@ -248,181 +239,134 @@ def test_ctrl_c_saves_the_current_image(images, tmp_path, real_weights):
             "48",
             "--steps",
             "100000",
-            "--optimizer",
-            "adam",
             "--save_every",
             "1",
             "--progress=false",
-        ],
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    snapshot = tmp_path / "out.step00001.png"
+
+
+def test_signals_save_the_current_image(images, tmp_path, real_weights):
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP each save the image reached and exit with
+    128 + the signal. The first run fills the compilation cache; the other two start
+    once it has, and find their programs there."""
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    outs = [tmp_path / f"out{int(s)}.png" for s in stops]
+    procs = []
     try:
-        deadline = time.monotonic() + 240
-        while not snapshot.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert snapshot.exists(), proc.stderr.read() if proc.poll() is not None else "timeout"
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
+        for i, out in enumerate(outs):
+            procs.append(_start(images, out))
+            if i == 0:
+                _wait_for(procs[0], outs[0])
+        for proc, out, stop in zip(procs, outs, stops, strict=True):
+            _wait_for(proc, out)
+            proc.send_signal(stop)
+        for proc, out, stop in zip(procs, outs, stops, strict=True):
+            _, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 128 + int(stop), stderr
+            assert "interrupted; saved" in stderr and "Traceback" not in stderr
+            assert np.asarray(Image.open(out)).shape == (36, 48, 3)
+            assert nst_jax.read_settings(out)["step"] >= 1
     finally:
-        proc.kill()  # Never leave a runaway process behind, whatever happened above.
-    assert proc.returncode == 130, stderr
-    assert "interrupted at step" in stderr and "Traceback" not in stderr
-    assert np.asarray(Image.open(out)).shape == (36, 48, 3)
-    assert nst_jax.read_settings(out)["step"] >= 1
+        for proc in procs:
+            proc.kill()  # Never leave a runaway process behind, whatever happened above.
 
 
-def test_texture_mode(images, tmp_path, real_weights):
+def _wait_for(proc, out):
+    """Until the run writing ``out`` has written its first snapshot."""
+    snapshot = out.with_name(f"{out.stem}.step00001.png")
+    deadline = time.monotonic() + 240
+    while not snapshot.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert snapshot.exists(), proc.stderr.read() if proc.poll() is not None else "timeout"
+
+
+def test_texture_mode(command, images, tmp_path, real_weights):
     out = tmp_path / "texture.png"
-    result = run(
-        "--mode",
-        "texture",
-        "--style",
-        images / "style.png",
-        "--size",
-        "40",
-        "--steps",
-        "3",
-        "--output",
-        out,
-        "--progress=false",
-    )
+    result = command(
+        "--mode", "texture", "--style", images / "style.png", "--size", "40", "--steps", "3",
+        "--output", out, "--style_layers", "conv1_1,pool1,conv2_1",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert np.asarray(Image.open(out)).shape == (40, 40, 3)  # The style is square.
     settings = nst_jax.read_settings(out)
     assert settings["mode"] == "texture" and settings["content"] is None
     assert settings["config"]["loss"]["content_weight"] == 0.0
-    _one_line_error(
-        run(
-            "--mode",
-            "texture",
-            "--style",
-            images / "style.png",
-            "--content",
-            images / "content.png",
-            "--output",
-            out,
-        ),
-        "takes no --content",
-    )
 
 
-def test_invert_sweep_writes_a_labelled_grid(images, tmp_path, real_weights):
+def test_invert_sweep_writes_a_labelled_grid(command, images, tmp_path, real_weights):
     out, report = tmp_path / "grid.png", tmp_path / "grid.json"
-    result = run(
-        "--mode",
-        "invert",
-        "--content",
-        images / "content.png",
-        "--layers",
-        "conv1_1,conv2_1",
-        "--inits",
-        "2",
-        "--size",
-        "32",
-        "--steps",
-        "5",
-        "--output",
-        out,
-        "--report",
-        report,
-        "--progress=false",
-    )
+    result = command(
+        "--mode", "invert", "--content", images / "content.png", "--layers",
+        "conv1_1,pool1", "--inits", "2", "--size", "32", "--steps", "5", "--output", out,
+        "--report", report,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     settings = nst_jax.read_settings(out)
     assert settings["grid"] == {
-        "rows": ["conv1_1", "conv2_1"],
+        "rows": ["conv1_1", "pool1"],
         "cols": ["seed 0", "seed 1"],
         "done": 2,
     }
-    layout = nst_jax.image.grid_layout((24, 32), 2, 2, ["conv1_1", "conv2_1"])
+    layout = nst_jax.image.grid_layout((24, 32), 2, 2, ["conv1_1", "pool1"])
     assert np.asarray(Image.open(out)).shape == (*layout.shape, 3)
     data = json.loads(report.read_text())
-    assert len(data["tiles"]) == 4
-    for tile in data["tiles"]:
+    assert [run["label"] for run in data["runs"]] == ["conv1_1", "pool1"]
+    for tile in (t for run in data["runs"] for t in run["tiles"]):
         assert tile["final_losses"]["content"] < tile["initial_losses"]["content"]
     assert settings["config"]["loss"]["content_loss"] == "normalized"
-    assert settings["config"]["loss"]["tv_weight"] == nst_jax.optimize.INVERSION_LOSS.tv_weight
+    assert settings["config"]["loss"]["tv_weight"] == nst_jax.tasks.invert.INVERSION_LOSS.tv_weight
 
 
-def test_texture_layer_sets_and_ratio_sweep(images, tmp_path, real_weights):
+def test_texture_layer_sets_and_ratio_sweep(command, images, tmp_path, real_weights):
     out = tmp_path / "sets.png"
-    result = run(
-        "--mode",
-        "texture",
-        "--style",
-        images / "style.png",
-        "--style_layer_sets",
-        "conv1_1;conv1_1,conv2_1",
-        "--size",
-        "32",
-        "--steps",
-        "2",
-        "--output",
-        out,
-        "--progress=false",
-    )
+    result = command(
+        "--mode", "texture", "--style", images / "style.png", "--style_layer_sets",
+        "conv1_1;conv1_1,conv2_1", "--size", "32", "--steps", "2", "--output", out,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     # One column of rows is written as one labelled row.
     assert nst_jax.read_settings(out)["grid"]["rows"] == ["conv1_1", "conv1_1+2_1"]
     layout = nst_jax.image.grid_layout((32, 32), 1, 2)
     assert np.asarray(Image.open(out)).shape == (*layout.shape, 3)
     out = tmp_path / "ratios.png"
-    result = run(
-        "--content",
-        images / "content.png",
-        "--style",
-        images / "style.png",
-        "--ratios",
-        "1,1000",
-        "--size",
-        "32",
-        "--steps",
-        "2",
-        "--output",
-        out,
-        "--progress=false",
-    )
+    result = command(
+        "--content", images / "content.png", "--style", images / "style.png", "--ratios",
+        "1,1000", "--size", "32", "--steps", "2", "--output", out, "--style_layers",
+        "conv1_1,conv2_1", "--content_layers", "conv2_2",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert nst_jax.read_settings(out)["grid"]["cols"] == ["alpha/beta=1", "alpha/beta=1e+03"]
 
 
-def test_masks_blend_colour_and_pyramid(images, tmp_path, real_weights):
-    base = ["--content", images / "content.png", "--size", "40", "--steps", "2"]
+def test_masks_blend_colour_and_pyramid(command, images, tmp_path, real_weights):
+    # Three blocks: Winograd runs in two of them, in half the compiling of five.
+    shallow = ["--style_layers", "conv1_1,conv2_1,conv3_1", "--content_layers", "conv3_2"]
+    base = ["--content", images / "content.png", "--size", "40", "--steps", "2", *shallow]
     two = f"{images / 'style.png'},{images / 'content.png'}"
     out = tmp_path / "masked.png"
-    result = run(
-        *base,
-        "--style",
-        two,
-        "--content_masks",
-        f"{images / 'mask.png'},{images / 'mask2.png'}",
-        "--output",
-        out,
-        "--progress=false",
+    result = command(
+        *base, "--style", two, "--content_masks",
+        f"{images / 'mask.png'},{images / 'mask2.png'}", "--output", out,
         "--remat",  # Masked statistics as sums taken in strips,
         "--convolution=winograd",  # of Winograd convolutions.
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "note: resizing mask" in result.stderr and "warning" not in result.stderr
     settings = nst_jax.read_settings(out)
-    assert len(settings["style"]) == 2 and settings["config"]["loss"]["remat"] is True
-    assert settings["config"]["convolution"] == "winograd"
-    result = run(
-        *base,
-        "--style",
-        two,
-        "--content_masks",
-        f"{images / 'mask.png'},{images / 'mask.png'}",
-        "--output",
-        out,
-        "--progress=false",
-    )
+    assert len(settings["style"]) == 2 and settings["config"]["net"]["remat"] is True
+    assert settings["config"]["net"]["convolution"] == "winograd"
+    result = command(  # No steps: no step to compile, the start evaluated and written.
+        *base, "--style", two, "--content_masks", f"{images / 'mask.png'},{images / 'mask.png'}",
+        "--output", out, "--steps", "0",
+    )  # fmt: skip
     assert result.returncode == 0 and "warning: masks overlap" in result.stderr
+    assert "(0 steps" in result.stderr
     _one_line_error(
-        run(
+        command(
             *base,
             "--style",
             two,
@@ -432,47 +376,43 @@ def test_masks_blend_colour_and_pyramid(images, tmp_path, real_weights):
             f"{images / 'mask.png'},{images / 'mask2.png'}",
             "--output",
             out,
-        ),
+        ),  # fmt: skip
         "--style_blend mixes styles everywhere",
     )
     out = tmp_path / "blend.png"
-    result = run(
-        *base,
-        "--style",
-        two,
-        "--style_blend",
-        "0.7,0.3",
-        "--style_scale",
-        "0.5,1",
-        "--preserve_color",
-        "luminance",
-        "--output",
-        out,
-        "--progress=false",
-    )
+    result = command(
+        *base, "--style", two, "--style_blend", "0.7,0.3", "--style_scale", "0.5,1",
+        "--preserve_color", "luminance", "--output", out, "--steps", "0",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     settings = nst_jax.read_settings(out)
     assert settings["config"]["loss"]["style_blend"] == [0.7, 0.3]
     assert settings["config"]["preserve_color"] == "luminance"
     assert settings["style_scale"] == [0.5, 1.0]
     out = tmp_path / "pyramid.png"
-    result = run(
-        "--content",
-        images / "content.png",
-        "--style",
-        images / "style.png",
-        "--size",
-        "64",
-        "--steps",
-        "2",
-        "--start_size",
-        "32",
-        "--level_steps",
-        "2,1",
-        "--output",
-        out,
-        "--progress=false",
-    )
+    result = command(
+        "--content", images / "content.png", "--style", images / "style.png", "--size", "64",
+        "--steps", "2", "--start_size", "32", "--level_steps", "2,1", "--output", out,
+        "--save_every", "1", *shallow,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert np.asarray(Image.open(out)).shape == (48, 64, 3)
     assert nst_jax.read_settings(out)["pyramid_sizes"] == [32, 64]
+    # Level 0 runs 2 steps: a snapshot after its first; level 1 runs 1: none.
+    assert [p.name for p in sorted(tmp_path.glob("pyramid.*"))] == [
+        "pyramid.level0.step00001.png",
+        "pyramid.png",
+    ]
+
+
+def test_the_package_runs_as_a_module():
+    """``python -m nst_jax`` is the same command: its mistakes get the same one line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "nst_jax", "--demo", "--steps=-1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    _one_line_error(result, "steps must be >= 0")

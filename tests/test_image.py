@@ -118,17 +118,6 @@ def test_check_writable(tmp_path):
         im.check_writable("/proc/a.png")
 
 
-def test_preprocess_caffe_and_torchvision():
-    x = np.zeros((2, 2, 3), np.float32)
-    x[..., 0] = 1.0  # Pure red.
-    caffe = np.asarray(nst_jax.preprocess(x, nst_jax.CAFFE))
-    np.testing.assert_allclose(caffe[0, 0], [-103.939, -116.779, 255 - 123.68], rtol=1e-6)
-    tv = np.asarray(nst_jax.preprocess(x, nst_jax.TORCHVISION))
-    np.testing.assert_allclose(
-        tv[0, 0], [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], rtol=1e-5
-    )
-
-
 def test_demo_images_are_rgb_floats():
     content, style = nst_jax.demo_images()
     for x in (content, style):

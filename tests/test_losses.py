@@ -34,7 +34,7 @@ def test_gram_gradient_is_autodiffs(rng, masked):
         return jnp.sum(jnp.sin((x * w).T @ x) * probe)
 
     def ours(f, m):
-        return jnp.sum(jnp.sin(losses.gram(f, weights=m)) * probe)
+        return jnp.sum(jnp.sin(losses.gram(f, mask=m)) * probe)
 
     argnums = (0, 1) if masked else 0
     got = jax.grad(ours, argnums)(f, m)
@@ -49,21 +49,17 @@ def test_moment_statistics_are_gram_mean_and_std_and_their_sums_add_up(rng, mask
     ``weighted_mean`` and ``mean_std`` per region, and they add over a split of the rows."""
     f = jnp.asarray(rng.standard_normal((6, 7, 5)) + 0.5, jnp.float32)
     masks = jnp.asarray(rng.random((3, 6, 7)), jnp.float32) if masked else None
-    sums = losses.moment_sums(f, losses.MOMENTS, weights=masks)
+    sums = losses.moment_sums(f, losses.MOMENTS, masks=masks)
     count = 42 if masks is None else jnp.sum(masks, axis=(1, 2))
     stats = losses.moment_statistics(sums, count)
     for r, m in enumerate([None] if masks is None else masks):
         at = (lambda v: v) if masks is None else (lambda v, r=r: v[r])
-        mean, std = losses.mean_std(f, weights=m)
-        np.testing.assert_allclose(
-            at(stats["gram"]), losses.gram(f, weights=m), rtol=1e-5, atol=1e-6
-        )
+        mean, std = losses.mean_std(f, mask=m)
+        np.testing.assert_allclose(at(stats["gram"]), losses.gram(f, mask=m), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(at(stats["mean"]), mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(at(stats["std"]), std, rtol=1e-4)
     halves = [
-        losses.moment_sums(
-            f[rows], losses.MOMENTS, weights=None if masks is None else masks[:, rows]
-        )
+        losses.moment_sums(f[rows], losses.MOMENTS, masks=None if masks is None else masks[:, rows])
         for rows in (slice(0, 2), slice(2, None))
     ]
     added = jax.tree.map(jnp.add, *halves)
@@ -71,7 +67,7 @@ def test_moment_statistics_are_gram_mean_and_std_and_their_sums_add_up(rng, mask
         np.testing.assert_allclose(added[kind], sums[kind], rtol=1e-5, atol=1e-5)
     assert set(losses.moment_statistics({"sum": sums["sum"]}, count)) == {"mean"}
     with pytest.raises(ValueError, match="must be"):
-        losses.moment_sums(f, ("sum",), weights=jnp.ones((6, 7)))
+        losses.moment_sums(f, ("sum",), masks=jnp.ones((6, 7)))
 
 
 def test_gram_is_size_independent(rng):
@@ -120,10 +116,10 @@ def test_gradients_match_finite_differences(rng):
     t = jnp.asarray(rng.standard_normal((3, 4, 3)), jnp.float32)
     x = jnp.asarray(rng.random((5, 5, 3)), jnp.float32)
     tol = dict(modes=["rev"], eps=1e-2, atol=2e-2, rtol=2e-2)
-    check_grads(lambda f: losses.content_loss(f, t), (f,), order=2, **tol)
-    check_grads(lambda f: losses.gram_loss(f, losses.gram(t)), (f,), order=1, **tol)
-    check_grads(lambda x: losses.total_variation(x), (x,), order=2, **tol)
-    check_grads(lambda x: losses.total_variation(x, beta=1.5), (x,), order=1, **tol)
+    check_grads(jax.jit(lambda f: losses.content_loss(f, t)), (f,), order=2, **tol)
+    check_grads(jax.jit(lambda f: losses.gram_loss(f, losses.gram(t))), (f,), order=1, **tol)
+    check_grads(jax.jit(lambda x: losses.total_variation(x)), (x,), order=2, **tol)
+    check_grads(jax.jit(lambda x: losses.total_variation(x, beta=1.5)), (x,), order=1, **tol)
 
 
 @pytest.mark.parametrize(
@@ -237,20 +233,26 @@ def test_new_losses_gradients(rng):
     s = jnp.asarray(rng.standard_normal((4, 4, 3)), jnp.float32)
     x = jnp.asarray(rng.random((5, 5, 3)), jnp.float32)
     tol = dict(modes=["rev"], eps=1e-2, atol=3e-2, rtol=3e-2)
-    check_grads(lambda f: losses.mean_std_loss(f, losses.mean_std(s)), (f,), order=1, **tol)
     check_grads(
-        lambda f: losses.mmd2_poly2(f.reshape(-1, 3), losses.gram(s), s.mean((0, 1)), c=0.5),
+        jax.jit(lambda f: losses.mean_std_loss(f, losses.mean_std(s))), (f,), order=1, **tol
+    )
+    check_grads(
+        jax.jit(
+            lambda f: losses.mmd2_poly2(f.reshape(-1, 3), losses.gram(s), s.mean((0, 1)), c=0.5)
+        ),
         (f,),
         order=1,
         **tol,
     )
     check_grads(
-        lambda f: losses.mmd2_gaussian(f.reshape(-1, 3), s.reshape(-1, 3), jnp.float32(2.0)),
+        jax.jit(
+            lambda f: losses.mmd2_gaussian(f.reshape(-1, 3), s.reshape(-1, 3), jnp.float32(2.0))
+        ),
         (f,),
         order=1,
         **tol,
     )
-    check_grads(lambda x: losses.alpha_norm(x, alpha=3.0), (x,), order=1, **tol)
+    check_grads(jax.jit(lambda x: losses.alpha_norm(x, alpha=3.0)), (x,), order=1, **tol)
 
 
 def test_binned_histogram_matching_approximates_exact(rng):
@@ -262,9 +264,10 @@ def test_binned_histogram_matching_approximates_exact(rng):
     # Large layers take the binned path: still near zero for the style's own distribution.
     s = rng.random((128, 128, 32)).astype(np.float32)
     assert s.size > losses.EXACT_HISTOGRAM_MAX
-    q = losses.style_quantiles(s, 128 * 128)
+    q = jax.jit(losses.style_quantiles, static_argnums=1)(s, 128 * 128)
     other = rng.random((128, 128, 32)).astype(np.float32) ** 3
-    same, different = losses.histogram_loss(s, q), losses.histogram_loss(other, q)
+    loss = jax.jit(losses.histogram_loss)
+    same, different = loss(s, q), loss(other, q)
     assert float(same) < 1e-4 * float(different)
 
 
@@ -275,3 +278,20 @@ def test_mmd_poly_sampled_matches_pairwise(rng):
     expected = _pairwise_mmd2(x, y, lambda a, b: (a @ b.T + 0.5) ** 3)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     np.testing.assert_allclose(losses.mmd2_poly(x, x, degree=3), 0.0, atol=1e-3)
+
+
+def test_masked_gram_is_the_gram_of_the_region(rng):
+    f = jnp.asarray(rng.normal(size=(6, 8, 5)), jnp.float32)
+    mask = np.zeros((6, 8), np.float32)
+    mask[1:4, 2:7] = 1.0
+    region = np.asarray(f)[mask > 0]
+    np.testing.assert_allclose(
+        losses.gram(f, mask=mask), region.T @ region / len(region), rtol=1e-5
+    )
+    mean, std = losses.mean_std(f, mask=mask)
+    np.testing.assert_allclose(mean, region.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, np.sqrt(region.var(0) + 1e-5), rtol=1e-4)
+    # Weights scale out: a soft mask of constant 0.3 is the plain Gram.
+    np.testing.assert_allclose(losses.gram(f, mask=np.full((6, 8), 0.3)), losses.gram(f), rtol=1e-5)
+    with pytest.raises(ValueError, match="must match"):
+        losses.gram(f, mask=np.ones((3, 3)))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import weights as wl
-from nst_jax.image import CAFFE
-from nst_jax.vgg import LAYERS
+from nst_jax import CAFFE, NetConfig
+from nst_jax.nets import weights as wl
+from nst_jax.nets.vgg import CONV_LAYERS as LAYERS
 
 WIDTHS = {1: 2, 2: 3, 3: 2, 4: 3, 5: 2}
 
@@ -82,8 +82,12 @@ def test_torch_state_dict_layout(rng):
     np.testing.assert_array_equal(got["conv3_2"]["kernel"], params["conv3_2"]["kernel"])
     # Same function either way: a torch-layout conv equals the Flax-layout conv.
     x = rng.random((8, 8, 3)).astype(np.float32)
-    a = nst_jax.features(got, x, ("conv1_2",), preprocessing=CAFFE, widths=(2, 3, 2, 3, 2))
-    b = nst_jax.features(params, x, ("conv1_2",), preprocessing=CAFFE, widths=(2, 3, 2, 3, 2))
+    a, b = (
+        nst_jax.prepare(nst_jax.Weights(p, CAFFE, ""), NetConfig(convolution="plain")).features(
+            x, ("conv1_2",)
+        )
+        for p in (got, params)
+    )
     np.testing.assert_allclose(a["conv1_2"], b["conv1_2"])
     with pytest.raises(ValueError, match="torchvision"):
         wl.params_from_torch_state({})
@@ -152,3 +156,14 @@ def test_default_weights_are_the_verified_file(real_weights):
     shapes = jax.tree.map(np.shape, real_weights.params)
     assert shapes["conv1_1"]["kernel"] == (3, 3, 3, 64)
     assert shapes["conv5_4"]["kernel"] == (3, 3, 512, 512)
+
+
+def test_preprocess_caffe_and_torchvision():
+    x = np.zeros((2, 2, 3), np.float32)
+    x[..., 0] = 1.0  # Pure red.
+    caffe = np.asarray(nst_jax.preprocess(x, nst_jax.CAFFE))
+    np.testing.assert_allclose(caffe[0, 0], [-103.939, -116.779, 255 - 123.68], rtol=1e-6)
+    tv = np.asarray(nst_jax.preprocess(x, nst_jax.TORCHVISION))
+    np.testing.assert_allclose(
+        tv[0, 0], [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], rtol=1e-5
+    )

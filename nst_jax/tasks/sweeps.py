@@ -3,7 +3,7 @@ element of a single vmapped program.
 
 A row is a ``Config`` of its own (a layer to invert, a set of style layers), so each
 row compiles once. Columns vary what can be traced: seeds, the TV weight λ_β and the
-content/style ratio α/β. They run as one ``jax.vmap``-ed batch (``stylize_batch``).
+content/style ratio α/β. They run as one ``jax.vmap``-ed batch.
 """
 
 from __future__ import annotations
@@ -15,10 +15,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nst_jax import objective as obj
-from nst_jax import optimize
-from nst_jax.image import labelled_grid
-from nst_jax.vgg import check_layers
+from nst_jax.config import Config
+from nst_jax.image import labelled_grid, resize, resized_shape
+from nst_jax.nets.vgg import WIDTHS, check_layers, layer, widths_of
+from nst_jax.nets.weights import Weights, load_weights
+from nst_jax.objective import LossConfig, Terms
+from nst_jax.progress import named
+from nst_jax.solve.driver import Result
+from nst_jax.tasks import policy
+from nst_jax.tasks.invert import invert_config
+from nst_jax.tasks.pyramid import scaled_styles, style_scales
+from nst_jax.tasks.stylize import _styles, run
+from nst_jax.tasks.texture import texture_config
 
 
 class Grid(NamedTuple):
@@ -30,18 +38,20 @@ class Grid(NamedTuple):
       col_labels: ``C`` labels.
       results: the batched ``Result`` of each row that ran.
       interrupted: True if Ctrl-C stopped the sweep.
+      failure: why the last row stopped on its own (see ``Result.failure``), or None.
     """
 
     images: np.ndarray
     row_labels: list[str]
     col_labels: list[str]
-    results: list[optimize.Result]
+    results: list[Result]
     interrupted: bool
+    failure: str | None = None
 
 
 class Columns(NamedTuple):
     seeds: list[int]
-    term_weights: obj.Terms  # Fields are [C] arrays.
+    term_weights: Terms  # Fields are [C] arrays.
     labels: list[str]
 
 
@@ -50,7 +60,7 @@ def _g(x: float) -> str:  # Labels stay ASCII: PIL's built-in font has no Greek.
 
 
 def columns(
-    loss: obj.LossConfig,
+    loss: LossConfig,
     *,
     seeds: Sequence[int] = (0,),
     tv_weights: Sequence[float] | None = None,
@@ -79,8 +89,8 @@ def columns(
         rows.append(w)
         labels.append(", ".join(parts))
         out_seeds.append(seed)
-    weights = obj.Terms(*(np.asarray(v, np.float32) for v in zip(*rows, strict=True)))
-    return Columns(out_seeds, weights, labels)
+    term_weights = Terms(*(np.asarray(v, np.float32) for v in zip(*rows, strict=True)))
+    return Columns(out_seeds, term_weights, labels)
 
 
 def growing_layer_sets(layers: Sequence[str]) -> list[tuple[str, ...]]:
@@ -103,43 +113,71 @@ def parse_layer_sets(spec: str, style_layers: Sequence[str]) -> list[tuple[str, 
 
 def layer_set_label(layers: Sequence[str]) -> str:
     """``("conv1_1", "conv2_1") -> "conv1_1+2_1"``."""
-    return layers[0] + "".join(f"+{name[4:]}" for name in layers[1:])
+    kind = layer(layers[0]).is_pool
+    rest = [layer(n).suffix if layer(n).is_pool == kind else n for n in layers[1:]]
+    return layers[0] + "".join(f"+{name}" for name in rest)
 
 
 def run_grid(
-    rows: Sequence[tuple[str, optimize.Config]],
+    rows: Sequence[tuple[str, Config]],
     content: np.ndarray,
-    style: np.ndarray,
+    style: np.ndarray | Sequence[np.ndarray],
     cols: Columns,
-    **kwargs,
+    *,
+    size: int | None = None,
+    style_scale: float | Sequence[float] = 1.0,
+    weights: Weights | None = None,
+    init_image: np.ndarray | None = None,
+    progress: bool | str = True,
 ) -> Grid:
     """Runs each row's config as one batched program over ``cols``.
+
+    Every row's memory is checked before anything runs or is resized.
 
     Args:
       rows: ``(label, config)`` per row.
       content: ``[H, W, 3]`` shared by every run (a blank canvas for texture).
-      style: ``[H', W', 3]``.
+      style: ``[H', W', 3]``, or a list of styles.
       cols: the batch, from ``columns``.
-      **kwargs: passed to ``stylize_batch`` (``weights``, ``progress``, ...).
+      size: the longest side to run at; the content, the styles (times ``style_scale``)
+        and ``init_image`` are resized to it. None runs them as they are.
+      init_image: one ``[h, w, 3]`` start shared by every tile.
     """
-    h, w = content.shape[:2]
-    images = np.ones((len(rows), len(cols.labels), h, w, 3), np.float32)
+    styles = _styles(style)
+    shape = content.shape[:2] if size is None else resized_shape(content.shape[:2], size)
+    widths = WIDTHS if weights is None else widths_of(weights.params)
+    b = len(cols.labels)
+    plans = [policy.plan(config, shape, b, widths=widths) for _, config in rows]
+    weights = weights or load_weights(progress=bool(progress))
+    if size is not None:
+        content = resize(content, shape)
+        styles = scaled_styles(styles, size, style_scales(style_scale, len(styles)))
+    init_images = None
+    if init_image is not None:
+        init_images = np.broadcast_to(resize(init_image, shape), (b, *shape, 3))
+    images = np.ones((len(rows), b, *shape, 3), np.float32)
     results = []
-    progress = kwargs.pop("progress", True)
-    for r, (label, config) in enumerate(rows):
-        named = f"row {r + 1}/{len(rows)}" + (f", {label}" if label else "")
-        result = optimize.stylize_batch(
-            content,
-            style,
+    for r, ((label, config), plan) in enumerate(zip(rows, plans, strict=True)):
+        named_row = f"row {r + 1}/{len(rows)}" + (f", {label}" if label else "")
+        result = run(
+            np.broadcast_to(content, (b, *content.shape)),
+            styles,
             config,
             seeds=cols.seeds,
             term_weights=cols.term_weights,
-            progress=optimize.progress_label(progress, named),
-            **kwargs,
+            weights=weights,
+            init_images=init_images,
+            blends=None,
+            content_masks=None,
+            style_masks=None,
+            callback=None,
+            chunk=10,
+            progress=named(progress, named_row),
+            plan=plan,
         )
         images[r] = result.image
         results.append(result)
-        if result.interrupted:
+        if result.interrupted or result.failure:
             break
     return Grid(
         images=images,
@@ -147,6 +185,7 @@ def run_grid(
         col_labels=cols.labels,
         results=results,
         interrupted=bool(results) and results[-1].interrupted,
+        failure=results[-1].failure if results else None,
     )
 
 
@@ -172,14 +211,14 @@ def tile_losses(grid: Grid) -> list[dict]:
     ]
 
 
-def inversion_rows(config: optimize.Config, layers: Sequence[str]):
+def inversion_rows(config: Config, layers: Sequence[str]) -> list[tuple[str, Config]]:
     """One row per layer to invert from."""
-    return [(layer, optimize.invert_config(config, layer)) for layer in check_layers(layers)]
+    return [(name, invert_config(config, name)) for name in check_layers(layers)]
 
 
-def texture_rows(config: optimize.Config, layer_sets: Sequence[Sequence[str]]):
+def texture_rows(config: Config, layer_sets: Sequence[Sequence[str]]) -> list[tuple[str, Config]]:
     """One row per set of style layers (equal weights within a set)."""
-    config = optimize.texture_config(config)
+    config = texture_config(config)
     out = []
     for layers in layer_sets:
         loss = dataclasses.replace(

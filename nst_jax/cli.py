@@ -1,0 +1,367 @@
+"""The command line: ``python run.py``, ``python -m nst_jax`` and ``nst-jax`` are this.
+
+  nst-jax --content photo.jpg --style painting.jpg --output out.png
+  nst-jax --demo            # built-in sample images, writes demo.png
+  nst-jax --mode texture --style painting.jpg
+  nst-jax --mode invert --demo --layers conv1_1,conv3_1,pool5 --inits 3   # a grid
+
+Flags map onto frozen configs (``Config``, ``jobs.Job``); one library call per mode
+does the work. A user's mistake (bad flag, missing file, unknown layer, unwritable
+output, size too large) prints one line on stderr and exits with code 2. Ctrl-C,
+SIGTERM and SIGHUP save the image reached so far and exit with 128 + the signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from absl import app, flags, logging
+
+import nst_jax
+from nst_jax import Config, Inputs, Job, LossConfig, NetConfig, Outputs
+
+F = flags.FLAGS
+JOBS = {"stylize": nst_jax.stylize_files, "texture": nst_jax.texture_files}
+JOBS["invert"] = nst_jax.invert_files
+# Exit codes: a user's mistake, a run that stopped on a non-finite loss, a file system or
+# network failure; a signal gives 128 + its number (130 for Ctrl-C).
+USAGE, FAILED, OS_ERROR = 2, 3, 1
+
+# Inputs and outputs.
+flags.DEFINE_string("content", None, "Content image file.")
+flags.DEFINE_list(
+    "style", None, "Style image file, or several, comma-separated: mixed or masked, see below."
+)
+flags.DEFINE_list(
+    "style_blend", None, "One weight per --style image: mix their statistics (default: equal)."
+)
+flags.DEFINE_list(
+    "style_scale",
+    ["1"],
+    "Size of each style image relative to the output (its longest side is SCALE * --size); "
+    "one value for all, or one per style.",
+)
+flags.DEFINE_list(
+    "content_masks",
+    None,
+    "One mask image per --style: style i applies where mask i is white (grey = partly).",
+)
+flags.DEFINE_list(
+    "style_masks", None, "One mask per --style ('-' for none): which part of each style counts."
+)
+flags.DEFINE_enum(
+    "preserve_color",
+    Config.preserve_color,
+    list(nst_jax.config.PRESERVE_COLOR),
+    "Keep the content's colours: transfer luminance only, or match the style's colours to "
+    "the content's first.",
+)
+flags.DEFINE_string(
+    "output",
+    None,
+    "Output image (.png keeps the settings). Default: out.png, or demo.png with --demo.",
+)
+flags.DEFINE_string(
+    "weights",
+    None,
+    "VGG19 weights (.npz, .h5, or torchvision .pth). Default: "
+    "the verified Keras/Caffe VGG19, fetched and cached on first use.",
+)
+flags.DEFINE_bool(
+    "demo",
+    False,
+    "Use the built-in demo images for whichever of --content/--style is not given.",
+)
+flags.DEFINE_enum(
+    "mode",
+    "stylize",
+    list(JOBS),
+    "stylize: repaint --content in --style. texture: synthesise from --style alone, from "
+    "noise, with the style's aspect ratio at --size (no --content). invert: reconstruct "
+    "--content from its --layer activations, from noise (Mahendran & Vedaldi 2015).",
+)
+# Sweeps: rows are separate programs, columns one vmapped batch. More than one tile
+# writes a labelled grid to --output.
+flags.DEFINE_string("layer", "conv4_2", "--mode invert: the layer to reconstruct from.")
+flags.DEFINE_list("layers", None, "--mode invert: one grid row per layer, e.g. conv1_1,pool5.")
+flags.DEFINE_string(
+    "style_layer_sets",
+    None,
+    "--mode texture: one grid row per set of style layers, SET;SET with SET=L,L, or "
+    "'growing' for conv1_1; conv1_1+conv2_1; ... over --style_layers.",
+)
+flags.DEFINE_integer("inits", 1, "Grid columns from this many seeds (--seed, --seed+1, ...).")
+flags.DEFINE_list("tv_weights", None, "Grid columns, one per TV weight (lambda_beta sweep).")
+flags.DEFINE_list(
+    "ratios", None, "Grid columns, one per content/style ratio alpha/beta (beta = alpha / r)."
+)
+# Run shape.
+flags.DEFINE_integer(
+    "size",
+    384,
+    "Longest side of the output, in pixels. The style image is resized to the same longest side.",
+)
+flags.DEFINE_integer("steps", Config.steps, "Optimiser steps (per pyramid level).")
+flags.DEFINE_integer(
+    "pyramid", 1, "Coarse-to-fine levels, each twice the size of the last, ending at --size."
+)
+flags.DEFINE_integer(
+    "start_size", 0, "Start the coarse-to-fine pyramid at this longest side (overrides --pyramid)."
+)
+flags.DEFINE_list("level_steps", None, "Steps per pyramid level, coarse to fine (default --steps).")
+flags.DEFINE_bool(
+    "remat",
+    NetConfig.remat,
+    "Run VGG in strips, recomputed in the backward pass, with the style statistics summed "
+    "strip by strip: much less memory at large sizes for more time per step (the README's "
+    "memory benchmark has the figures).",
+)
+flags.DEFINE_enum(
+    "convolution",
+    NetConfig.convolution,
+    list(nst_jax.nets.CONVOLUTIONS),
+    "How VGG's convolutions run: auto (Winograd on CPU for images whose short side is "
+    "at least 128 px, where it pays; direct on accelerators, for smaller images, or where "
+    "only direct fits in memory), direct, winograd, or plain (autodiff's, the reference). "
+    "The results agree to float32 rounding.",
+)
+flags.DEFINE_enum("optimizer", Config.optimizer, list(nst_jax.config.OPTIMIZERS), "Optimiser.")
+flags.DEFINE_float("lr", Config.lr, "Adam learning rate (pixels live in [0, 1]).")
+flags.DEFINE_string(
+    "init", Config.init, "Start from 'content', 'noise', 'style', or an image file."
+)
+flags.DEFINE_integer("seed", Config.seed, "PRNG seed (noise init, sampled kernels).")
+flags.DEFINE_enum("pooling", NetConfig.pooling, ["avg", "max"], "VGG19 pooling.")
+flags.DEFINE_integer("lbfgs_memory", Config.lbfgs_memory, "L-BFGS history size.")
+flags.DEFINE_enum("linesearch", Config.linesearch, ["zoom", "backtracking"], "L-BFGS line search.")
+flags.DEFINE_integer(
+    "linesearch_steps", Config.linesearch_steps, "Most evaluations per line search."
+)
+# Loss settings.
+flags.DEFINE_float("content_weight", LossConfig.content_weight, "Content weight (alpha).")
+flags.DEFINE_float("style_weight", LossConfig.style_weight, "Style weight (beta).")
+flags.DEFINE_float("tv_weight", LossConfig.tv_weight, "Total-variation weight.")
+flags.DEFINE_list(
+    "content_layers", list(LossConfig.content_layers), "Content layers (convolutions or poolings)."
+)
+flags.DEFINE_enum(
+    "content_loss",
+    LossConfig.content_loss,
+    list(nst_jax.objective.CONTENT_LOSSES),
+    "mse: mean squared feature difference. normalized: |F - P|^2 / |P|^2 (invert's).",
+)
+flags.DEFINE_list("style_layers", list(LossConfig.style_layers), "Style layers.")
+flags.DEFINE_list("style_layer_weights", None, "One weight per style layer (default: equal).")
+flags.DEFINE_string(
+    "style_loss",
+    "gram:1",
+    "Mix of style statistics, NAME:WEIGHT,...: gram, mmd_poly, mmd_linear, mmd_gauss, "
+    "meanstd, histogram. E.g. gram:1,histogram:0.5.",
+)
+flags.DEFINE_string(
+    "stat_layers",
+    "",
+    "Per-statistic layers, NAME=LAYER+LAYER;NAME=...; e.g. histogram=conv1_1+conv4_1. "
+    "Statistics not named use --style_layers.",
+)
+flags.DEFINE_float("tv_beta", LossConfig.tv_beta, "Exponent beta of the total variation.")
+flags.DEFINE_float("alpha_norm_weight", LossConfig.alpha_norm_weight, "Weight of the alpha-norm.")
+flags.DEFINE_float("alpha", LossConfig.alpha, "Exponent of the alpha-norm.")
+flags.DEFINE_float("mmd_c", LossConfig.mmd_c, "Offset c of the polynomial MMD kernel (x.y + c)^d.")
+flags.DEFINE_integer("mmd_degree", LossConfig.mmd_degree, "Degree d of the polynomial MMD kernel.")
+flags.DEFINE_float(
+    "mmd_sigma", LossConfig.mmd_sigma, "Gaussian MMD bandwidth (0: median heuristic)."
+)
+flags.DEFINE_integer(
+    "mmd_samples",
+    LossConfig.mmd_samples,
+    "Positions sampled per layer and step by the pairwise MMD kernels.",
+)
+# Progress and records.
+flags.DEFINE_integer(
+    "save_every", 0, "Also save a snapshot every N steps (0: never), as OUTPUT_STEM.stepNNNNN.png."
+)
+flags.DEFINE_string("report", None, "Write a JSON report (losses, timings, settings) here.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool(
+    "compilation_cache",
+    True,
+    "Keep compiled programs in the user cache folder (or $NST_JAX_COMPILATION_CACHE), so "
+    "that a run at sizes and settings seen before skips most of its compiling.",
+)
+
+
+def _numbers(name: str, kind=float) -> tuple | None:
+    """A list flag's values as numbers, or None if it is unset."""
+    values = F[name].value
+    if values is None:
+        return None
+    try:
+        return tuple(kind(v) for v in values)
+    except ValueError:
+        raise ValueError(f"bad --{name}: {','.join(values)}") from None
+
+
+def _stat_layers() -> tuple:
+    out = []
+    for part in filter(None, (p.strip() for p in F.stat_layers.split(";"))):
+        name, eq, layers = part.partition("=")
+        if not eq or not layers:
+            raise ValueError(f"bad --stat_layers entry {part!r}; use NAME=LAYER+LAYER")
+        out.append((name.strip(), tuple(x.strip() for x in layers.split("+"))))
+    return tuple(out)
+
+
+def _config() -> Config:
+    """The flags' ``Config``; --mode invert takes Mahendran & Vedaldi's regularisers for
+    those of them not given."""
+    loss = LossConfig(
+        content_weight=F.content_weight,
+        style_weight=F.style_weight,
+        tv_weight=F.tv_weight,
+        content_layers=tuple(F.content_layers),
+        content_loss=F.content_loss,
+        style_layers=tuple(F.style_layers),
+        style_layer_weights=_numbers("style_layer_weights"),
+        style_blend=_numbers("style_blend"),
+        style_loss=nst_jax.objective.parse_style_loss(F.style_loss),
+        stat_layers=_stat_layers(),
+        tv_beta=F.tv_beta,
+        alpha_norm_weight=F.alpha_norm_weight,
+        alpha=F.alpha,
+        mmd_c=F.mmd_c,
+        mmd_degree=F.mmd_degree,
+        mmd_sigma=F.mmd_sigma,
+        mmd_samples=F.mmd_samples,
+    )
+    config = Config(
+        loss=loss,
+        net=NetConfig(pooling=F.pooling, convolution=F.convolution, remat=F.remat),
+        steps=F.steps,
+        optimizer=F.optimizer,
+        lr=F.lr,
+        init=F.init if F.init in nst_jax.config.INIT_KINDS else "content",
+        seed=F.seed,
+        lbfgs_memory=F.lbfgs_memory,
+        linesearch=F.linesearch,
+        linesearch_steps=F.linesearch_steps,
+        preserve_color=F.preserve_color,
+    )
+    if F.mode == "invert":
+        given = [n for n in ("tv_weight", "tv_beta", "alpha_norm_weight", "alpha") if F[n].present]
+        config = nst_jax.jobs.inversion_defaults(config, given)
+    return config
+
+
+def _job() -> Job:
+    """The flags' ``Job``."""
+    if F.layers and F["layer"].present:
+        raise ValueError("give --layer or --layers, not both")
+    sets = ()
+    if F.style_layer_sets:
+        sets = nst_jax.sweeps.parse_layer_sets(F.style_layer_sets, tuple(F.style_layers))
+    inputs = Inputs(
+        content=F.content,
+        styles=tuple(F.style or ()),
+        demo=F.demo,
+        content_masks=tuple(F.content_masks or ()),
+        style_masks=tuple(F.style_masks or ()),
+        init=None if F.init in nst_jax.config.INIT_KINDS else F.init,
+        weights=F.weights,
+    )
+    outputs = Outputs(
+        image=F.output or ("demo.png" if F.demo else "out.png"),
+        report=F.report,
+        save_every=F.save_every,
+        progress=F.progress,
+        extra={"flags": {f.name: f.value for f in F.get_key_flags_for_module(__name__)}},
+    )
+    return Job(
+        inputs=inputs,
+        outputs=outputs,
+        config=_config(),
+        size=F.size,
+        style_scale=_numbers("style_scale"),
+        pyramid=F.pyramid,
+        start_size=F.start_size,
+        level_steps=_numbers("level_steps", int),
+        layers=tuple(F.layers or ([F.layer] if F.mode == "invert" else [])),
+        style_layer_sets=tuple(sets),
+        seeds=F.inits,
+        tv_weights=_numbers("tv_weights"),
+        ratios=_numbers("ratios"),
+    )
+
+
+_signals: list[int] = []  # The signals received, in order.
+
+
+def _stop(signum, frame):
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does: the image reached is saved."""
+    _signals.append(signum)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _interrupted() -> int:
+    return 128 + (_signals[-1] if _signals else int(signal.SIGINT))
+
+
+def main(argv: list[str]) -> int:
+    """Runs the command ``argv`` (flags already parsed); returns the exit code."""
+    logging.set_verbosity(logging.WARNING)  # JAX logs backend probing at INFO under absl.
+    if len(argv) > 1:
+        raise ValueError(f"unexpected argument {argv[1]!r} (flags look like --name=value)")
+    if F.compilation_cache:
+        nst_jax.solve.enable_compilation_cache()
+    report = JOBS[F.mode](_job())
+    print(report.summary, file=sys.stderr)
+    if report.failure:
+        return FAILED
+    return _interrupted() if report.interrupted else 0
+
+
+def _exit_code(argv: list[str]) -> int:
+    """``main``, with errors as one line on stderr and an exit code."""
+    try:
+        return main(argv)
+    except (ValueError, TypeError) as e:  # The library's word for a user's mistake.
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE
+    except OSError as e:  # Weights could not be fetched, disk full, ...
+        print(f"error: {e}", file=sys.stderr)
+        return OS_ERROR
+    except KeyboardInterrupt:
+        print("interrupted before the first step; nothing to save", file=sys.stderr)
+        return _interrupted()
+
+
+def execute(argv: list[str]) -> int:
+    """Parses ``argv`` (``argv[0]`` is the program) and runs it, in this process:
+    returns the exit code. For tests and scripts; ``run`` is the command."""
+    F.unparse_flags()
+    _signals.clear()
+    try:
+        rest = F(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE
+    return _exit_code(rest)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return F(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(USAGE)
+
+
+def run() -> None:
+    """The console entry point: parse the flags, run, exit with the code."""
+    # A shell that starts us in the background sets SIGINT to "ignore", and Python then
+    # never raises KeyboardInterrupt; restore it so Ctrl-C (or kill -INT) saves the image.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop)
+    app.run(lambda argv: sys.exit(_exit_code(argv)), flags_parser=_parse_flags)

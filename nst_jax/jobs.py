@@ -1,0 +1,527 @@
+"""Jobs on files, behind the command line: read the inputs, run a task, write the image,
+its snapshots and a report. One function per mode: ``stylize_files``, ``texture_files``,
+``invert_files``.
+
+Everything a job will write is named and checked before any compute: none of it may be
+an input, every folder must be writable. Images are written atomically, and a run
+stopped by Ctrl-C (or a signal the command line turns into one) still writes what it
+reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from nst_jax.atomic import write_json
+from nst_jax.config import Config
+from nst_jax.image import (
+    check_writable,
+    demo_images,
+    load_image,
+    load_mask,
+    mask_problems,
+    resize_mask,
+    resized_shape,
+    save_image,
+)
+from nst_jax.nets.weights import load_weights
+from nst_jax.solve.driver import Result
+from nst_jax.tasks import sweeps
+from nst_jax.tasks.invert import INVERSION_LOSS
+from nst_jax.tasks.pyramid import pyramid_sizes, scaled_side, style_scales, stylize_pyramid
+from nst_jax.tasks.texture import texture_config
+from nst_jax.version import __version__
+
+MODES = ("stylize", "texture", "invert")
+DEMO_CONTENT, DEMO_STYLE = "demo:chelsea", "demo:immunohistochemistry"
+
+
+def _paths(name: str, paths: Sequence[str]) -> tuple[str, ...]:
+    paths = tuple(str(p).strip() for p in paths)
+    if any(not p for p in paths):
+        raise ValueError(f"empty path in --{name} (a stray comma?): {','.join(paths)!r}")
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """The files a job reads.
+
+    Attributes:
+      content: the content image (none in texture mode).
+      styles: one or more style images (none in invert mode).
+      demo: use the built-in demo images for whichever of content and style is missing.
+      content_masks: one mask per style: style i applies where mask i is white.
+      style_masks: one mask per style, ``"-"`` for none: which part of it counts.
+      init: an image to start from.
+      weights: VGG19 weights; None for the verified default.
+    """
+
+    content: str | None = None
+    styles: tuple[str, ...] = ()
+    demo: bool = False
+    content_masks: tuple[str, ...] = ()
+    style_masks: tuple[str, ...] = ()
+    init: str | None = None
+    weights: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "styles", _paths("style", self.styles))
+        object.__setattr__(self, "content_masks", _paths("content_masks", self.content_masks))
+        object.__setattr__(self, "style_masks", _paths("style_masks", self.style_masks))
+        for name in ("content", "init", "weights"):
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                raise ValueError(f"--{name} is empty")
+
+    def files(self) -> list[Path]:
+        """Every input file named, for the checks against outputs."""
+        named = [self.content, self.init, self.weights, *self.styles, *self.content_masks]
+        named += [p for p in self.style_masks if p != "-"]
+        return [Path(p) for p in named if p]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """What a job writes.
+
+    Attributes:
+      image: the result (a labelled grid for sweeps); a PNG carries the settings.
+      report: a JSON report (``report_data`` gives its shape), or None.
+      save_every: also write a snapshot every N steps (0: never), ``IMAGE.stepNNNNN.png``.
+      progress: show progress bars.
+      extra: more fields for the report (the command line adds its flags).
+    """
+
+    image: str
+    report: str | None = None
+    save_every: int = 0
+    progress: bool = True
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.save_every < 0:
+            raise ValueError(f"--save_every must be >= 0, got {self.save_every}")
+        if self.report is not None and Path(self.report).suffix.lower() != ".json":
+            raise ValueError(f"--report must end in .json, got {self.report}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One command: its files, settings, size and schedule, and any sweep.
+
+    Attributes:
+      inputs, outputs, config: what to read, what to write, how to run.
+      size: longest side of the output, in pixels.
+      style_scale: each style's longest side is its scale times ``size``; one value for
+        all, or one per style.
+      pyramid: coarse-to-fine levels, each twice the last, ending at ``size``.
+      start_size: start the pyramid at this longest side instead (overrides ``pyramid``).
+      level_steps: steps per level, coarse to fine (default ``config.steps`` each).
+      layers: invert mode: one grid row per layer (default: ``config``'s content layer).
+      style_layer_sets: texture mode: one grid row per set of style layers.
+      seeds: grid columns from this many seeds (``config.seed``, ``+ 1``, ...).
+      tv_weights: grid columns, one per TV weight.
+      ratios: grid columns, one per content/style ratio α/β.
+    """
+
+    inputs: Inputs
+    outputs: Outputs
+    config: Config = Config()
+    size: int = 384
+    style_scale: tuple[float, ...] = (1.0,)
+    pyramid: int = 1
+    start_size: int = 0
+    level_steps: tuple[int, ...] | None = None
+    layers: tuple[str, ...] = ()
+    style_layer_sets: tuple[tuple[str, ...], ...] = ()
+    seeds: int = 1
+    tv_weights: tuple[float, ...] | None = None
+    ratios: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.size <= 0:
+            raise ValueError(f"--size must be positive, got {self.size}")
+        if self.seeds < 1:
+            raise ValueError(f"--inits must be >= 1, got {self.seeds}")
+
+
+class Report(NamedTuple):
+    """What a job did: ``data`` is the JSON report (written if one was asked for)."""
+
+    output: Path
+    summary: str
+    interrupted: bool
+    failure: str | None
+    data: dict
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether ``b`` is ``a``, or a link to it (resolved paths, or the same inode)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def snapshot_path(output: Path, step: int, level: int | None = None) -> Path:
+    """``OUT.step00100.png``, or ``OUT.level1.step00100.png`` within a pyramid."""
+    tag = "" if level is None else f".level{level}"
+    return output.with_name(f"{output.stem}{tag}.step{step:05d}{output.suffix}")
+
+
+def _is_snapshot(path: Path, output: Path, save_every: int, steps: Sequence[int]) -> bool:
+    """Whether ``path``, or the file it resolves to, is a snapshot ``snapshot_path``
+    will write: checked by name, not by listing them (a run may plan millions)."""
+    folder = output.parent.resolve()
+    pattern = rf"{re.escape(output.stem)}(?:\.level(\d+))?\.step(\d+){re.escape(output.suffix)}"
+    pyramid = len(steps) > 1
+    for candidate in {path.absolute(), path.resolve()}:
+        match = re.fullmatch(pattern, candidate.name)
+        if not save_every or match is None or candidate.parent.resolve() != folder:
+            continue
+        level = None if match.group(1) is None else int(match.group(1))
+        step = int(match.group(2))
+        if (level is not None) != pyramid or (pyramid and level >= len(steps)):
+            continue
+        n = steps[level] if pyramid else steps[0]
+        written = snapshot_path(output, step, level)
+        if step % save_every == 0 and 0 < step < n and written.name == candidate.name:
+            return True
+    return False
+
+
+def check_outputs(
+    inputs: Inputs, written: Sequence[Path], *, save_every: int = 0, steps: Sequence[int] = ()
+) -> None:
+    """Refuses, before any compute, an output that is an input (or resolves to one), a
+    snapshot whose name an input has, and an output folder that is missing or read-only.
+
+    ``written[0]`` is the image; its snapshots are every ``save_every`` steps of each
+    level's ``steps``.
+
+    Raises:
+      ValueError: naming the output.
+    """
+    sources = inputs.files()
+    for path in written:
+        for source in sources:
+            if _same(path, source):
+                raise ValueError(f"{path} is an input file ({source}); refusing to overwrite it")
+    for source in sources:
+        if _is_snapshot(source, written[0], save_every, steps):
+            raise ValueError(
+                f"{source} is an input file, and a --save_every snapshot of {written[0]} "
+                "would take its name; refusing to overwrite it"
+            )
+    for path in written:
+        try:
+            check_writable(path if path.suffix.lower() != ".json" else path.with_suffix(".png"))
+        except ValueError as e:
+            role = "--report" if path.suffix.lower() == ".json" else "--output"
+            raise ValueError(f"{role}: {e}") from None
+
+
+def _chunk(save_every: int) -> int:
+    """Steps per host sync: every snapshot lands on a chunk boundary."""
+    if save_every <= 0:
+        return 10
+    return max(d for d in range(1, min(save_every, 20) + 1) if save_every % d == 0)
+
+
+def _losses(losses: dict, i: int | None = None) -> dict[str, float]:
+    return {k: float(v if i is None else v[i]) for k, v in losses.items()}
+
+
+def _history(history: dict, i: int | None = None) -> dict[str, list[float]]:
+    return {
+        k: [round(float(x), 6) for x in (v if i is None else v[:, i])] for k, v in history.items()
+    }
+
+
+def _run_record(result: Result, label: str, level: int, labels: Sequence[str]) -> dict:
+    """One run's entry in the report: a row of a grid, a pyramid level, or the run."""
+    batched = result.image.ndim == 4
+    tiles = [
+        {
+            "label": tile,
+            "initial_losses": _losses(result.initial, i if batched else None),
+            "final_losses": _losses(result.final, i if batched else None),
+            "history": _history(result.history, i if batched else None),
+        }
+        for i, tile in enumerate(labels)
+    ]
+    return {
+        "label": label,
+        "level": level,
+        "size": list(result.image.shape[-3:-1]),
+        "steps": result.steps,
+        "compile_seconds": result.compile_seconds,
+        "seconds_per_step": result.seconds_per_step,
+        "convolution": result.convolution,
+        "failure": result.failure,
+        "tiles": tiles,
+    }
+
+
+def report_data(
+    job: Job,
+    settings: dict,
+    runs: list[dict],
+    *,
+    interrupted: bool,
+    failure: str | None,
+    wall_seconds: float,
+    content_shape: tuple[int, ...],
+    style_shapes: Sequence[tuple[int, ...]],
+) -> dict:
+    """The report, one shape for every mode.
+
+    ``runs`` has one entry per program run: the run itself, each pyramid level, or each
+    grid row; each has its size, steps, timings, and one tile per batch element (a grid
+    column) with its initial and final losses and loss history.
+    """
+    return {
+        "output": job.outputs.image,
+        "mode": settings["mode"],
+        "interrupted": interrupted,
+        "failure": failure,
+        "wall_seconds": wall_seconds,
+        "content_size": list(content_shape[:2]),
+        "style_sizes": [list(s[:2]) for s in style_shapes],
+        "weights_sha256": settings["weights_sha256"],
+        "settings": settings,
+        "runs": runs,
+        **job.outputs.extra,
+    }
+
+
+def _rows(job: Job, mode: str) -> list[tuple[str, Config]]:
+    config = job.config
+    if mode == "invert":
+        return sweeps.inversion_rows(config, job.layers or config.loss.content_layers[:1])
+    if mode == "texture":
+        if job.style_layer_sets:
+            return sweeps.texture_rows(config, job.style_layer_sets)
+        return [("", texture_config(config))]
+    return [("", config)]
+
+
+def _check_mode(job: Job, mode: str) -> None:
+    inputs = job.inputs
+    if mode == "texture" and inputs.content:
+        raise ValueError("--mode texture takes no --content; it synthesises from --style")
+    if mode == "invert" and inputs.styles:
+        raise ValueError("--mode invert takes no --style; it reconstructs --content")
+    if mode == "stylize" and not (inputs.demo or (inputs.content and inputs.styles)):
+        raise ValueError("give --content and --style, or --demo")
+    need = {"texture": "style", "invert": "content"}.get(mode)
+    if need and not inputs.demo and not getattr(inputs, "styles" if need == "style" else need):
+        raise ValueError(f"--mode {mode} needs --{need}, or --demo")
+    if job.layers and mode != "invert" or job.style_layer_sets and mode != "texture":
+        raise ValueError("--layers is for --mode invert, --style_layer_sets for --mode texture")
+    if job.ratios and mode != "stylize":
+        raise ValueError("--ratios weighs content against style; it needs --mode stylize")
+    if mode == "invert" and (job.pyramid > 1 or job.start_size):
+        raise ValueError("--pyramid and --start_size are for --mode stylize and texture")
+    if inputs.style_masks and not inputs.content_masks:
+        raise ValueError("--style_masks needs --content_masks")
+    if job.config.loss.style_blend and inputs.content_masks:
+        raise ValueError("--style_blend mixes styles everywhere; --content_masks places them")
+
+
+def _load_masks(inputs: Inputs, n: int, content_shape: tuple[int, int]):
+    """``(content masks at their files' sizes, style masks or None)``, or ``(None, None)``."""
+    if not inputs.content_masks:
+        return None, None
+    if len(inputs.content_masks) != n:
+        raise ValueError(
+            f"{len(inputs.content_masks)} --content_masks for {n} styles; give one each"
+        )
+    masks = []
+    for path in inputs.content_masks:
+        mask = load_mask(path)
+        if mask.shape != tuple(content_shape):
+            _say(
+                f"note: resizing mask {path} from {mask.shape[1]}x{mask.shape[0]} to the "
+                f"content's {content_shape[1]}x{content_shape[0]}"
+            )
+        masks.append(mask)
+    style_masks = None
+    if inputs.style_masks:
+        if len(inputs.style_masks) != n:
+            raise ValueError(
+                f"{len(inputs.style_masks)} --style_masks for {n} styles; use - for none"
+            )
+        style_masks = [None if p == "-" else load_mask(p) for p in inputs.style_masks]
+    return masks, style_masks
+
+
+def run_files(job: Job, mode: str) -> Report:
+    """Runs ``job`` in ``mode`` (``MODES``): checks, reads, runs, writes."""
+    t0 = time.perf_counter()
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    _check_mode(job, mode)
+    inputs, outputs = job.inputs, job.outputs
+    rows = _rows(job, mode)
+    cols = sweeps.columns(
+        rows[0][1].loss,
+        seeds=[job.config.seed + i for i in range(job.seeds)],
+        tv_weights=job.tv_weights,
+        ratios=job.ratios,
+    )
+    grid = len(rows) * len(cols.labels) > 1
+    sizes = (
+        [job.size]
+        if mode == "invert"
+        else pyramid_sizes(job.size, levels=job.pyramid, start_size=job.start_size)
+    )
+    steps = [job.config.steps] * len(sizes) if job.level_steps is None else list(job.level_steps)
+    if len(steps) != len(sizes):
+        raise ValueError(f"--level_steps has {len(steps)} values for {len(sizes)} levels")
+    if grid and outputs.save_every:
+        raise ValueError("--save_every is for single runs, not grids")
+    if grid and (len(sizes) > 1 or inputs.content_masks):
+        raise ValueError(
+            "grids (--inits, --tv_weights, --ratios, --layers, ...) run at one size without masks"
+        )
+    output = Path(outputs.image)
+    written = [output, *([Path(outputs.report)] if outputs.report else [])]
+    check_outputs(inputs, written, save_every=outputs.save_every, steps=steps)
+
+    demo_content, demo_style = demo_images() if inputs.demo else (None, None)
+    styles = [load_image(p) for p in inputs.styles] or [demo_style]
+    if mode == "texture":  # A blank canvas of the style's shape: only the shape counts.
+        content = np.zeros((*styles[0].shape[:2], 3), np.float32)
+    else:
+        content = load_image(inputs.content) if inputs.content else demo_content
+    if mode == "invert":
+        styles = [content]
+    scales = style_scales(job.style_scale, len(styles))
+    blend = job.config.loss.style_blend
+    if blend is not None and len(blend) != len(styles):
+        raise ValueError(f"{len(blend)} --style_blend weights for {len(styles)} style images")
+    content_masks, style_masks = _load_masks(inputs, len(styles), content.shape[:2])
+    if content_masks is not None:
+        final = resized_shape(content.shape[:2], sizes[-1])
+        for problem in mask_problems(np.stack([resize_mask(m, final) for m in content_masks])):
+            _say(f"warning: {problem}")
+    init_image = load_image(inputs.init) if inputs.init else None
+    weights = load_weights(inputs.weights, progress=outputs.progress)
+    settings = {
+        "nst_jax": __version__,
+        "mode": mode,
+        "content": None if mode == "texture" else (inputs.content or DEMO_CONTENT),
+        "style": None if mode == "invert" else (list(inputs.styles) or [DEMO_STYLE]),
+        "content_masks": list(inputs.content_masks) or None,
+        "style_masks": list(inputs.style_masks) or None,
+        "style_scale": scales,
+        "pyramid_sizes": sizes,
+        "init": inputs.init or job.config.init,
+        "size": job.size,
+        "weights": inputs.weights or "default",
+        "weights_sha256": weights.sha256,
+        "config": dataclasses.asdict(rows[0][1]),
+    }
+    kw = dict(weights=weights, progress=outputs.progress)
+    if grid:
+        result = sweeps.run_grid(
+            rows, content, styles, cols, size=job.size, style_scale=scales,
+            init_image=init_image, **kw,
+        )  # fmt: skip
+        settings["grid"] = {
+            "rows": result.row_labels,
+            "cols": result.col_labels,
+            "done": len(result.results),
+        }
+        save_image(output, sweeps.grid_image(result), settings=settings)
+        runs = [
+            _run_record(r, label, 0, cols.labels)
+            for r, label in zip(result.results, result.row_labels, strict=False)
+        ]
+        interrupted, failure, shape = result.interrupted, result.failure, result.images.shape[2:4]
+        summary = f"saved {output} ({len(rows)}x{len(cols.labels)} grid)"
+    else:
+        config = dataclasses.replace(rows[0][1], steps=steps[-1])
+
+        def snapshot(level, step, image, losses):
+            if outputs.save_every and step % outputs.save_every == 0 and step < steps[level]:
+                path = snapshot_path(output, step, level if len(sizes) > 1 else None)
+                save_image(path, image, settings={**settings, "step": step, "level": level})
+
+        results = stylize_pyramid(
+            content, styles, config, sizes=sizes, level_steps=steps, style_scale=scales,
+            content_masks=content_masks, style_masks=style_masks, init_image=init_image,
+            callback=snapshot, chunk=_chunk(outputs.save_every), **kw,
+        )  # fmt: skip
+        last = results[-1]
+        save_image(output, last.image, settings={**settings, "step": last.steps})
+        runs = [_run_record(r, "", i, [""]) for i, r in enumerate(results)]
+        interrupted, failure, shape = last.interrupted, last.failure, last.image.shape[:2]
+        term = "content" if mode == "invert" else "style"
+        summary = (
+            f"saved {output} ({last.steps} steps, {term} {last.initial[term]:.4g} -> "
+            f"{last.final[term]:.4g})"
+        )
+    style_shapes = [
+        resized_shape(s.shape[:2], scaled_side(sizes[-1], k))
+        for s, k in zip(styles, scales, strict=True)
+        if mode != "invert"
+    ]
+    if interrupted:
+        summary = f"interrupted; saved what was reached to {output}"
+    if failure:
+        summary = f"{failure}; saved the last finite image to {output}"
+    data = report_data(
+        job,
+        settings,
+        runs,
+        interrupted=interrupted,
+        failure=failure,
+        wall_seconds=time.perf_counter() - t0,
+        content_shape=shape,
+        style_shapes=style_shapes,
+    )
+    if outputs.report:
+        write_json(outputs.report, data)
+    return Report(output, summary, interrupted, failure, data)
+
+
+def stylize_files(job: Job) -> Report:
+    """``--mode stylize``: the content repainted in the style(s)."""
+    return run_files(job, "stylize")
+
+
+def texture_files(job: Job) -> Report:
+    """``--mode texture``: a texture from the style alone, with its aspect ratio."""
+    return run_files(job, "texture")
+
+
+def invert_files(job: Job) -> Report:
+    """``--mode invert``: the content reconstructed from one layer, from noise; its
+    regularisers default to ``INVERSION_LOSS``'s unless the job's config set them."""
+    return run_files(job, "invert")
+
+
+def inversion_defaults(config: Config, given: Sequence[str]) -> Config:
+    """``config`` with Mahendran & Vedaldi's regularisers (``INVERSION_LOSS``) for each
+    of ``tv_weight``, ``tv_beta``, ``alpha_norm_weight``, ``alpha`` not in ``given``."""
+    names = ("tv_weight", "tv_beta", "alpha_norm_weight", "alpha")
+    loss = dataclasses.replace(
+        config.loss, **{n: getattr(INVERSION_LOSS, n) for n in names if n not in given}
+    )
+    return dataclasses.replace(config, loss=loss)

@@ -1,0 +1,160 @@
+"""The network a run uses: weights, how they want their pixels, and how VGG19 runs.
+
+``NetConfig`` says how the network runs: pooling (part of what it computes), the
+convolution algorithm and ``remat`` (how, never what: every choice gives the same values
+to float32 rounding). ``prepare(weights, net)`` turns weights and a config with a
+concrete algorithm into a ``Network``: a pytree whose leaves are the parameters, with
+the kernels the algorithm derives, and whose static fields carry everything else. Pass
+it to jitted functions as an argument; nothing about how it runs hides in which keys its
+parameters happen to have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from nst_jax import losses
+from nst_jax.nets import conv, remat
+from nst_jax.nets.vgg import POOLING, VGG19, layer, widths_of
+from nst_jax.nets.weights import Preprocessing, Weights, preprocess
+
+# "auto" is decided per run by the task layer (``tasks.policy``); the rest are
+# ``conv.ALGORITHMS``.
+CONVOLUTIONS = ("auto", *conv.ALGORITHMS)
+
+Moments = dict[str, tuple[tuple[str, ...], jax.Array | None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConfig:
+    """How VGG19 runs.
+
+    Attributes:
+      pooling: ``"avg"`` (Gatys et al. 2016 prefer it for smoother gradients) or
+        ``"max"`` (the trained network).
+      convolution: ``"winograd"``, ``"direct"``, ``"plain"`` (XLA's convolutions with
+        autodiff's gradient: the reference) or ``"auto"``, which the task layer decides
+        for each run by the backend, the image size and the free memory
+        (``tasks.policy.choose_convolution``). See ``conv.py`` for the algorithms and
+        ``benchmarks/step.py`` for what each costs.
+      remat: run VGG in strips and recompute it in the backward pass, keeping only each
+        block's input, with the style statistics that are sums over positions taken
+        strip by strip (``remat.py``): the same values and gradients in much less
+        memory, for more time per step (``benchmarks/memory.py``).
+    """
+
+    pooling: str = "avg"
+    convolution: str = "auto"
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {POOLING}, got {self.pooling!r}")
+        if self.convolution not in CONVOLUTIONS:
+            raise ValueError(f"convolution must be one of {CONVOLUTIONS}, got {self.convolution!r}")
+        object.__setattr__(self, "remat", bool(self.remat))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A prepared VGG19: made by ``prepare``, passed to jitted functions as an argument.
+
+    Attributes:
+      params: ``{conv name: {kernel, bias, and the kernels convolution derives}}``.
+      preprocessing: the pixels the weights expect.
+      pooling: ``"avg"`` or ``"max"``.
+      convolution: the algorithm, one of ``conv.ALGORITHMS``.
+      remat: run in strips (``remat.py``).
+    """
+
+    params: dict
+    preprocessing: Preprocessing = dataclasses.field(metadata=dict(static=True))
+    pooling: str = dataclasses.field(default="avg", metadata=dict(static=True))
+    convolution: str = dataclasses.field(default="plain", metadata=dict(static=True))
+    remat: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channels per block: the real ``vgg.WIDTHS``, or a test network's."""
+        return widths_of(self.params)
+
+    def features_and_sums(
+        self, image: jax.Array, layers: Sequence[str], moments: Moments | None = None
+    ) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
+        """Activations of an RGB image, and sums over positions of other layers.
+
+        With ``remat``, the backward pass needs much less memory, and a layer that only
+        ``moments`` asks for is never held whole (``remat.py``); the values and
+        gradients are the same.
+
+        Args:
+          image: ``[H, W, 3]`` RGB in [0, 1].
+          layers: names from ``vgg.LAYERS``, returned whole.
+          moments: ``{layer: (kinds, masks)}``: ``losses.moment_sums`` of the layer,
+            with ``masks`` ``[R, h, w]`` at its resolution, or None.
+
+        Returns:
+          ``({layer: [h, w, c]}, {layer: {kind: [(R,) c, ...]}})``.
+        """
+        moments = moments or {}
+        x = preprocess(image, self.preprocessing)
+        if self.remat:
+            return remat.features_and_sums(
+                self.params,
+                x,
+                layers,
+                moments,
+                pooling=self.pooling,
+                convolution=self.convolution,
+            )
+        every = tuple(dict.fromkeys((*layers, *moments)))
+        feats = VGG19(
+            layers=every, pooling=self.pooling, widths=self.widths, convolution=self.convolution
+        ).apply({"params": self.params}, x)
+        sums = {
+            name: losses.moment_sums(feats[name], kinds, masks=masks)
+            for name, (kinds, masks) in moments.items()
+        }
+        return {name: feats[name] for name in layers}, sums
+
+    def features(self, image: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
+        """Activations ``{layer: [h, w, c]}`` of an RGB image ``[H, W, 3]`` in [0, 1]."""
+        return self.features_and_sums(image, layers)[0]
+
+
+def prepare(weights: Weights, net: NetConfig = NetConfig(convolution="direct")) -> Network:
+    """The ``Network`` that runs ``weights`` as ``net`` says, with the kernels its
+    algorithm derives computed once, here, outside any jitted step.
+
+    Raises:
+      ValueError: ``net.convolution`` is ``"auto"``: that is decided per run, by the
+        task layer (``tasks.policy.choose_convolution``), not here.
+    """
+    if net.convolution == "auto":
+        raise ValueError(
+            "convolution 'auto' is decided per run (tasks.policy.choose_convolution); "
+            f"prepare a network with one of {conv.ALGORITHMS}"
+        )
+
+    def derive(name: str, p: dict) -> dict:
+        kernel = jnp.asarray(p["kernel"], jnp.float32)
+        algorithm = conv.layer_algorithm(net.convolution, layer(name).block)
+        return {
+            "kernel": kernel,
+            "bias": jnp.asarray(p["bias"], jnp.float32),
+            **conv.derive(algorithm, kernel),
+        }
+
+    params = {name: derive(name, p) for name, p in weights.params.items()}
+    return Network(
+        params=params,
+        preprocessing=weights.preprocessing,
+        pooling=net.pooling,
+        convolution=net.convolution,
+        remat=net.remat,
+    )

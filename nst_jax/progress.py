@@ -1,0 +1,25 @@
+"""Progress bars on stderr, named by what runs; ``False`` turns them off."""
+
+from __future__ import annotations
+
+import sys
+
+
+def progress_bar(total: int | None, progress: bool | str, *, label: str = "", **kwargs):
+    """A tqdm bar of ``total`` items. ``progress`` is False (no bar), True (named
+    ``label``) or a name of its own; ``kwargs`` go to tqdm (``unit``, ...)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=progress if isinstance(progress, str) else label,
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        **kwargs,
+    )
+
+
+def named(progress: bool | str, label: str) -> bool | str:
+    """The progress setting, named ``label`` unless it is off or already named."""
+    return label if progress is True else progress

@@ -1,0 +1,195 @@
+"""The host driver: runs the compiled step from a Python loop, for a batch of images.
+
+It compiles the batched step once (``programs.py``), with the state donated, and calls it
+from Python. On CPU, XLA runs a convolution-heavy ``scan``/``while`` body much slower
+than the same body as its own program (the README says by how much), so the loop stays
+in Python; dispatch costs microseconds against a step's tenths of a second. Between steps
+the driver reports progress, calls back for snapshots, and keeps a host copy of the
+images, so that Ctrl-C (or a signal the caller turns into ``KeyboardInterrupt``) never
+loses work, and a loss that stops being finite stops the run at the last finite image.
+A single run is a batch of one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax.config import Config
+from nst_jax.nets.network import Network
+from nst_jax.objective import Terms
+from nst_jax.progress import progress_bar
+from nst_jax.solve import programs
+from nst_jax.solve.solver import HISTORY_KEYS
+
+Callback = Callable[[int, np.ndarray, dict[str, np.ndarray]], None]
+
+
+class Result(NamedTuple):
+    """What a run returns: batched (a leading axis ``B``) from the driver and the batch
+    tasks, one example from ``stylize`` (``element``).
+
+    Attributes:
+      image: ``[(B,) H, W, 3]`` float32 RGB in [0, 1].
+      history: ``{total, content, style, tv, alpha_norm}``, each ``[steps_done, (B)]``:
+        the losses at the start of each step, unweighted except ``total``.
+      final: the same losses at the returned image, ``[(B)]`` each.
+      steps: the number of steps done (fewer than asked if stopped early).
+      compile_seconds: time spent compiling and setting up.
+      seconds_per_step: mean wall time of a step after compilation.
+      interrupted: True if Ctrl-C (or a signal) stopped the run early.
+      initial: the losses at the starting image.
+      failure: why the run stopped early on its own, e.g. a loss that overflowed; the
+        image is then the last one whose losses were finite. None otherwise.
+      convolution: the algorithm the network ran (``conv.ALGORITHMS``).
+    """
+
+    image: np.ndarray
+    history: dict[str, np.ndarray]
+    final: dict[str, np.ndarray]
+    steps: int
+    compile_seconds: float
+    seconds_per_step: float
+    interrupted: bool
+    initial: dict[str, np.ndarray]
+    failure: str | None = None
+    convolution: str = ""
+
+    def element(self, i: int) -> Result:
+        """Example ``i`` of a batched result, with float losses."""
+        return self._replace(
+            image=self.image[i],
+            history={k: v[:, i] for k, v in self.history.items()},
+            final={k: float(v[i]) for k, v in self.final.items()},
+            initial={k: float(v[i]) for k, v in self.initial.items()},
+        )
+
+
+def _by_key(losses: np.ndarray) -> dict[str, np.ndarray]:
+    """``[..., 5]`` -> ``{key: [...]}``."""
+    return dict(zip(HISTORY_KEYS, np.moveaxis(losses, -1, 0), strict=True))
+
+
+def nonfinite_message(losses: np.ndarray, term_weights: Terms) -> str:
+    """What went wrong in ``[B, 5]`` losses that are not all finite: which term, or
+    which weighted term, left float32's range."""
+    rows = np.asarray(losses, np.float32)
+    for name, column in zip(Terms._fields, rows[:, 1:].T, strict=True):
+        if not np.all(np.isfinite(column)):
+            return f"the {name} loss became {column[~np.isfinite(column)][0]}"
+    with np.errstate(over="ignore", invalid="ignore"):
+        weighted = {
+            name: np.float32(w) * rows[:, 1 + i]
+            for i, (name, w) in enumerate(zip(Terms._fields, term_weights, strict=True))
+        }
+    for name, value in weighted.items():
+        if not np.all(np.isfinite(value)):
+            return f"{name} weight x {name} loss overflowed float32"
+    return "the total loss overflowed float32"
+
+
+def run(
+    network: Network,
+    content: np.ndarray,
+    styles: tuple[np.ndarray, ...],
+    config: Config,
+    *,
+    keys: jax.Array,
+    term_weights: Terms,
+    init_images: np.ndarray | None = None,
+    blends: np.ndarray | None = None,
+    masks: tuple | None = None,
+    callback: Callback | None = None,
+    chunk: int = 10,
+    progress: bool | str = True,
+    check: Callable[[jax.stages.Compiled], None] | None = None,
+) -> Result:
+    """Optimises a batch of ``B`` images.
+
+    Args:
+      network: a prepared VGG19.
+      content: ``[B, H, W, 3]``.
+      styles: ``S`` style images, shared by the batch.
+      keys: ``[B]`` PRNG keys.
+      term_weights: ``Terms`` of ``[B]`` arrays.
+      init_images: ``[B, H, W, 3]`` starts, or None for ``config.init``.
+      blends: ``[B, S]`` style mixes, or None for ``config.loss.style_blend``.
+      masks: ``(content_masks [S, H, W], style_masks)``, shared; or None.
+      callback: ``callback(step, images [B, H, W, 3], losses {key: [B]})`` after every
+        ``chunk`` steps, with host copies.
+      chunk: steps between host syncs (progress, callbacks, the copy kept for Ctrl-C).
+      progress: a progress bar (a string names it).
+      check: called with the compiled step before any compute, e.g. to refuse a step
+        that will not fit in memory.
+
+    Returns:
+      A batched ``Result``.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    t0 = time.perf_counter()
+    args = (network, content, styles, init_images, blends, masks, keys)
+    setup, step, losses_at = programs.compile_run(args, term_weights, config)
+    if check is not None and step is not None:
+        check(step)
+    targets, state = setup(*args)
+    initial = np.asarray(losses_at(network, targets, state.image, term_weights))
+    compile_seconds = time.perf_counter() - t0
+
+    bar = progress_bar(config.steps, progress, label="stylize", unit="step")
+    alpha_on = config.loss.alpha_norm_weight > 0
+    image = np.asarray(state.image)
+    rows, done, interrupted, failure, run_seconds = [], 0, False, None, 0.0
+    try:
+        while done < config.steps:
+            n = min(chunk, config.steps - done)
+            t = time.perf_counter()
+            pending = []
+            for _ in range(n):
+                state, losses = step(network, targets, state, term_weights)
+                pending.append(losses)
+            hist = np.stack(jax.device_get(pending))  # Waits for the chunk to finish.
+            latest_image = np.asarray(state.image)
+            run_seconds += time.perf_counter() - t
+            if not (np.all(np.isfinite(hist)) and np.all(np.isfinite(latest_image))):
+                failure = f"stopped after step {done}: " + nonfinite_message(
+                    hist[np.any(~np.isfinite(hist), axis=(1, 2))][0], term_weights
+                )
+                break
+            image = latest_image
+            rows.append(hist)
+            done += n
+            latest = _by_key(hist[-1])
+            shown = {k: v for k, v in latest.items() if k != "alpha_norm" or alpha_on}
+            bar.set_postfix({k: f"{np.mean(v):.4g}" for k, v in shown.items()}, refresh=False)
+            bar.update(n)  # Redraws with the new losses.
+            if callback is not None:
+                callback(done, np.clip(image, 0.0, 1.0), latest)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+
+    image = np.clip(image, 0.0, 1.0)
+    history = np.concatenate(rows) if rows else np.zeros((0, *initial.shape), np.float32)
+    if interrupted or failure:  # Skip more compute; report the last finite step's losses.
+        final = history[-1] if len(history) else initial
+    else:
+        final = np.asarray(losses_at(network, targets, jnp.asarray(image), term_weights))
+    return Result(
+        image=image,
+        history=_by_key(history),
+        final=_by_key(final),
+        steps=done,
+        compile_seconds=compile_seconds,
+        seconds_per_step=run_seconds / done if done else float("nan"),
+        interrupted=interrupted,
+        initial=_by_key(initial),
+        failure=failure,
+        convolution=network.convolution,
+    )

@@ -1,0 +1,220 @@
+"""The pure solver: Optax Adam or L-BFGS on the image, for one example.
+
+``setup`` makes the targets and the starting ``State``, ``step`` takes one optimiser step,
+``transfer`` runs every step in one ``lax.scan``. All are pure, jittable and vmappable
+(``jax.vmap`` over contents, keys, term weights or style mixes); the host driver
+(``driver.py``) vmaps and compiles them at one point (``compile.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nst_jax import objective
+from nst_jax.config import INIT_KINDS, Config
+from nst_jax.nets.network import Network
+from nst_jax.objective import Targets, Terms
+
+HISTORY_KEYS = ("total", *Terms._fields)
+
+
+class State(NamedTuple):
+    """Optimisation state: a pytree, so it can be donated, scanned and vmapped."""
+
+    image: jax.Array  # [H, W, 3], in [0, 1] for Adam; L-BFGS is clipped on the way out.
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformationExtraArgs:
+    """The Optax transformation ``config`` names."""
+    if config.optimizer == "adam":
+        return optax.adam(config.lr)
+    if config.linesearch == "zoom":
+        search = optax.scale_by_zoom_linesearch(
+            max_linesearch_steps=config.linesearch_steps, initial_guess_strategy="one"
+        )
+    else:
+        search = optax.scale_by_backtracking_linesearch(
+            max_backtracking_steps=config.linesearch_steps, store_grad=True
+        )
+    return optax.lbfgs(memory_size=config.lbfgs_memory, linesearch=search)
+
+
+def initial_image(content: jax.Array, style: jax.Array, init: str, *, key: jax.Array) -> jax.Array:
+    """The starting image, ``[H, W, 3]`` like ``content``.
+
+    Args:
+      content: ``[H, W, 3]``.
+      style: ``[H', W', 3]``; resized (bilinear) to the content's shape for ``"style"``.
+      init: ``"content"``, ``"noise"`` or ``"style"``.
+      key: PRNG key for ``"noise"``.
+    """
+    if init == "content":
+        return content
+    if init == "noise":
+        return jax.random.uniform(key, content.shape, jnp.float32)
+    if init == "style":
+        return jax.image.resize(style, content.shape, "linear", antialias=True)
+    raise ValueError(f"init must be one of {INIT_KINDS}, got {init!r}")
+
+
+def setup(
+    network: Network,
+    content: jax.Array,
+    styles: tuple[jax.Array, ...],
+    init_image: jax.Array | None = None,
+    blend: jax.Array | None = None,
+    masks: tuple[jax.Array, tuple] | None = None,
+    *,
+    config: Config,
+    key: jax.Array,
+) -> tuple[Targets, State]:
+    """The targets for one content and the state to start from.
+
+    Args:
+      content: ``[H, W, 3]``.
+      styles: ``S`` images ``[H'_i, W'_i, 3]``, mixed by ``blend`` ``[S]`` or placed by
+        ``masks = (content_masks [S, H, W], style_masks)`` (``objective.style_targets``).
+      init_image: ``[H, W, 3]`` to start from, overriding ``config.init``.
+      key: PRNG key: the noise init, the style samples and the state's own key.
+    """
+    init_key, target_key, key = jax.random.split(key, 3)
+    content_masks, style_masks = masks if masks is not None else (None, None)
+    targets = Targets(
+        content=objective.content_targets(network, content, config.loss),
+        style=objective.style_targets(
+            network,
+            styles,
+            config.loss,
+            shape=content.shape[:2],
+            key=target_key,
+            blend=blend,
+            content_masks=content_masks,
+            style_masks=style_masks,
+        ),
+    )
+    if init_image is None:
+        image = initial_image(content, styles[0], config.init, key=init_key)
+    else:
+        image = init_image.astype(jnp.float32)
+    return targets, State(image, make_optimizer(config).init(image), key)
+
+
+def step(
+    network: Network,
+    targets: Targets,
+    state: State,
+    term_weights: Terms,
+    *,
+    config: Config,
+    optimizer: optax.GradientTransformationExtraArgs,
+) -> tuple[State, jax.Array]:
+    """One optimiser step: ``(state, [5] losses at the state's image)``, ``HISTORY_KEYS``.
+
+    ``term_weights`` ``(α, β, λ_tv, λ_α)`` are scalars, traced so that a vmapped run can
+    sweep them. ``config`` and ``optimizer`` are static. Adam draws fresh MMD sample
+    positions every step; L-BFGS keeps one key for the whole run, since its line search
+    and curvature pairs need one deterministic objective.
+    """
+    if config.optimizer == "adam":
+        key, sub = jax.random.split(state.key)
+    else:
+        key = sub = state.key
+    value_and_terms = functools.partial(
+        objective.total_loss,
+        network,
+        targets=targets,
+        loss=config.loss,
+        key=sub,
+        term_weights=term_weights,
+    )
+    if config.optimizer == "adam":
+        (value, terms), grad = jax.value_and_grad(value_and_terms, has_aux=True)(state.image)
+        updates, opt_state = optimizer.update(grad, state.opt_state, state.image)
+        # Projected gradient descent: the image never leaves the valid range.
+        image = jnp.clip(optax.apply_updates(state.image, updates), 0.0, 1.0)
+    else:
+
+        def value_fn(x):
+            return value_and_terms(x)[0]
+
+        # The line search already evaluated value and gradient at the accepted point;
+        # reuse them instead of a second forward/backward pass.
+        value, grad = optax.value_and_grad_from_state(value_fn)(state.image, state=state.opt_state)
+        terms = objective.loss_terms(
+            network, jax.lax.stop_gradient(state.image), targets, config.loss, key=sub
+        )
+        updates, opt_state = optimizer.update(
+            grad, state.opt_state, state.image, value=value, grad=grad, value_fn=value_fn
+        )
+        image = optax.apply_updates(state.image, updates)
+    losses = jnp.stack([value, *terms]).astype(jnp.float32)
+    return State(image, opt_state, key), losses
+
+
+def losses_at(
+    network: Network, targets: Targets, image: jax.Array, term_weights: Terms, *, config: Config
+) -> jax.Array:
+    """The ``[5]`` losses (``HISTORY_KEYS``) at ``image``, clipped to [0, 1] first."""
+    value, terms = objective.total_loss(
+        network,
+        jnp.clip(image, 0.0, 1.0),
+        targets,
+        config.loss,
+        term_weights=term_weights,
+    )
+    return jnp.stack([value, *terms])
+
+
+def term_weights_of(config: Config, term_weights: Terms | None = None) -> Terms:
+    """``term_weights``, or the config's, as float32 arrays."""
+    term_weights = config.loss.term_weights if term_weights is None else term_weights
+    return Terms(*(jnp.asarray(w, jnp.float32) for w in term_weights))
+
+
+def transfer(
+    network: Network,
+    content: jax.Array,
+    style: jax.Array | tuple[jax.Array, ...],
+    config: Config,
+    *,
+    key: jax.Array,
+    init_image: jax.Array | None = None,
+    term_weights: Terms | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Stylises one content image: pure, jittable and vmappable.
+
+    ``config`` is static (hashable); the network runs as it was prepared
+    (``nets.prepare``). To stylise a batch, ``jax.vmap`` over ``content``, ``key`` or
+    ``term_weights``; the compiled program runs every image in lock step. Compile with
+    ``solve.jit`` for this package's compiler options.
+
+    Args:
+      network: a prepared VGG19 (``nets.prepare``).
+      content: ``[H, W, 3]`` RGB in [0, 1].
+      style: ``[H', W', 3]`` RGB in [0, 1], or a tuple of them (mixed by
+        ``config.loss.style_blend``).
+      key: PRNG key (the noise init and the sampled kernels).
+      init_image: optional ``[H, W, 3]`` start, overriding ``config.init``.
+      term_weights: ``(α, β, λ_tv, λ_α)``; ``config.loss.term_weights`` if None.
+
+    Returns:
+      ``(image [H, W, 3] in [0, 1], history [steps, 5])``; history columns are
+      ``HISTORY_KEYS``, the losses before each step.
+    """
+    styles = tuple(style) if isinstance(style, (list, tuple)) else (style,)
+    targets, state = setup(network, content, styles, init_image, config=config, key=key)
+    term_weights = term_weights_of(config, term_weights)
+    optimizer = make_optimizer(config)
+
+    def body(state, _):
+        return step(network, targets, state, term_weights, config=config, optimizer=optimizer)
+
+    state, history = jax.lax.scan(body, state, length=config.steps)
+    return jnp.clip(state.image, 0.0, 1.0), history

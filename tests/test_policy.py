@@ -1,0 +1,40 @@
+"""``tasks/policy.py``: what "auto" means where, decided once per run."""
+
+import jax
+import pytest
+
+from nst_jax import Config, LossConfig, NetConfig, memory
+from nst_jax.tasks import policy
+
+CPU = jax.default_backend() == "cpu"
+
+
+def test_auto_convolution_resolves_per_backend_and_size_with_or_without_remat():
+    big, small = (policy.WINOGRAD_MIN_SIDE, 300), (policy.WINOGRAD_MIN_SIDE - 1, 300)
+    config = Config()
+    for net in (NetConfig(), NetConfig(remat=True)):  # Remat's strips run either.
+        assert policy.choose_convolution(net, big, config) == ("winograd" if CPU else "direct")
+        assert policy.choose_convolution(net, small, config) == "direct"
+    assert policy.choose_convolution(NetConfig(convolution="direct"), big, config) == "direct"
+    assert policy.choose_convolution(NetConfig(convolution="winograd"), small, config) == (
+        "winograd"
+    )
+    plan = policy.plan(config, big)
+    assert plan.net.convolution == ("winograd" if CPU else "direct") and plan.shape == big
+
+
+def test_auto_falls_back_to_direct_where_only_direct_fits(monkeypatch):
+    config, shape = Config(), (256, 384)
+    direct = memory.estimate_bytes(shape, config.loss, NetConfig(convolution="direct"))
+    winograd = memory.estimate_bytes(shape, config.loss, NetConfig(convolution="winograd"))
+    assert direct < winograd
+    monkeypatch.setattr(memory, "available_bytes", lambda: int((direct + winograd) / 2 / 0.9))
+    assert policy.choose_convolution(config.net, shape, config) == "direct"
+    monkeypatch.setattr(memory, "available_bytes", lambda: int(2 * winograd))
+    assert policy.choose_convolution(config.net, shape, config) == ("winograd" if CPU else "direct")
+
+
+def test_a_plan_that_cannot_fit_is_refused_before_anything_runs(monkeypatch):
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 2**30)
+    with pytest.raises(ValueError, match="largest size that fits"):
+        policy.plan(Config(loss=LossConfig()), (4000, 6000))

@@ -1,0 +1,158 @@
+"""``solve/``: the pure solver, the one compile point and the host driver."""
+
+import jax
+import numpy as np
+import pytest
+
+import nst_jax
+from nst_jax import Config, NetConfig, solve
+from nst_jax.solve import driver
+
+from .conftest import shallow, smooth_image
+
+LOSS = shallow(style_weight=1.0, tv_weight=0.0)
+
+
+def _config(**kw):
+    return Config(loss=kw.pop("loss", LOSS), **kw)
+
+
+@pytest.fixture
+def pair(rng):
+    return smooth_image(rng, 32, 40), rng.random((36, 36, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_losses_fall_and_image_stays_in_range(small_weights, pair, optimizer):
+    content, style = pair
+    cfg = _config(steps=15, optimizer=optimizer, lr=0.05)
+    result = nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False)
+    assert result.steps == 15 and len(result.history["total"]) == 15
+    assert result.final["total"] < 0.5 * result.initial["total"]
+    assert result.final["style"] < result.initial["style"]
+    assert result.image.shape == content.shape
+    assert 0.0 <= result.image.min() and result.image.max() <= 1.0
+    assert not np.allclose(result.image, content)
+    assert result.seconds_per_step > 0 and result.compile_seconds > 0
+    # The history starts at the content, and its total is the weighted sum of its terms.
+    assert result.history["content"][0] == pytest.approx(0.0, abs=1e-6)
+    assert result.history["content"][-1] > 0.0
+    h = result.history
+    np.testing.assert_allclose(h["total"], h["content"] + h["style"], rtol=1e-5)
+
+
+def test_vmapped_transfer_equals_the_driver_run(small_weights, rng):
+    """The pure form, vmapped over contents and keys, runs element 0 exactly as the host
+    driver runs it alone (in chunks of 2 steps), for both optimisers."""
+    contents = np.stack([smooth_image(rng, 24, 24), smooth_image(rng, 24, 24)])
+    style = rng.random((24, 24, 3)).astype(np.float32)
+    network = nst_jax.prepare(small_weights, NetConfig(convolution="direct"))
+    for optimizer in ("adam", "lbfgs"):
+        cfg = _config(steps=5, optimizer=optimizer, net=NetConfig(convolution="direct"))
+        keys = jax.numpy.stack([jax.random.key(cfg.seed), jax.random.key(7)])
+
+        def run(network, content, key, cfg=cfg):
+            return nst_jax.transfer(network, content, style, cfg, key=key)
+
+        batched, hist = solve.jit(jax.vmap(run, in_axes=(None, 0, 0)))(network, contents, keys)
+        assert batched.shape == contents.shape and hist.shape == (2, 5, 5)
+        assert not np.allclose(batched[0], batched[1])
+        result = nst_jax.stylize(
+            contents[0], style, cfg, weights=small_weights, progress=False, chunk=2
+        )
+        np.testing.assert_allclose(result.image, batched[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(result.history["total"], hist[0, :, 0], rtol=1e-4)
+
+
+def test_initialisations(pair):
+    content, style = pair
+    key = jax.random.key(3)
+    assert np.array_equal(solve.initial_image(content, style, "content", key=key), content)
+    noise = np.asarray(solve.initial_image(content, style, "noise", key=key))
+    assert noise.shape == content.shape and 0 <= noise.min() and noise.max() <= 1
+    assert noise.std() > 0.2
+    again = solve.initial_image(content, style, "noise", key=jax.random.key(3))
+    np.testing.assert_array_equal(noise, again)
+    styled = np.asarray(solve.initial_image(content, style, "style", key=key))
+    assert styled.shape == content.shape
+    np.testing.assert_allclose(styled.mean(axis=(0, 1)), style.mean(axis=(0, 1)), atol=0.02)
+
+
+def test_seeds_make_noise_runs_reproducible(small_weights, pair):
+    content, style = pair
+
+    def run(seed):
+        cfg = _config(steps=3, init="noise", seed=seed)
+        return nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False).image
+
+    a, b, c = run(1), run(1), run(2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_callback_and_ctrl_c_keep_finished_work(small_weights, pair):
+    content, style = pair
+    seen = []
+
+    def callback(step, image, losses):
+        seen.append((step, image.copy()))
+        if step == 4:
+            raise KeyboardInterrupt
+
+    result = nst_jax.stylize(
+        content,
+        style,
+        _config(steps=10),
+        weights=small_weights,
+        progress=False,
+        chunk=2,
+        callback=callback,
+    )
+    assert [s for s, _ in seen] == [2, 4]
+    assert result.interrupted and result.steps == 4 and result.failure is None
+    np.testing.assert_array_equal(result.image, seen[-1][1])
+    assert len(result.history["total"]) == 4
+
+
+def test_a_loss_that_overflows_stops_at_the_last_finite_image(small_weights, pair):
+    """A style weight whose product with the style loss leaves float32's range stops
+    the run, says which term, and keeps the image of the last finite chunk."""
+    content, style = pair
+    cfg = _config(steps=6, loss=shallow(style_weight=3e38))
+    result = nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False, chunk=2)
+    assert result.failure is not None and "style weight x style loss" in result.failure
+    assert result.steps == 0 and np.all(np.isfinite(result.image))
+    np.testing.assert_array_equal(result.image, content)  # Nothing finite was reached.
+    message = driver.nonfinite_message(
+        np.array([[np.inf, 1.0, np.nan, 0.0, 0.0]], np.float32), LOSS.term_weights
+    )
+    assert message == "the style loss became nan"
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(steps=-1), "steps"),
+        (dict(optimizer="sgd"), "optimizer"),
+        (dict(lr=0.0), "lr"),
+        (dict(lr=float("inf")), "finite"),
+        (dict(init="banana"), "init"),
+        (dict(linesearch="exact"), "linesearch"),
+    ],
+)
+def test_bad_config_raises(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Config(**kw)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_the_step_lowers_for_gpu(remat):
+    """No GPU runs these tests: lowering the step for CUDA at least shows that every
+    operation in it, remat's strips included, has a GPU lowering."""
+    from .test_remat import full_network
+
+    config = Config(net=NetConfig(convolution="direct", remat=remat))
+    lowered = solve.lower_step(full_network(remat=remat), (96, 128), config, platforms=("cuda",))
+    text = lowered.as_text()
+    assert "stablehlo.convolution" in text
+    assert ("stablehlo.while" in text) == remat  # The strips are loops.

@@ -1,0 +1,260 @@
+"""``tasks/``: stylize, batches, style mixes, masks, colour, coarse to fine, texture,
+inversion; small random networks throughout."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from skimage.color import rgb2yiq
+
+import nst_jax
+from nst_jax import Config, LossConfig, losses
+from nst_jax.tasks.stylize import check_image
+
+from .conftest import shallow, smooth_image
+
+LAYERS = ("conv1_1", "conv2_1", "conv3_1")
+
+
+def _loss(**kw):
+    return LossConfig(**{"style_layers": LAYERS, "content_layers": ("conv2_2",), **kw})
+
+
+@pytest.fixture
+def styles(rng):
+    stripes = np.zeros((32, 32, 3), np.float32)
+    stripes[::4] = 1.0
+    stripes[..., 2] = 0.2
+    speckle = (rng.random((40, 24, 3)) ** 3).astype(np.float32)
+    return stripes, speckle
+
+
+@pytest.fixture
+def pair(rng):
+    return smooth_image(rng, 32, 40), rng.random((36, 36, 3)).astype(np.float32)
+
+
+def test_init_image_is_used(small_weights, pair):
+    content, style = pair
+    start = np.full_like(content, 0.5)
+    cfg = Config(steps=1, lr=1e-6, loss=shallow())
+    result = nst_jax.stylize(
+        content, style, cfg, weights=small_weights, progress=False, init_image=start
+    )
+    np.testing.assert_allclose(result.image, start, atol=1e-4)
+    with pytest.raises(ValueError, match="init_image shape"):
+        nst_jax.stylize(
+            content, style, cfg, weights=small_weights, progress=False, init_image=start[:20]
+        )
+    with pytest.raises(ValueError, match="content is 40x8; need at least 16 px"):
+        nst_jax.stylize(content[:8], style, cfg, weights=small_weights, progress=False)
+
+
+@pytest.mark.parametrize(
+    "name", ["gram", "mmd_poly", "mmd_linear", "mmd_gauss", "meanstd", "histogram"]
+)
+def test_each_statistic_is_optimised(small_weights, pair, name):
+    content, style = pair
+    loss = shallow(style_loss=((name, 1.0),), mmd_samples=64, tv_weight=0.0, style_weight=1.0)
+    cfg = Config(steps=12, lr=0.05, loss=loss)
+    result = nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False)
+    assert result.final["style"] < 0.8 * result.initial["style"], result.history["style"]
+
+
+def test_sampled_polynomial_kernel_and_alpha_norm(small_weights, pair):
+    content, style = pair
+    # A polynomial kernel of degree 3 takes the sampled path and is still optimised; the
+    # alpha-norm and TV^beta enter the total with their weights.
+    loss = shallow(
+        style_loss=(("mmd_poly", 1.0),),
+        mmd_degree=3,
+        mmd_c=1.0,
+        mmd_samples=64,
+        style_weight=1.0,
+        tv_weight=2.0,
+        tv_beta=1.5,
+        alpha_norm_weight=3.0,
+        alpha=4.0,
+    )
+    result = nst_jax.stylize(
+        content, style, Config(steps=12, lr=0.05, loss=loss), weights=small_weights, progress=False
+    )
+    h = result.history
+    assert result.final["style"] < 0.8 * result.initial["style"]
+    assert h["alpha_norm"][0] > 0
+    np.testing.assert_allclose(
+        h["total"], h["content"] + h["style"] + 2.0 * h["tv"] + 3.0 * h["alpha_norm"], rtol=1e-5
+    )
+
+
+def test_texture_synthesis_from_style_alone(small_weights, rng):
+    style = rng.random((30, 30, 3)).astype(np.float32)
+    cfg = Config(steps=12, lr=0.02, loss=shallow(style_weight=1.0, tv_weight=0.0))
+    result = nst_jax.synthesize(style, (20, 44), cfg, weights=small_weights, progress=False)
+    assert result.image.shape == (20, 44, 3)  # Any shape, not the style's.
+    assert np.all(result.history["content"] == 0.0)
+    assert result.final["style"] < 0.5 * result.initial["style"]
+    assert result.image.std() > 0.05  # Started from noise, not a blank canvas.
+    with pytest.raises(ValueError, match="texture is 44x8"):
+        nst_jax.synthesize(style, (8, 44), cfg, weights=small_weights, progress=False)
+
+
+def test_progress_bars_are_named_by_what_runs(small_weights, rng, monkeypatch):
+    """Texture, inversion and pyramid runs say which they are; off stays off. (The
+    driver is replaced by a stand-in that records its ``progress`` and returns zeros.)"""
+    from nst_jax.solve import driver
+
+    names = []
+
+    def stand_in(network, content, styles, config, *, progress, **kw):
+        names.append(progress)
+        zeros = {k: np.zeros(len(content)) for k in nst_jax.solve.HISTORY_KEYS}
+        return driver.Result(np.zeros_like(content), {}, zeros, 0, 0.0, 0.0, False, zeros)
+
+    monkeypatch.setattr(driver, "run", stand_in)
+    image = smooth_image(rng, 32, 32)
+    config = Config(steps=1)
+    kw = dict(weights=small_weights)
+    nst_jax.synthesize(image, (32, 32), config, **kw)
+    nst_jax.invert(image, "pool2", config, **kw)
+    nst_jax.stylize_pyramid(image, image, config, sizes=(16, 32), **kw)
+    nst_jax.stylize(image, image, config, progress=False, **kw)
+    assert names == ["texture", "invert pool2", "level 1/2, 16x16", "level 2/2, 32x32", False]
+
+
+def test_vmap_over_style_mixes_equals_separate_runs(small_weights, rng, styles):
+    content = smooth_image(rng, 24, 32)
+    config = Config(loss=_loss(), steps=3)
+    blends = np.array([[1.0, 0.0], [0.2, 0.8]], np.float32)
+    batch = nst_jax.stylize_batch(
+        content,
+        list(styles),
+        config,
+        blends=blends,
+        seeds=[0, 0],
+        weights=small_weights,
+        progress=False,
+    )
+    one = config.replace(loss=dict(style_blend=tuple(blends[1])))
+    single = nst_jax.stylize(content, list(styles), one, weights=small_weights, progress=False)
+    np.testing.assert_allclose(batch.image[1], single.image, atol=1e-4)
+    assert np.abs(batch.image[0] - batch.image[1]).mean() > 1e-4
+    with pytest.raises(ValueError, match="batch sizes disagree"):
+        nst_jax.stylize_batch(content, styles[0], config, seeds=[1, 2], blends=blends[:1])
+
+
+def test_each_region_moves_towards_its_own_style(small_weights, small_net, rng, styles):
+    h, w = 32, 48
+    content = smooth_image(rng, h, w)
+    masks = np.zeros((2, h, w), np.float32)
+    masks[0, :, : w // 2] = 1.0
+    masks[1] = 1.0 - masks[0]
+    loss = _loss(style_weight=1e3, content_weight=0.0, tv_weight=0.0)
+    result = nst_jax.stylize(
+        content,
+        list(styles),
+        Config(loss=loss, steps=40),
+        content_masks=masks,
+        weights=small_weights,
+        progress=False,
+    )
+    assert result.final["style"] < 0.3 * result.initial["style"]
+    network = small_net()
+
+    def distances(image):
+        """[region, style]: Gram distance of the region to each style, summed over layers."""
+        out = np.zeros((2, 2))
+        features = jax.jit(lambda n, x: n.features(x, LAYERS))
+        feats = features(network, jnp.asarray(image))
+        style_feats = [features(network, s) for s in styles]
+        for layer in LAYERS:
+            m = nst_jax.objective.layer_masks(jnp.asarray(masks), layer)
+            for s in range(2):
+                g_style = losses.gram(style_feats[s][layer])
+                for r in range(2):
+                    g = losses.gram(feats[layer], mask=m[r])
+                    out[r, s] += float(jnp.sum(jnp.square(g - g_style)))
+        return out
+
+    before, after = distances(content), distances(result.image)
+    for r in range(2):
+        assert after[r, r] < 0.2 * before[r, r], (r, before, after)  # Moved to its style,
+        assert after[r, r] < 0.5 * after[r, 1 - r], (r, after)  # and not to the other.
+    with pytest.raises(ValueError, match="style masks need content masks"):
+        nst_jax.stylize(
+            content, list(styles), Config(steps=1), style_masks=[None, None], weights=small_weights
+        )
+
+
+def test_luminance_transfer_keeps_the_content_chroma(small_weights, rng, styles):
+    content = 0.25 + 0.5 * smooth_image(rng, 32, 40)  # Away from the gamut's edges.
+    config = Config(loss=_loss(), steps=10, preserve_color="luminance")
+    seen = []
+    result = nst_jax.stylize(
+        content,
+        styles[1],
+        config,
+        weights=small_weights,
+        progress=False,
+        callback=lambda step, image, losses: seen.append(image),
+    )
+    out, ref = rgb2yiq(result.image), rgb2yiq(content)
+    np.testing.assert_allclose(out[..., 1:], ref[..., 1:], atol=2e-2)
+    # Snapshots are in colour too.
+    np.testing.assert_allclose(rgb2yiq(seen[-1])[..., 1:], ref[..., 1:], atol=2e-2)
+    assert np.abs(out[..., 0] - ref[..., 0]).mean() > 1e-3  # The luminance did change.
+    plain = nst_jax.stylize(
+        content,
+        styles[1],
+        dataclasses.replace(config, preserve_color="none"),
+        weights=small_weights,
+        progress=False,
+    )
+    assert (
+        np.abs(rgb2yiq(plain.image)[..., 1:] - ref[..., 1:]).mean()
+        > np.abs(out[..., 1:] - ref[..., 1:]).mean()
+    )
+
+
+def test_pyramid_sizes():
+    assert nst_jax.pyramid_sizes(512, levels=3) == [128, 256, 512]
+    assert nst_jax.pyramid_sizes(1024, start_size=200) == [256, 512, 1024]
+    assert nst_jax.pyramid_sizes(300) == [300]
+    with pytest.raises(ValueError, match="below 16"):
+        nst_jax.pyramid_sizes(64, levels=4)
+    with pytest.raises(ValueError, match="above the output"):
+        nst_jax.pyramid_sizes(64, start_size=100)
+
+
+def test_pyramid_runs_coarse_to_fine(small_weights, rng, styles):
+    content = smooth_image(rng, 48, 64)
+    config = Config(loss=_loss(), steps=6)
+    results = nst_jax.stylize_pyramid(
+        content,
+        styles[1],
+        config,
+        sizes=[32, 64],
+        level_steps=[8, 3],
+        weights=small_weights,
+        progress=False,
+    )
+    assert [r.image.shape for r in results] == [(24, 32, 3), (48, 64, 3)]
+    assert [r.steps for r in results] == [8, 3]
+    # The fine level starts from the upsampled coarse result, not from the content.
+    single = nst_jax.stylize(
+        content,
+        nst_jax.resize_longest(styles[1], 64),
+        dataclasses.replace(config, steps=3),
+        weights=small_weights,
+        progress=False,
+    )
+    assert results[1].initial["style"] < single.initial["style"]
+
+
+def test_stylize_checks_its_inputs():
+    check = check_image
+    check("content", np.zeros((16, 20, 3)))
+    with pytest.raises(ValueError, match="must be \\[H, W, 3\\] RGB"):
+        check("style", np.zeros((16, 20)))
