@@ -8,20 +8,26 @@ rest of the library only ever sees arrays.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageOps, PngImagePlugin
 
 from nst_jax.atomic import atomic_path
 
-# Pillow refuses images above ~179 MP by default (a decompression-bomb guard). We keep
-# its guard but raise it to a size that still fits comfortably in memory as float32.
-Image.MAX_IMAGE_PIXELS = 16384 * 16384
+# The largest image read, in pixels, by the size its header claims: a 100 MP photo is
+# 1.2 GB as float32 RGB. A larger claim is refused before anything is decoded, so a
+# small file that claims a huge image (a decompression bomb) costs nothing. Pillow's
+# own guard is set to the same limit (it raises at twice it, on open).
+MAX_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 PNG_SETTINGS_KEY = "nst_jax"
 LUMA = (0.299, 0.587, 0.114)  # Y of YIQ / YUV (Rec. 601): how masks read colour files.
@@ -53,25 +59,85 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def load_image(path: str | os.PathLike, *, size: int | None = None) -> np.ndarray:
-    """Reads an image file as float32 RGB in [0, 1], shape ``[H, W, 3]``.
-
-    EXIF orientation is applied. Greyscale, palette, RGBA/LA (over white), CMYK and
-    16-bit files are converted. With ``size``, the longest side is resized to ``size``.
-
-    Raises:
-      ValueError: the file is missing, unreadable or not an image.
-    """
-    path = Path(path)
+@contextlib.contextmanager
+def _opened(path: Path):
+    """The image at ``path``, opened (its header read, nothing decoded), with every
+    failure of a corrupt or foreign file as one ``ValueError``."""
     if not path.is_file():
         raise ValueError(f"image not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            array = _to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        with warnings.catch_warnings():  # Damage warned of; the decoding decides.
+            warnings.simplefilter("ignore")
+            img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ValueError(f"{path} claims more than the limit of {MAX_PIXELS:,} pixels") from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on a bad header.
         raise ValueError(f"not a readable image: {path} ({e.__class__.__name__})") from None
+    with img:
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise ValueError(
+                f"{path} is {w}x{h}, above the limit of {MAX_PIXELS:,} pixels; refusing it"
+            )
+        yield img
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says; as stored if that block is broken."""
+    try:
+        return ImageOps.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001 - a broken EXIF block: read as stored.
+        return img
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(H, W)`` of an image file as displayed (EXIF rotation applied), read from its
+    header alone.
+
+    Raises:
+      ValueError: the file is missing, unreadable, or above ``MAX_PIXELS``.
+    """
+    with _opened(Path(path)) as img:
+        w, h = img.size
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        except Exception:  # noqa: BLE001 - a broken EXIF block: read as stored.
+            rotated = False
+    return (w, h) if rotated else (h, w)
+
+
+def load_image(
+    path: str | os.PathLike, *, size: int | None = None, at_least: int | None = None
+) -> np.ndarray:
+    """Reads an image file as float32 RGB in [0, 1], shape ``[H, W, 3]``.
+
+    EXIF orientation is applied. Greyscale, palette, RGBA/LA (over white), CMYK and
+    16-bit greyscale files are converted, keeping 16-bit greyscale's precision; 16-bit
+    colour files come through Pillow at 8 bits a channel. The size the header claims is
+    checked first (``MAX_PIXELS``). With ``at_least``, a JPEG is decoded at the smallest
+    of its reduced scales (1/2, 1/4, 1/8) whose longest side is still at least that:
+    only the pixels a run will use are decoded. With ``size``, the longest side is then
+    resized to ``size``.
+
+    Raises:
+      ValueError: the file is missing, unreadable, not an image, or too large.
+    """
+    path = Path(path)
+    with _opened(path) as img, warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")  # Pillow warns, rather than fails, on some damage.
+        try:
+            w, h = img.size
+            if at_least is not None and img.format == "JPEG" and max(w, h) > at_least:
+                scale = at_least / max(w, h)
+                img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+            img.load()
+            array = _to_rgb(_upright(img))
+        except Exception as e:  # noqa: BLE001 - a corrupt file fails in many ways.
+            raise ValueError(f"not a readable image: {path} ({e.__class__.__name__})") from None
+        if any("runcated" in str(w.message) for w in warned):
+            raise ValueError(f"not a readable image: {path} (truncated)")
     if size is not None:
         array = resize_longest(array, size)
     return array
@@ -161,13 +227,19 @@ def save_image(
     return path
 
 
-def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+def load_mask(
+    path: str | os.PathLike,
+    shape: tuple[int, int] | None = None,
+    *,
+    at_least: int | None = None,
+) -> np.ndarray:
     """Reads a mask as float32 ``[H, W]`` in [0, 1]: grey levels are soft weights.
 
     A colour or RGBA file counts by its luminance (over white). With ``shape`` the mask
-    is resized to it (Lanczos, clipped to [0, 1]).
+    is resized to it (Lanczos, clipped to [0, 1]); ``at_least`` as for ``load_image``.
     """
-    mask = np.clip(load_image(path) @ np.asarray(LUMA, np.float32), 0.0, 1.0)
+    image = load_image(path, at_least=at_least)
+    mask = np.clip(image @ np.asarray(LUMA, np.float32), 0.0, 1.0)
     return mask if shape is None else resize_mask(mask, shape)
 
 

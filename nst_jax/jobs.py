@@ -26,6 +26,7 @@ from nst_jax.config import Config
 from nst_jax.image import (
     check_writable,
     demo_images,
+    image_size,
     load_image,
     load_mask,
     mask_problems,
@@ -38,6 +39,7 @@ from nst_jax.solve.driver import Result
 from nst_jax.tasks import sweeps
 from nst_jax.tasks.invert import INVERSION_LOSS
 from nst_jax.tasks.pyramid import pyramid_sizes, scaled_side, style_scales, stylize_pyramid
+from nst_jax.tasks.stylize import check_image
 from nst_jax.tasks.texture import texture_config
 from nst_jax.version import __version__
 
@@ -83,11 +85,14 @@ class Inputs:
             if value is not None and not str(value).strip():
                 raise ValueError(f"--{name} is empty")
 
+    def image_files(self) -> list[str]:
+        """Every input image named: content, styles, masks, init."""
+        named = [self.content, self.init, *self.styles, *self.content_masks]
+        return [p for p in named + [p for p in self.style_masks if p != "-"] if p]
+
     def files(self) -> list[Path]:
         """Every input file named, for the checks against outputs."""
-        named = [self.content, self.init, self.weights, *self.styles, *self.content_masks]
-        named += [p for p in self.style_masks if p != "-"]
-        return [Path(p) for p in named if p]
+        return [Path(p) for p in [*self.image_files(), self.weights] if p]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,8 +348,16 @@ def _check_mode(job: Job, mode: str) -> None:
         raise ValueError("--style_blend mixes styles everywhere; --content_masks places them")
 
 
-def _load_masks(inputs: Inputs, n: int, content_shape: tuple[int, int]):
-    """``(content masks at their files' sizes, style masks or None)``, or ``(None, None)``."""
+def _aspect_differs(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether shapes ``a`` and ``b`` (H, W) differ in aspect ratio by more than 1%."""
+    return abs(a[0] * b[1] - b[0] * a[1]) > 0.01 * b[0] * a[1]
+
+
+def _load_masks(inputs: Inputs, n: int, content_shape, headers: dict, size: int):
+    """``(content masks at their files' sizes, style masks or None)``, or ``(None, None)``.
+
+    A content mask of another size than the content gets a note (it is resized); a
+    style mask that is all black gets a warning (that style would count nowhere)."""
     if not inputs.content_masks:
         return None, None
     if len(inputs.content_masks) != n:
@@ -353,20 +366,25 @@ def _load_masks(inputs: Inputs, n: int, content_shape: tuple[int, int]):
         )
     masks = []
     for path in inputs.content_masks:
-        mask = load_mask(path)
-        if mask.shape != tuple(content_shape):
+        if headers[path] != tuple(content_shape):
+            h, w = headers[path]
             _say(
-                f"note: resizing mask {path} from {mask.shape[1]}x{mask.shape[0]} to the "
-                f"content's {content_shape[1]}x{content_shape[0]}"
+                f"note: resizing mask {path} from {w}x{h} to the content's "
+                f"{content_shape[1]}x{content_shape[0]}"
             )
-        masks.append(mask)
+        masks.append(load_mask(path, at_least=size))
     style_masks = None
     if inputs.style_masks:
         if len(inputs.style_masks) != n:
             raise ValueError(
                 f"{len(inputs.style_masks)} --style_masks for {n} styles; use - for none"
             )
-        style_masks = [None if p == "-" else load_mask(p) for p in inputs.style_masks]
+        style_masks = [
+            None if p == "-" else load_mask(p, at_least=size) for p in inputs.style_masks
+        ]
+        for i, (path, mask) in enumerate(zip(inputs.style_masks, style_masks, strict=True)):
+            if mask is not None and mask.max() < 0.5:
+                _say(f"warning: style mask {path} is empty; style {i + 1} gets no statistics")
     return masks, style_masks
 
 
@@ -403,24 +421,42 @@ def run_files(job: Job, mode: str) -> Report:
     written = [output, *([Path(outputs.report)] if outputs.report else [])]
     check_outputs(inputs, written, save_every=outputs.save_every, steps=steps)
 
+    # Every input's header first: a missing, foreign or oversized file fails before
+    # anything is decoded.
+    headers = {path: image_size(path) for path in inputs.image_files()}
     demo_content, demo_style = demo_images() if inputs.demo else (None, None)
-    styles = [load_image(p) for p in inputs.styles] or [demo_style]
+    size = sizes[-1]
+    scales = style_scales(job.style_scale, 1 if mode == "invert" else len(inputs.styles) or 1)
+    styles = [demo_style]
+    if inputs.styles:
+        styles = [
+            load_image(path, at_least=scaled_side(size, k))
+            for path, k in zip(inputs.styles, scales, strict=True)
+        ]
     if mode == "texture":  # A blank canvas of the style's shape: only the shape counts.
         content = np.zeros((*styles[0].shape[:2], 3), np.float32)
+        check_image("texture", np.zeros((*resized_shape(content.shape[:2], sizes[0]), 3)))
+    elif inputs.content:
+        content = load_image(inputs.content, at_least=size)
     else:
-        content = load_image(inputs.content) if inputs.content else demo_content
+        content = demo_content
+    full = headers.get(inputs.content, content.shape[:2])
     if mode == "invert":
         styles = [content]
-    scales = style_scales(job.style_scale, len(styles))
     blend = job.config.loss.style_blend
     if blend is not None and len(blend) != len(styles):
         raise ValueError(f"{len(blend)} --style_blend weights for {len(styles)} style images")
-    content_masks, style_masks = _load_masks(inputs, len(styles), content.shape[:2])
+    content_masks, style_masks = _load_masks(inputs, len(styles), full, headers, size)
     if content_masks is not None:
-        final = resized_shape(content.shape[:2], sizes[-1])
+        final = resized_shape(content.shape[:2], size)
         for problem in mask_problems(np.stack([resize_mask(m, final) for m in content_masks])):
             _say(f"warning: {problem}")
-    init_image = load_image(inputs.init) if inputs.init else None
+    init_image = None
+    if inputs.init:
+        if _aspect_differs(headers[inputs.init], full):
+            h, w = headers[inputs.init]
+            _say(f"note: stretching --init {inputs.init} from {w}x{h} to the content's shape")
+        init_image = load_image(inputs.init, at_least=size)
     weights = load_weights(inputs.weights, progress=outputs.progress)
     settings = {
         "nst_jax": __version__,

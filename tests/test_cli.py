@@ -16,6 +16,9 @@ from PIL import Image
 import nst_jax
 from nst_jax import cli
 
+from .test_image import png_header
+from .test_weights import fake_params
+
 RUN = Path(__file__).resolve().parent.parent / "run.py"
 
 
@@ -59,6 +62,15 @@ def images(tmp_path_factory):
     # An input named like the snapshot a run writing out.png would make.
     nst_jax.save_image(folder / "out.step00002.png", style.astype(np.float32))
     (folder / "notes.png").write_text("not an image")
+    nst_jax.save_image(folder / "black.png", np.zeros((20, 20, 3), np.float32))
+    (folder / "link.png").symlink_to(folder / "content.png")
+    (folder / "bomb.png").write_bytes(png_header(30000, 30000))  # 57 bytes, 900 megapixels.
+    nst_jax.save_image(folder / "wide.png", np.zeros((4, 80, 3), np.float32))
+    (folder / "random.npz").write_bytes(np.random.default_rng(1).bytes(2000))
+    npz = nst_jax.nets.weights.save_npz(
+        folder / "whole.npz", fake_params(np.random.default_rng(2)), nst_jax.CAFFE, "x"
+    )
+    (folder / "truncated.npz").write_bytes(npz.read_bytes()[:-100])
     mask = np.zeros((30, 40, 3), np.float32)  # Half the content's size: resized, with a note.
     mask[:, :20] = 1.0
     nst_jax.save_image(folder / "mask.png", mask)
@@ -93,6 +105,8 @@ BAD_INPUTS = [
     (["--output", "/proc/out.png"], "cannot write"),
     (["--output", "{d}/out.gif2"], "unsupported output format"),
     (["--output", "{d}/content.png"], "refusing to overwrite"),
+    (["--output", "{d}/link.png"], "is an input file"),  # A link to the content.
+    (["--report", "{d}/x.json", "--content", "{d}/x.json"], "is an input file"),
     (
         ["--style", "{d}/out.step00002.png", "--save_every", "2", "--steps", "3"],
         "out.step00002.png is an input file",
@@ -111,7 +125,15 @@ BAD_INPUTS = [
     (["--tv_beta=0"], "tv_beta must be a finite number > 0"),
     (["--inits=0"], "--inits must be >= 1"),
     (["--tv_weights", "1,x"], "bad --tv_weights"),
-    (["--ratios", "10,-1"], "ratios must be > 0"),
+    (["--ratios", "10,-1"], "ratios must be finite and > 0"),
+    (["--tv_weights", "1,inf"], "TV weights must be finite"),
+    (["--style_scale", "inf"], "style_scale needs one positive value"),
+    (["--content", "{d}/bomb.png"], "the limit of 100,000,000 pixels"),
+    (["--style", "{d}/bomb.png"], "limit of 100,000,000"),
+    (["--init", "{d}/bomb.png"], "limit of 100,000,000"),
+    (["--content_masks", "{d}/bomb.png"], "limit of 100,000,000"),
+    (["--weights", "{d}/random.npz"], "not a .npz archive"),
+    (["--weights", "{d}/truncated.npz"], "not a readable nst_jax weights file"),
     (["--layers", "conv1_1"], "--layers is for --mode invert"),
     (["--mode", "invert"], "takes no --style"),
     (["--save_every=2", "--inits=2"], "--save_every is for single runs"),
@@ -155,6 +177,12 @@ def test_missing_inputs_and_mode_errors(command, images, tmp_path):
         "takes no --content",
     )
     _one_line_error(command("--mode", "invert", "--output", out), "needs --content")
+    _one_line_error(
+        command(
+            "--mode", "texture", "--style", images / "wide.png", "--size", "40", "--output", out
+        ),  # fmt: skip
+        "texture is 40x2; need at least 16 px a side",
+    )
 
 
 def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weights):
@@ -189,6 +217,45 @@ def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weigh
         "out.step00003.png",
         "report.json",
     ]
+
+
+def test_a_full_disk_keeps_the_old_output_and_says_so(command, images, tmp_path, monkeypatch):
+    """ENOSPC while the result is written: one line, exit 1, the old file intact, no
+    temporary file left."""
+    import errno
+
+    out = tmp_path / "out.png"
+    out.write_bytes(b"the previous result")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    result = command(
+        "--content", images / "content.png", "--style", images / "style.png", "--output", out,
+        "--size", "32", "--steps", "1", "--style_layers", "conv1_1", "--content_layers",
+        "conv1_2",
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and lines == ["error: [Errno 28] No space left on device"]
+    assert out.read_bytes() == b"the previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_a_loss_that_overflows_stops_the_run_with_exit_3(command, images, tmp_path):
+    out, report = tmp_path / "out.png", tmp_path / "out.json"
+    result = command(
+        "--content", images / "content.png", "--style", images / "style.png", "--output", out,
+        "--report", report, "--size", "32", "--steps", "4", "--style_weight", "3e38",
+        "--style_layers", "conv1_1", "--content_layers", "conv1_2",
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 3 and len(lines) == 1, result.stderr
+    assert "style weight x style loss overflowed float32" in lines[0]
+    assert "saved the last finite image" in lines[0]
+    assert np.isfinite(np.asarray(Image.open(out), np.float32)).all()
+    data = json.loads(report.read_text())
+    assert data["failure"].startswith("stopped after step 0") and data["runs"][0]["steps"] == 0
 
 
 def test_flags_reach_the_config(command, images, tmp_path, real_weights):
@@ -403,6 +470,21 @@ def test_masks_blend_colour_and_pyramid(command, images, tmp_path, real_weights)
         "pyramid.level0.step00001.png",
         "pyramid.png",
     ]
+
+
+def test_notes_and_warnings_for_what_is_allowed_but_odd(command, images, tmp_path):
+    """A start of another shape is stretched, with a note; an all-black style mask leaves
+    its style nowhere to count, with a warning. The run goes on (no steps: no compiling
+    of a step)."""
+    result = command(
+        "--content", images / "content.png", "--style", images / "style.png",
+        "--content_masks", images / "mask.png", "--style_masks", images / "black.png",
+        "--init", images / "wide.png", "--steps", "0", "--size", "32", "--output",
+        tmp_path / "out.png", "--style_layers", "conv1_1", "--content_layers", "conv1_2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"note: stretching --init {images / 'wide.png'} from 80x4" in result.stderr
+    assert f"warning: style mask {images / 'black.png'} is empty" in result.stderr
 
 
 def test_the_package_runs_as_a_module():

@@ -1,4 +1,6 @@
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -123,3 +125,52 @@ def test_demo_images_are_rgb_floats():
     for x in (content, style):
         assert x.ndim == 3 and x.shape[-1] == 3 and x.dtype == np.float32
         assert 0.0 <= x.min() and x.max() <= 1.0
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header(width: int, height: int, *, depth: int = 8, data: bytes = b"") -> bytes:
+    """A PNG that claims ``width x height`` RGB pixels, with ``data`` (raw rows, each after
+    a filter byte) as its image data: tiny, whatever it claims."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(data))
+        + _chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [30000, 20000, 10001])
+def test_images_claiming_too_many_pixels_are_refused_from_the_header(tmp_path, side):
+    """A 57-byte file claiming 900 (or 400, 100.02) megapixels is refused before anything
+    is decoded: no Pillow traceback, no minute of decoding."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_header(side, side))
+    for read in (nst_jax.load_image, im.image_size, nst_jax.load_mask):
+        with pytest.raises(ValueError, match="limit of 100,000,000 pixels"):
+            read(path)
+
+
+def test_large_jpegs_decode_only_the_pixels_needed(tmp_path, rng):
+    yy, xx = np.mgrid[0:1500, 0:2000] / 1500.0
+    picture = np.stack([xx / 1.4, yy, 0.5 + 0.4 * np.sin(6 * xx)], -1).astype(np.float32)
+    path = nst_jax.save_image(tmp_path / "big.jpg", picture)
+    reduced = nst_jax.load_image(path, at_least=300)
+    assert reduced.shape == (375, 500, 3)  # A quarter: the smallest scale of >= 300 px.
+    assert im.image_size(path) == (1500, 2000)
+    full = nst_jax.resize(nst_jax.load_image(path), (375, 500))
+    assert np.abs(reduced - full).mean() < 0.01
+    assert nst_jax.load_image(path, at_least=3000).shape == (1500, 2000, 3)
+
+
+def test_16bit_colour_pngs_come_through_at_8_bits(tmp_path):
+    """As the README says: Pillow reduces 16-bit colour to 8 bits a channel."""
+    values = np.array([[[0, 30000, 65535], [1000, 2000, 40000]]], ">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in values)
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(png_header(2, 1, depth=16, data=rows))
+    x = nst_jax.load_image(path)
+    np.testing.assert_allclose(x[0], values[0] / 65535, atol=1 / 255)

@@ -1,6 +1,7 @@
 import hashlib
 import io
 import tarfile
+from pathlib import Path
 
 import h5py
 import jax
@@ -15,7 +16,7 @@ from nst_jax.nets.vgg import CONV_LAYERS as LAYERS
 WIDTHS = {1: 2, 2: 3, 3: 2, 4: 3, 5: 2}
 
 
-def _fake_params(rng):
+def fake_params(rng):
     params, cin = {}, 3
     for name in LAYERS:
         cout = WIDTHS[int(name[4])]
@@ -27,7 +28,7 @@ def _fake_params(rng):
     return params
 
 
-def _write_keras_h5(path, params):
+def write_keras_h5(path, params):
     """The layout of Keras' notop file: block{b}_conv{i}/block{b}_conv{i}_{W,b}_1:0."""
     with h5py.File(path, "w") as f:
         for name, p in params.items():
@@ -38,9 +39,9 @@ def _write_keras_h5(path, params):
 
 
 def test_h5_converts_and_roundtrips_through_npz(tmp_path, rng):
-    params = _fake_params(rng)
+    params = fake_params(rng)
     h5 = tmp_path / "w.h5"
-    _write_keras_h5(h5, params)
+    write_keras_h5(h5, params)
     loaded = nst_jax.load_weights(h5)
     assert loaded.preprocessing == CAFFE
     assert loaded.sha256 == hashlib.sha256(h5.read_bytes()).hexdigest()
@@ -55,7 +56,7 @@ def test_h5_converts_and_roundtrips_through_npz(tmp_path, rng):
 def test_npz_with_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, payload=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(ValueError, match="not an nst_jax weights file"):
+    with pytest.raises(ValueError, match="not a readable nst_jax weights file"):
         nst_jax.load_weights(path)
 
 
@@ -72,7 +73,7 @@ def test_wrong_files_give_clear_errors(tmp_path):
 
 
 def test_torch_state_dict_layout(rng):
-    params = _fake_params(rng)
+    params = fake_params(rng)
     indices = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
     state = {}
     for name, idx in zip(LAYERS, indices, strict=True):
@@ -167,3 +168,75 @@ def test_preprocess_caffe_and_torchvision():
     np.testing.assert_allclose(
         tv[0, 0], [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], rtol=1e-5
     )
+
+
+def test_the_cache_is_the_repositorys_weights_folder(monkeypatch):
+    monkeypatch.delenv("NST_JAX_CACHE", raising=False)
+    assert wl.cache_dir() == Path(__file__).resolve().parent.parent / "weights"
+
+
+def test_changed_truncated_and_foreign_npz_files_are_refused(tmp_path, rng):
+    params = fake_params(rng)
+    npz = wl.save_npz(tmp_path / "w.npz", params, CAFFE, "source")
+    assert wl.load_npz(npz, verified=True).sha256 == "source"
+    # The arrays changed, the recorded hashes kept: refused.
+    with np.load(npz) as z:
+        arrays = dict(z)
+    arrays["conv3_1/kernel"] = arrays["conv3_1/kernel"] + 1.0
+    np.savez(tmp_path / "changed.npz", **arrays)
+    with pytest.raises(ValueError, match="not the ones recorded"):
+        nst_jax.load_weights(tmp_path / "changed.npz")
+    (tmp_path / "cut.npz").write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    with pytest.raises(ValueError, match="not a readable nst_jax weights file"):
+        nst_jax.load_weights(tmp_path / "cut.npz")
+    (tmp_path / "noise.npz").write_bytes(rng.bytes(5000))
+    with pytest.raises(ValueError, match="not a .npz archive") as e:
+        nst_jax.load_weights(tmp_path / "noise.npz")
+    assert "pickle" not in str(e.value)
+    (tmp_path / "cut.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + rng.bytes(300))
+    with pytest.raises(ValueError, match="not a Keras VGG19 weights file"):
+        nst_jax.load_weights(tmp_path / "cut.h5")
+
+
+def test_weights_with_non_finite_values_are_refused(tmp_path, rng):
+    params = fake_params(rng)
+    params["conv4_2"]["bias"][0] = np.nan
+    h5 = tmp_path / "nan.h5"
+    write_keras_h5(h5, params)
+    with pytest.raises(ValueError, match="conv4_2's bias has non-finite values"):
+        nst_jax.load_weights(h5)
+    npz = wl.save_npz(tmp_path / "nan.npz", params, CAFFE, "x")
+    with pytest.raises(ValueError, match="non-finite"):
+        nst_jax.load_weights(npz)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "stale", "changed"])
+def test_a_broken_default_cache_is_rebuilt_from_the_verified_file(
+    tmp_path, rng, monkeypatch, capsys, damage
+):
+    """The default weights' cache, broken any way, is remade from the verified ``.h5``
+    beside it, with a one-line note; nothing is fetched."""
+    params = fake_params(rng)
+    write_keras_h5(tmp_path / wl.H5_NAME, params)
+    monkeypatch.setenv("NST_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(wl, "H5_SHA256", wl.file_sha256(tmp_path / wl.H5_NAME))
+    npz = tmp_path / wl.NPZ_NAME
+    wl.save_npz(npz, params, CAFFE, wl.H5_SHA256)
+    data = bytearray(npz.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 3]
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    npz.write_bytes(bytes(data))
+    if damage == "stale":  # Made from another file.
+        wl.save_npz(npz, params, CAFFE, "0" * 64)
+    if damage == "changed":  # Arrays changed, their recorded hashes kept.
+        with np.load(npz) as z:
+            arrays = dict(z)
+        arrays["conv1_1/bias"] = arrays["conv1_1/bias"] * 2
+        np.savez(npz, **arrays)
+    loaded = nst_jax.load_weights(progress=False)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("note: rebuilding the weights cache"), err
+    np.testing.assert_array_equal(loaded.params["conv1_1"]["bias"], params["conv1_1"]["bias"])
+    assert wl.load_npz(npz, verified=True).sha256 == wl.H5_SHA256  # Whole again.

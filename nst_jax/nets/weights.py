@@ -95,7 +95,7 @@ def cache_dir() -> Path:
     """``$NST_JAX_CACHE``, else the repository's ``weights/`` if writable, else ``~/.cache``."""
     if env := os.environ.get("NST_JAX_CACHE"):
         return Path(env)
-    repo_weights = Path(__file__).resolve().parent.parent / "weights"
+    repo_weights = Path(__file__).resolve().parents[2] / "weights"
     if repo_weights.is_dir() and os.access(repo_weights, os.W_OK):
         return repo_weights
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -192,7 +192,7 @@ def fetch(
     cache: Path | None = None,
     progress: bool = True,
     sources: Sequence[tuple[str, Source]] = SOURCES,
-    sha256: str = H5_SHA256,
+    sha256: str | None = None,
 ) -> Path:
     """Returns the path of the verified ``.h5`` file, downloading it if it isn't cached.
 
@@ -200,6 +200,7 @@ def fetch(
       OSError: no source produced a file with the expected hash; the message lists why
         each one failed.
     """
+    sha256 = sha256 or H5_SHA256
     folder = Path(cache or cache_dir())
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / H5_NAME
@@ -241,9 +242,13 @@ def convert_h5(path: str | os.PathLike) -> dict:
                     "kernel": np.asarray(group[kernel], np.float32),
                     "bias": np.asarray(group[bias], np.float32),
                 }
-    except (OSError, KeyError, StopIteration) as e:
-        raise ValueError(f"{path} is not a Keras VGG19 weights file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - h5py fails a corrupt file in many ways.
+        raise ValueError(f"{path} is not a Keras VGG19 weights file ({_why(e)})") from None
     return params
+
+
+def _why(e: Exception) -> str:
+    return f"{e.__class__.__name__}: {e}" if str(e) else e.__class__.__name__
 
 
 def convert_torch(path: str | os.PathLike) -> dict:
@@ -252,7 +257,10 @@ def convert_torch(path: str | os.PathLike) -> dict:
         import torch
     except ImportError:
         raise ValueError(f"{path}: reading .pth files needs torch (pip install torch)") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file, whatever the cause.
+        raise ValueError(f"{path} is not a readable torch state dict ({_why(e)})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a torchvision vgg19 state dict")
     return params_from_torch_state(
@@ -273,25 +281,53 @@ def params_from_torch_state(state: dict[str, np.ndarray], path="state dict") -> 
     return params
 
 
+def arrays_sha256(params: dict) -> str:
+    """SHA-256 of the kernels and biases themselves, layer by layer, as float32: what
+    ``save_npz`` records and ``load_npz`` checks, so that a changed array is caught."""
+    digest = hashlib.sha256()
+    for name in CONV_LAYERS:
+        for key in ("kernel", "bias"):
+            digest.update(f"{name}/{key}".encode())
+            digest.update(np.ascontiguousarray(params[name][key], np.float32).tobytes())
+    return digest.hexdigest()
+
+
 def save_npz(
     path: str | os.PathLike, params: dict, preprocessing: Preprocessing, sha256: str
 ) -> Path:
-    """Writes params, their preprocessing and the source hash to a pickle-free ``.npz``."""
+    """Writes params, their preprocessing, the source file's hash and the arrays' own
+    hash (``arrays_sha256``) to a pickle-free ``.npz``, atomically."""
     path = Path(path)
-    arrays = {f"{layer}/{k}": v for layer, p in params.items() for k, v in p.items()}
+    arrays = {f"{name}/{k}": v for name, p in params.items() for k, v in p.items()}
     arrays["preprocessing/bgr"] = np.asarray(preprocessing.bgr)
     arrays["preprocessing/scale"] = np.asarray(preprocessing.scale, np.float64)
     arrays["preprocessing/mean"] = np.asarray(preprocessing.mean, np.float64)
     arrays["preprocessing/std"] = np.asarray(preprocessing.std, np.float64)
     arrays["source/sha256"] = np.asarray(sha256)
+    arrays["arrays/sha256"] = np.asarray(arrays_sha256(params))
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
     return path
 
 
-def load_npz(path: str | os.PathLike) -> Weights:
-    """Reads a ``.npz`` written by ``save_npz``. Never unpickles."""
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def load_npz(path: str | os.PathLike, *, verified: bool = False) -> Weights:
+    """Reads a ``.npz`` written by ``save_npz``. Never unpickles.
+
+    The arrays are checked against the hash recorded with them; ``verified=True``
+    also requires that hash to be there (the default weights' cache always has it).
+
+    Raises:
+      ValueError: not such a file, truncated or corrupt, or arrays that are not the ones
+        recorded.
+    """
+    path = Path(path)
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != _ZIP_MAGIC:
+                raise ValueError("not a .npz archive")
         with np.load(path, allow_pickle=False) as z:
             params = {
                 name: {
@@ -307,51 +343,71 @@ def load_npz(path: str | os.PathLike) -> Weights:
                 std=tuple(float(v) for v in z["preprocessing/std"]),
             )
             sha = str(z["source/sha256"])
-    except (OSError, KeyError, ValueError) as e:
-        raise ValueError(f"{path} is not an nst_jax weights file ({e})") from None
+            recorded = str(z["arrays/sha256"]) if "arrays/sha256" in z.files else None
+    except Exception as e:  # noqa: BLE001 - a truncated or corrupt archive, any cause.
+        raise ValueError(f"{path} is not a readable nst_jax weights file ({_why(e)})") from None
+    if recorded is None and verified:
+        raise ValueError(f"{path} has no record of its arrays' hash")
+    if recorded is not None and arrays_sha256(params) != recorded:
+        raise ValueError(f"{path}: its arrays are not the ones recorded when it was written")
     return Weights(params, spec, sha)
 
 
-def _check_shapes(params: dict, path) -> dict:
+def _check(params: dict, path) -> dict:
+    """Raises ValueError unless ``params`` are VGG19's shapes and all finite."""
     expected_in = 3
     for name in CONV_LAYERS:
         kernel, bias = params[name]["kernel"], params[name]["bias"]
         ok = kernel.ndim == 4 and kernel.shape[:3] == (3, 3, expected_in)
         if not ok or bias.shape != kernel.shape[3:]:
             raise ValueError(f"{path}: layer {name} has kernel {kernel.shape}, bias {bias.shape}")
+        for key, value in (("kernel", kernel), ("bias", bias)):
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"{path}: layer {name}'s {key} has non-finite values")
         expected_in = kernel.shape[3]
     return params
+
+
+def _default(progress: bool) -> Weights:
+    """The verified default weights: the cache, rebuilt from the verified ``.h5`` when
+    it is missing, stale, corrupt or changed."""
+    npz = cache_dir() / NPZ_NAME
+    if npz.is_file():
+        try:
+            weights = load_npz(npz, verified=True)
+            if weights.sha256 == H5_SHA256:
+                return weights
+            reason = "it was made from another file"
+        except ValueError as e:
+            reason = str(e)
+        print(f"note: rebuilding the weights cache {npz}: {reason}", file=sys.stderr)
+    h5 = fetch(progress=progress)
+    save_npz(npz, _check(convert_h5(h5), h5), CAFFE, H5_SHA256)
+    return load_npz(npz, verified=True)
 
 
 def load_weights(path: str | os.PathLike | None = None, *, progress: bool = True) -> Weights:
     """Loads VGG19 weights from ``path`` (.npz, .h5 or .pth), or the verified default.
 
-    With no path, the cached ``.npz`` is used; it is made from the fetched ``.h5`` the
-    first time.
+    With no path, the cached ``.npz`` is used, its arrays checked against their recorded
+    hash; it is made, or remade with a note, from the fetched and verified ``.h5``.
+    Every file's shapes are checked, and its values must be finite.
 
     Raises:
-      ValueError: the file is missing or not VGG19 weights.
+      ValueError: the file is missing, corrupt, or not VGG19 weights.
       OSError: the default weights could not be fetched.
     """
     if path is None:
-        npz = cache_dir() / NPZ_NAME
-        if npz.is_file():
-            weights = load_npz(npz)
-            if weights.sha256 == H5_SHA256:
-                return weights
-        h5 = fetch(progress=progress)
-        save_npz(npz, convert_h5(h5), CAFFE, H5_SHA256)
-        return load_npz(npz)
+        return _default(progress)
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"weights file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         weights = load_npz(path)
-        _check_shapes(weights.params, path)
-        return weights
+        return weights._replace(params=_check(weights.params, path))
     if suffix == ".h5":
-        return Weights(_check_shapes(convert_h5(path), path), CAFFE, file_sha256(path))
+        return Weights(_check(convert_h5(path), path), CAFFE, file_sha256(path))
     if suffix in (".pth", ".pt"):
-        return Weights(_check_shapes(convert_torch(path), path), TORCHVISION, file_sha256(path))
+        return Weights(_check(convert_torch(path), path), TORCHVISION, file_sha256(path))
     raise ValueError(f"unsupported weights format {path.suffix!r}; use .npz, .h5 or .pth")

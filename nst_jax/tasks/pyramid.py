@@ -4,6 +4,7 @@ continue; and the style-scale policy every run from full-resolution inputs follo
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -45,7 +46,7 @@ def style_scales(style_scale: float | Sequence[float], n: int) -> list[float]:
     scales = [float(style_scale)] * n if np.ndim(style_scale) == 0 else list(style_scale)
     if len(scales) == 1:
         scales = scales * n
-    if len(scales) != n or any(not k > 0 for k in scales):
+    if len(scales) != n or any(not (k > 0 and math.isfinite(k)) for k in scales):
         raise ValueError(f"style_scale needs one positive value, or one per style ({n}): {scales}")
     return scales
 

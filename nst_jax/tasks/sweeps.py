@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -70,10 +71,10 @@ def columns(
 
     A ratio ``r`` keeps α at ``loss.content_weight`` and sets β = α / r.
     """
-    if any(not r > 0 for r in ratios or ()):
-        raise ValueError(f"content/style ratios must be > 0, got {list(ratios)}")
-    if any(not t >= 0 for t in tv_weights or ()):
-        raise ValueError(f"TV weights must be >= 0, got {list(tv_weights)}")
+    if any(not (r > 0 and math.isfinite(r)) for r in ratios or ()):
+        raise ValueError(f"content/style ratios must be finite and > 0, got {list(ratios)}")
+    if any(not (t >= 0 and math.isfinite(t)) for t in tv_weights or ()):
+        raise ValueError(f"TV weights must be finite and >= 0, got {list(tv_weights)}")
     if not seeds:
         raise ValueError("need at least one seed")
     base = loss.term_weights
