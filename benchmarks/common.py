@@ -24,6 +24,19 @@ def demo_pair(size: int) -> tuple[np.ndarray, np.ndarray]:
     return nst_jax.resize_longest(content, size), nst_jax.resize_longest(style, size)
 
 
+def bench_weights() -> nst_jax.Weights:
+    """The verified VGG19 weights; with ``NST_JAX_BENCH_WEIGHTS=random``, a randomly
+    initialised VGG19 of the same shapes instead, for a machine that cannot fetch the
+    80 MB file (an accelerator lent without network): a step's time does not depend on
+    the weights' values, so speed benchmarks may use it; quality benchmarks may not."""
+    import os
+
+    if os.environ.get("NST_JAX_BENCH_WEIGHTS") == "random":
+        params = nst_jax.init_params(jax.random.key(0))
+        return nst_jax.Weights(params, nst_jax.CAFFE, "random")
+    return nst_jax.load_weights(progress=False)
+
+
 def best_of(fn, *args, repeats: int = 5) -> float:
     """Minimum wall time of ``fn(*args)`` over ``repeats`` runs after one warm-up."""
     jax.block_until_ready(fn(*args))

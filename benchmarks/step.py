@@ -31,7 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import best_of, compiled_step, demo_pair, save, table
+from common import bench_weights, best_of, compiled_step, demo_pair, save, table
 
 import nst_jax
 from nst_jax import solve
@@ -69,19 +69,24 @@ def torch_runner(weights, content, style, config):
         return None
     from nst_jax.nets.vgg import CONV_LAYERS as LAYERS
 
+    # The same kind of device as JAX's: a GPU figure is compared with PyTorch on the GPU.
+    on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if on_gpu else "cpu")
     loss_cfg = config.loss
     prep = weights.preprocessing
     convs = {
         name: (
-            torch.from_numpy(np.ascontiguousarray(np.transpose(p["kernel"], (3, 2, 0, 1)))),
-            torch.from_numpy(np.asarray(p["bias"])),
+            torch.from_numpy(np.ascontiguousarray(np.transpose(p["kernel"], (3, 2, 0, 1)))).to(
+                device
+            ),
+            torch.from_numpy(np.asarray(p["bias"])).to(device),
         )
         for name, p in weights.params.items()
     }
     wanted = set(loss_cfg.content_layers + loss_cfg.style_layers)
     deepest = max(LAYERS.index(n) for n in wanted)
-    mean = torch.tensor(prep.mean).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std).view(1, 3, 1, 1)
+    mean = torch.tensor(prep.mean).view(1, 3, 1, 1).to(device)
+    std = torch.tensor(prep.std).view(1, 3, 1, 1).to(device)
     pool = (
         torch.nn.functional.avg_pool2d
         if config.net.pooling == "avg"
@@ -107,7 +112,7 @@ def torch_runner(weights, content, style, config):
         return m @ m.T / (h * w)
 
     def to_torch(a):
-        return torch.from_numpy(np.ascontiguousarray(np.transpose(a, (2, 0, 1))[None]))
+        return torch.from_numpy(np.ascontiguousarray(np.transpose(a, (2, 0, 1))[None])).to(device)
 
     with torch.no_grad():
         c_feats = features(to_torch(content))
@@ -166,7 +171,7 @@ def main():
     parser.add_argument("--sizes", default="256,512")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    weights = nst_jax.load_weights(progress=False)
+    weights = bench_weights()
     config = nst_jax.Config(optimizer="adam")
     direct = config.replace(net=dict(convolution="direct"))
     peak = matmul_gflops()

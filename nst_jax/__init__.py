@@ -5,7 +5,8 @@ The data flows one way: image files -> arrays (``image``, ``color``) -> VGG19 fe
 tasks (``tasks``) -> files (``jobs``, behind the command line, ``cli``).
 """
 
-from nst_jax import color, config, jobs, losses, memory, nets, objective, solve, tasks
+from nst_jax import batch, color, config, jobs, losses, memory, nets, objective, solve, tasks
+from nst_jax.batch import FolderJob, stylize_folder, stylize_many
 from nst_jax.config import Config
 from nst_jax.image import (
     demo_images,
@@ -48,6 +49,7 @@ __all__ = [
     "TORCHVISION",
     "VGG19",
     "Config",
+    "FolderJob",
     "Inputs",
     "Job",
     "LossConfig",
@@ -60,6 +62,7 @@ __all__ = [
     "Terms",
     "Weights",
     "__version__",
+    "batch",
     "color",
     "config",
     "content_loss",
@@ -91,6 +94,8 @@ __all__ = [
     "stylize",
     "stylize_batch",
     "stylize_files",
+    "stylize_folder",
+    "stylize_many",
     "stylize_pyramid",
     "sweeps",
     "synthesize",

@@ -25,8 +25,9 @@ F = flags.FLAGS
 JOBS = {"stylize": nst_jax.stylize_files, "texture": nst_jax.texture_files}
 JOBS["invert"] = nst_jax.invert_files
 # Exit codes: a user's mistake, a run that stopped on a non-finite loss, a file system or
-# network failure; a signal gives 128 + its number (130 for Ctrl-C).
-USAGE, FAILED, OS_ERROR = 2, 3, 1
+# network failure, a folder job some of whose inputs failed; a signal gives 128 + its
+# number (130 for Ctrl-C).
+USAGE, FAILED, OS_ERROR, SOME_FAILED = 2, 3, 1, 4
 
 # Inputs and outputs.
 flags.DEFINE_string("content", None, "Content image file.")
@@ -178,6 +179,37 @@ flags.DEFINE_integer(
     LossConfig.mmd_samples,
     "Positions sampled per layer and step by the pairwise MMD kernels.",
 )
+# Batch jobs: a folder in, a folder out.
+flags.DEFINE_string(
+    "output_dir",
+    None,
+    "Stylise every image --content names (a folder, a glob, a .txt list of paths) into "
+    "this folder: one output per content and style mix, named after its input, "
+    "subfolders kept. A rerun skips outputs already done with the same settings.",
+)
+flags.DEFINE_string(
+    "blends",
+    None,
+    "With --output_dir: style mixes, one output each, MIX;MIX with MIX=w,w,... one "
+    "weight per --style. Without it, several --style images give one output each.",
+)
+flags.DEFINE_integer(
+    "batch_size",
+    0,
+    "Images per batch, all devices and hosts together (0: as many as fit, a few per device).",
+)
+flags.DEFINE_integer("devices", 0, "Devices per process to shard batches over (0: all).")
+flags.DEFINE_string("crop", None, "With --output_dir: crop every content to WxH (one shape).")
+flags.DEFINE_bool("overwrite", False, "With --output_dir: redo outputs that are already done.")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join the other processes of a multi-host run (jax.distributed): found by JAX on TPU "
+    "pods and SLURM (joined there without this flag), or given by --coordinator.",
+)
+flags.DEFINE_string("coordinator", None, "--distributed: the coordinator's HOST:PORT.")
+flags.DEFINE_integer("num_processes", None, "--distributed: how many processes.")
+flags.DEFINE_integer("process_id", None, "--distributed: this process's index.")
 # Progress and records.
 flags.DEFINE_integer(
     "save_every", 0, "Also save a snapshot every N steps (0: never), as OUTPUT_STEM.stepNNNNN.png."
@@ -294,6 +326,57 @@ def _job() -> Job:
     )
 
 
+# What a folder job does not take: each of these is about one content and one output.
+NOT_FOR_FOLDERS = (
+    "output", "report", "save_every", "content_masks", "style_masks", "pyramid",
+    "start_size", "level_steps", "inits", "tv_weights", "ratios", "layers", "demo",
+    "style_layer_sets", "preserve_color",
+)  # fmt: skip
+
+
+def _folder_job():
+    """The flags' ``batch.FolderJob``."""
+    if F.mode != "stylize":
+        raise ValueError("--output_dir runs --mode stylize")
+    for name in NOT_FOR_FOLDERS:
+        if F[name].present:
+            raise ValueError(f"--{name} is for one content; --output_dir takes a folder")
+    if not F.content or not F.style:
+        raise ValueError("--output_dir needs --content (a folder, glob or list) and --style")
+    if F.init not in nst_jax.config.INIT_KINDS:
+        raise ValueError("--init with an image is for one content; use content, noise or style")
+    crop = None
+    if F.crop:
+        w, x, h = F.crop.lower().partition("x")
+        if not (x and w.isdigit() and h.isdigit()):
+            raise ValueError(f"bad --crop {F.crop!r}; use WxH, e.g. 512x384")
+        crop = (int(h), int(w))
+    blends = None
+    if F.blends:
+        try:
+            blends = tuple(
+                tuple(float(w) for w in mix.split(","))
+                for mix in filter(None, (m.strip() for m in F.blends.split(";")))
+            )
+        except ValueError:
+            raise ValueError(f"bad --blends {F.blends!r}; use w,w;w,w") from None
+    return nst_jax.batch.FolderJob(
+        contents=F.content,
+        styles=tuple(F.style),
+        output_dir=F.output_dir,
+        config=_config(),
+        size=F.size,
+        crop=crop,
+        blends=blends,
+        style_scale=_numbers("style_scale"),
+        weights=F.weights,
+        batch_size=F.batch_size or None,
+        devices=F.devices or None,
+        overwrite=F.overwrite,
+        progress=F.progress,
+    )
+
+
 _signals: list[int] = []  # The signals received, in order.
 
 
@@ -314,6 +397,14 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"unexpected argument {argv[1]!r} (flags look like --name=value)")
     if F.compilation_cache:
         nst_jax.solve.enable_compilation_cache()
+    if F.distributed or F.coordinator or nst_jax.batch.in_cluster():
+        nst_jax.batch.connect(
+            coordinator=F.coordinator, num_processes=F.num_processes, process_id=F.process_id
+        )
+    if F.output_dir:
+        folder = nst_jax.stylize_folder(_folder_job())
+        print(folder.summary, file=sys.stderr)
+        return _interrupted() if folder.interrupted else SOME_FAILED if folder.failed else 0
     report = JOBS[F.mode](_job())
     print(report.summary, file=sys.stderr)
     if report.failure:

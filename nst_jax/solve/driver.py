@@ -25,6 +25,7 @@ from nst_jax.nets.network import Network
 from nst_jax.objective import Terms
 from nst_jax.progress import progress_bar
 from nst_jax.solve import programs
+from nst_jax.solve.placement import Placement
 from nst_jax.solve.solver import HISTORY_KEYS
 
 Callback = Callable[[int, np.ndarray, dict[str, np.ndarray]], None]
@@ -108,6 +109,7 @@ def run(
     chunk: int = 10,
     progress: bool | str = True,
     check: Callable[[jax.stages.Compiled], None] | None = None,
+    placement: Placement | None = None,
 ) -> Result:
     """Optimises a batch of ``B`` images.
 
@@ -126,6 +128,9 @@ def run(
       progress: a progress bar (a string names it).
       check: called with the compiled step before any compute, e.g. to refuse a step
         that will not fit in memory.
+      placement: shard the batch over a device mesh (``placement.py``); ``content``
+        and the other batched inputs are then this process's share, and so is the
+        result. The share must be a multiple of the process's devices in the mesh.
 
     Returns:
       A batched ``Result``.
@@ -133,17 +138,24 @@ def run(
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     t0 = time.perf_counter()
+    local = np.asarray
+    if placement is not None:
+        network, styles, masks = placement.shared((network, styles, masks))
+        content, init_images, blends, keys, term_weights = placement.batched(
+            (content, init_images, blends, keys, term_weights)
+        )
+        local = placement.local
     args = (network, content, styles, init_images, blends, masks, keys)
-    setup, step, losses_at = programs.compile_run(args, term_weights, config)
+    setup, step, losses_at = programs.compile_run(args, term_weights, config, placement=placement)
     if check is not None and step is not None:
         check(step)
     targets, state = setup(*args)
-    initial = np.asarray(losses_at(network, targets, state.image, term_weights))
+    initial = local(losses_at(network, targets, state.image, term_weights))
     compile_seconds = time.perf_counter() - t0
 
     bar = progress_bar(config.steps, progress, label="stylize", unit="step")
     alpha_on = config.loss.alpha_norm_weight > 0
-    image = np.asarray(state.image)
+    image = local(state.image)
     rows, done, interrupted, failure, run_seconds = [], 0, False, None, 0.0
     try:
         while done < config.steps:
@@ -153,8 +165,8 @@ def run(
             for _ in range(n):
                 state, losses = step(network, targets, state, term_weights)
                 pending.append(losses)
-            hist = np.stack(jax.device_get(pending))  # Waits for the chunk to finish.
-            latest_image = np.asarray(state.image)
+            hist = np.stack([local(losses) for losses in pending])  # Waits for the chunk.
+            latest_image = local(state.image)
             run_seconds += time.perf_counter() - t
             if not (np.all(np.isfinite(hist)) and np.all(np.isfinite(latest_image))):
                 failure = f"stopped after step {done}: " + nonfinite_message(
@@ -180,7 +192,8 @@ def run(
     if interrupted or failure:  # Skip more compute; report the last finite step's losses.
         final = history[-1] if len(history) else initial
     else:
-        final = np.asarray(losses_at(network, targets, jnp.asarray(image), term_weights))
+        images = jnp.asarray(image) if placement is None else placement.batched(image)
+        final = local(losses_at(network, targets, images, term_weights))
     return Result(
         image=image,
         history=_by_key(history),

@@ -8,6 +8,8 @@ get it from here, so what they measure is what runs.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Sequence
@@ -16,11 +18,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax.config import Config
 from nst_jax.nets.network import Network
 from nst_jax.objective import Terms
 from nst_jax.solve import solver
+from nst_jax.solve.placement import Placement
 
 # XLA:CPU lowers convolutions to YNNPACK by default; Eigen's run this network's step
 # faster on the CPUs measured so far (``benchmarks/step.py`` times both, in its "XLA
@@ -93,36 +97,85 @@ def lower(
     *,
     tuned: bool = True,
     platforms: Sequence[str] | None = None,
+    shardings: dict | None = None,
 ) -> jax.stages.Lowered:
     """What ``compile_step`` compiles, lowered; ``platforms`` (e.g. ``("cuda",)``) lowers
-    it for other backends than this machine's."""
-    run = jit(batched_step(config), tuned=tuned, donate_argnums=(2,))
+    it for other backends than this machine's; ``shardings`` places it (``jit``'s
+    ``in_shardings`` and ``out_shardings``)."""
+    run = jit(batched_step(config), tuned=tuned, donate_argnums=(2,), **(shardings or {}))
     traced = run.trace(network, targets, state, term_weights)
     return traced.lower(lowering_platforms=tuple(platforms) if platforms else None)
 
 
-def compile_run(setup_args: tuple, term_weights: Terms, config: Config):
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_KEEP = 8  # Compiled runs kept in this process, most recent first.
+compiled_programs = 0  # Programs compiled in this process: what a resumed job counts.
+
+
+def _signature(config: Config, placement, *trees) -> tuple:
+    """What decides a run's programs: the config (its step count aside: no program
+    depends on it, beyond whether there are steps), the placement, and every argument's
+    tree, shapes and dtypes."""
+    leaves = tuple(
+        (jax.tree.structure(t), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(t)))
+        for t in trees
+    )
+    return dataclasses.replace(config, steps=min(config.steps, 1)), placement, leaves
+
+
+def compile_run(
+    setup_args: tuple,
+    term_weights: Terms,
+    config: Config,
+    *,
+    placement: Placement | None = None,
+):
     """The three programs a run takes, compiled together from shapes, before any
     compute: ``(setup, step, losses)``.
 
     ``setup(*setup_args) -> (targets, state)``, as ``batched_setup``; ``step`` as
     ``compile_step``, or None for a run of no steps; ``losses(network, targets,
     images, term_weights) -> [B, 5]``. XLA compiles each program on one thread, so
-    they compile side by side.
+    they compile side by side. With a ``placement``, every program takes its batch
+    axis sharded over the mesh and the rest replicated. A run whose programs this
+    process compiled recently takes them again (``_signature``): the batches of a job,
+    or runs repeated in one session, compile once.
     """
+    global compiled_programs
+    key = _signature(config, placement, setup_args, term_weights)
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key]
     network, _, _, init_images, blends, _, _ = setup_args
+    shard = {}
+    if placement is not None:
+        r, b = placement.replicated, placement.batch
+        shard = {
+            "setup": dict(in_shardings=(r, b, r, b, b, r, b), out_shardings=(b, b)),
+            "step": dict(in_shardings=(r, b, b, b), out_shardings=(b, b)),
+            "losses": dict(in_shardings=(r, b, b, b), out_shardings=b),
+        }
     setup = jit(
         batched_setup(config, init_images=init_images is not None, blends=blends is not None),
         once=True,
+        **shard.get("setup", {}),
     )
     targets, state = jax.eval_shape(setup, *setup_args)
+    losses = jit(batched_losses(config), once=True, **shard.get("losses", {}))
     lowered = [
         setup.lower(*setup_args),
-        lower(network, targets, state, term_weights, config) if config.steps else None,
-        jit(batched_losses(config), once=True).lower(network, targets, state.image, term_weights),
+        lower(network, targets, state, term_weights, config, shardings=shard.get("step"))
+        if config.steps
+        else None,
+        losses.lower(network, targets, state.image, term_weights),
     ]
     with ThreadPoolExecutor(len(lowered)) as pool:
-        return tuple(pool.map(lambda program: program and program.compile(), lowered))
+        programs = tuple(pool.map(lambda program: program and program.compile(), lowered))
+    compiled_programs += sum(p is not None for p in programs)
+    _COMPILED[key] = programs
+    while len(_COMPILED) > _KEEP:
+        _COMPILED.popitem(last=False)
+    return programs
 
 
 def step_shapes(network: Network, shape: tuple[int, int], config: Config, *, batch: int = 1):

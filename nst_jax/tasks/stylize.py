@@ -16,11 +16,13 @@ import numpy as np
 from nst_jax import color
 from nst_jax.config import Config
 from nst_jax.image import resize_mask
+from nst_jax.nets.network import Network
 from nst_jax.nets.vgg import widths_of
 from nst_jax.nets.weights import Weights, load_weights
 from nst_jax.objective import Terms
 from nst_jax.solve import driver
 from nst_jax.solve.driver import Result
+from nst_jax.solve.placement import Placement
 from nst_jax.solve.solver import term_weights_of
 from nst_jax.tasks import policy
 
@@ -100,9 +102,12 @@ def run(
     chunk: int,
     progress: bool | str,
     plan: policy.Plan | None = None,
+    network: Network | None = None,
+    placement: Placement | None = None,
 ) -> Result:
     """What every task runs: ``B`` contents ``[B, H, W, 3]`` through the driver, with
-    colour preservation around it. ``plan`` is the task's decision if it made one."""
+    colour preservation around it. ``plan`` is the task's decision if it made one, and
+    ``network`` the network it prepared for it; ``placement`` shards the batch."""
     b, h, w = content.shape[:3]
     for i in range(b):
         check_image("content", content[i])
@@ -119,7 +124,7 @@ def run(
     if weights is None:
         weights = load_weights(progress=bool(progress))
     plan = plan or policy.plan(config, (h, w), b, widths=widths_of(weights.params))
-    network = plan.network(weights)
+    network = network or plan.network(weights)
     if callback is not None and config.preserve_color == "luminance":
         inner = callback
 
@@ -140,6 +145,7 @@ def run(
         chunk=chunk,
         progress=progress,
         check=plan.fits_compiled(config),
+        placement=placement,
     )
     if config.preserve_color == "luminance":
         result = result._replace(image=color.with_content_color(result.image, original))

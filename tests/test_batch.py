@@ -1,0 +1,300 @@
+"""``batch.py``: folders in, folders out; batches sharded over devices and split over
+hosts. Devices are simulated (``--xla_force_host_platform_device_count``) in processes
+of their own, and two processes on localhost stand in for two hosts."""
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import nst_jax
+from nst_jax import cli
+from nst_jax.batch import Element, find_contents, plan_batches
+
+from .conftest import SMALL_WIDTHS
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "run.py"
+
+
+def test_batches_group_by_shape_pad_and_split_evenly():
+    shapes = [(8, 8), (8, 12), None, (8, 8), (8, 8), (8, 12), (8, 8)]
+    batches = plan_batches(shapes, 2, per_process=3)
+    assert [b.shape for b in batches] == [(8, 8)] * 3 + [(8, 12)] * 2
+    flat = [e for b in batches for e in b.elements if e is not None]
+    assert sorted(flat) == sorted(Element(i, c) for i in (0, 1, 3, 4, 5, 6) for c in (0, 1))
+    assert batches[2].elements[-1] is None  # 8 (8, 8) elements: padded to 9.
+    # Two processes: the same batches each, every element exactly once between them.
+    halves = [plan_batches(shapes, 2, per_process=2, processes=2, process=p) for p in (0, 1)]
+    assert [b.shape for b in halves[0]] == [b.shape for b in halves[1]]
+    both = [e for h in halves for b in h for e in b.elements if e is not None]
+    assert sorted(both) == sorted(flat)
+    todo = {Element(1, 0), Element(6, 1)}
+    assert [b.elements for b in plan_batches(shapes, 2, per_process=2, todo=todo)] == [
+        (Element(6, 1), None),
+        (Element(1, 0), None),
+    ]
+
+
+def test_contents_come_from_folders_globs_and_lists(tmp_path):
+    for name in ("a.png", "sub/b.jpg", "sub/deeper/c.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        nst_jax.save_image(tmp_path / name, np.zeros((4, 4, 3), np.float32))
+    (tmp_path / "notes.txt").write_text("sub/b.jpg\n# a comment\na.png\n")
+    found, root = find_contents(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a.png",
+        "sub/b.jpg",
+        "sub/deeper/c.png",
+    ]
+    assert root == tmp_path
+    found, root = find_contents(f"{tmp_path}/sub/**/*.png")
+    assert [p.name for p in found] == ["c.png"] and root == tmp_path / "sub" / "deeper"
+    found, _ = find_contents(tmp_path / "notes.txt")
+    assert [p.name for p in found] == ["a.png", "b.jpg"]
+    with pytest.raises(ValueError, match="no images found"):
+        find_contents(tmp_path / "nothing*.png")
+
+
+def _python(code: str, devices: int = 4, timeout: int = 300) -> dict:
+    """Runs ``code`` in a process of ``devices`` simulated CPU devices; its last line
+    of output is JSON."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_batches_equal_unsharded_and_separate_runs():
+    """On 4 devices: a sharded batch equals the same batch on one device and each
+    element run alone; its arrays really are sharded; a short batch's padding is
+    dropped."""
+    out = _python(f"""
+        import json, jax, jax.numpy as jnp, numpy as np
+        import nst_jax
+        from nst_jax import Config, NetConfig
+        from nst_jax.solve import driver, placement, programs, solver
+        from tests.conftest import shallow
+        weights = nst_jax.Weights(
+            nst_jax.init_params(jax.random.key(0), widths={SMALL_WIDTHS}), nst_jax.CAFFE, "s"
+        )
+        config = Config(steps=3, loss=shallow(), net=NetConfig(convolution="direct"))
+        rng = np.random.default_rng(0)
+        contents = rng.random((3, 24, 32, 3)).astype(np.float32)
+        style = rng.random((24, 24, 3)).astype(np.float32)
+        big = nst_jax.resize_longest(style, 32)  # Styles run at the content's longest side.
+        place = placement.Placement(placement.mesh_of())
+        many = list(nst_jax.stylize_many(
+            list(contents), style, config, weights=weights, placement=place, batch_size=4,
+            progress=False,
+        ))
+        alone = [
+            nst_jax.stylize(c, big, config.replace(seed=i), weights=weights, progress=False)
+            for i, c in enumerate(contents)
+        ]
+        network = nst_jax.prepare(weights, config.net)
+        keys = jnp.stack([jax.random.key(i) for i in range(4)])
+        tw = nst_jax.Terms(*(jnp.broadcast_to(w, (4,)) for w in solver.term_weights_of(config)))
+        batch = np.concatenate([contents, contents[:1]])
+        plain = driver.run(network, batch, (big,), config, keys=keys, term_weights=tw,
+                           progress=False)
+        args = place.shared((network, (big,), None))
+        args = (args[0], place.batched(batch), args[1], None, None, None, place.batched(keys))
+        setup, step, _ = programs.compile_run(args, place.batched(tw), config, placement=place)
+        targets, state = setup(*args)
+        state, losses = step(args[0], targets, state, place.batched(tw))
+        gap = lambda a, b: float(np.abs(a - b).max())
+        print(json.dumps({{
+            "elements": [list(o.element) for o in many],
+            "many_vs_alone": max(gap(o.image, a.image) for o, a in zip(many, alone)),
+            "plain_vs_alone": max(gap(plain.image[i], alone[i].image) for i in range(3)),
+            "devices": len(state.image.sharding.device_set),
+            "sharded": state.image.sharding.is_equivalent_to(place.batch, 4),
+            "shard_rows": [s.data.shape[0] for s in state.image.addressable_shards],
+        }}))
+    """)
+    assert out["elements"] == [[0, 0], [1, 0], [2, 0]]  # The padding element is dropped.
+    assert out["many_vs_alone"] < 1e-4 and out["plain_vs_alone"] < 1e-4
+    assert out["devices"] == 4 and out["sharded"] and out["shard_rows"] == [1, 1, 1, 1]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Photos of two shapes in nested folders, one corrupt file, two styles, and a
+    small random VGG19 as a weights file, so that jobs compile fast."""
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for name, shape in [("a.png", (30, 40)), ("b.jpg", (30, 40)), ("trip/c.png", (40, 30))]:
+        (root / "photos" / name).parent.mkdir(parents=True, exist_ok=True)
+        nst_jax.save_image(root / "photos" / name, rng.random((*shape, 3)).astype(np.float32))
+    (root / "photos" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    nst_jax.save_image(root / "s1.png", rng.random((32, 32, 3)).astype(np.float32))
+    nst_jax.save_image(root / "s2.png", (rng.random((32, 32, 3)) ** 3).astype(np.float32))
+    params = jax.tree.map(np.asarray, nst_jax.init_params(jax.random.key(0), widths=SMALL_WIDTHS))
+    nst_jax.nets.weights.save_npz(root / "small.npz", params, nst_jax.CAFFE, "small")
+    return root
+
+
+def _job(folder, out, *extra):
+    return [
+        "--content", folder / "photos", "--style", f"{folder / 's1.png'},{folder / 's2.png'}",
+        "--output_dir", out, "--size", "32", "--steps", "3", "--weights", folder / "small.npz",
+        "--style_layers", "conv1_1,conv2_1", "--content_layers", "conv2_2", *extra,
+    ]  # fmt: skip
+
+
+def _cli(capsys, *args):
+    capsys.readouterr()
+    code = cli.execute(["nst-jax", *map(str, args), "--noprogress"])
+    return code, capsys.readouterr().err
+
+
+def test_a_folder_job_skips_a_bad_file_resumes_and_overwrites(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = _cli(capsys, *_job(folder, out))
+    assert code == cli.SOME_FAILED, err
+    assert err.count("warning: skipping") == 1 and "broken.png" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = sorted(Path(d["output"]).relative_to(out).as_posix() for d in manifest["done"])
+    assert names == [f"{n}.{s}.png" for n in ("a", "b", "trip/c") for s in ("s1", "s2")]
+    assert [Path(f["input"]).name for f in manifest["failed"]] == ["broken.png"] * 2
+    assert "not a readable image" in manifest["failed"][0]["reason"]
+    settings = nst_jax.read_settings(out / "trip" / "c.s2.png")
+    assert settings["step"] == 3 and settings["blend"] == [0.0, 1.0]
+    assert Image.open(out / "trip" / "c.s2.png").size == (24, 32)
+    # The same command again: nothing left, nothing compiled.
+    code, err = _cli(capsys, *_job(folder, out))
+    again = json.loads((out / "manifest.json").read_text())
+    assert code == cli.SOME_FAILED and not again["done"] and len(again["skipped"]) == 6
+    assert again["programs_compiled"] == 0
+    # Other settings are other outputs' settings: redone; so is --overwrite.
+    code, _ = _cli(capsys, *_job(folder, out, "--style_weight", "0.02"))
+    assert len(json.loads((out / "manifest.json").read_text())["done"]) == 6
+    code, _ = _cli(capsys, *_job(folder, out, "--style_weight", "0.02", "--overwrite"))
+    assert len(json.loads((out / "manifest.json").read_text())["done"]) == 6
+
+
+def test_blends_are_columns_that_equal_separate_runs(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = _cli(capsys, *_job(folder, out, "--blends", "1,0;0.3,0.7", "--crop", "24x16"))
+    assert code == cli.SOME_FAILED, err
+    blended = np.asarray(Image.open(out / "a.blend-0.3-0.7.png"), np.float32) / 255
+    assert blended.shape == (16, 24, 3)
+    content = nst_jax.load_image(folder / "photos" / "a.png")
+    cropped = nst_jax.batch.crop_to(content, (16, 24))
+    style = [nst_jax.load_image(folder / s) for s in ("s1.png", "s2.png")]
+    config = nst_jax.Config(
+        steps=3,
+        loss=nst_jax.LossConfig(
+            style_layers=("conv1_1", "conv2_1"), content_layers=("conv2_2",), style_blend=(0.3, 0.7)
+        ),
+    )
+    weights = nst_jax.load_weights(folder / "small.npz")
+    expected = nst_jax.stylize(
+        cropped,
+        [nst_jax.resize_longest(s, 24) for s in style],
+        config,
+        weights=weights,
+        progress=False,
+    )
+    assert np.abs(blended - expected.image).max() <= 1.5 / 255
+
+
+def test_folder_flags_that_make_no_sense_are_refused(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    for extra, match in [
+        (["--save_every", "2"], "--save_every is for one content"),
+        (["--blends", "1,x"], "bad --blends"),
+        (["--blends", "1,0,0"], "needs 2 finite weights"),
+        (["--crop", "12"], "bad --crop"),
+        (["--batch_size", "3", "--devices", "1"], None),
+    ]:
+        code, err = _cli(capsys, *_job(folder, out, *extra))
+        if match is None:
+            assert code == cli.SOME_FAILED, err
+            continue
+        assert code == 2 and err.strip().startswith("error: ") and match in err, err
+    one_style = _job(folder, folder / "photos")
+    one_style[3] = folder / "s1.png"  # One style: outputs named as the inputs are.
+    code, err = _cli(capsys, *one_style)
+    assert code == 2 and "is an input file" in err, err
+
+
+def test_two_processes_split_a_folder(folder, tmp_path):
+    """Two hosts, played by two processes on localhost (jax.distributed, gloo): each
+    writes its own share; every file is stylised exactly once; the manifests agree."""
+    out = tmp_path / "out"
+    port = 12300 + os.getpid() % 500
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(RUN),
+                *map(str, _job(folder, out)),
+                "--noprogress",
+                "--distributed",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(p),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for p in (0, 1)
+    ]
+    try:
+        results = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [cli.SOME_FAILED, 0], results
+    manifests = [json.loads((out / f"manifest-{p}-of-2.json").read_text()) for p in (0, 1)]
+    done = [d["output"] for m in manifests for d in m["done"]]
+    assert len(done) == len(set(done)) == 6  # Every output once.
+    assert all(len(m["done"]) == 3 for m in manifests)  # In even shares.
+    assert manifests[0]["settings"] == manifests[1]["settings"]
+    assert [m["process"] for m in manifests] == [0, 1]
+
+
+def test_a_signal_saves_the_batch_in_flight_and_the_manifest(folder, tmp_path):
+    """SIGTERM once the first batch is stepping (its progress bar says so)."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(RUN), *map(str, _job(folder, out, "--steps", "100000"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        seen, deadline = b"", time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if select.select([proc.stderr], [], [], 1.0)[0]:
+                seen += os.read(proc.stderr.fileno(), 4096)
+            if re.search(rb"batch 1/\d+.*?\| *[1-9]\d*/100000", seen):
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)[1], None
+        err = (seen + rest).decode(errors="replace")
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["interrupted"] and "Traceback" not in err
+    stopped = [f for f in manifest["failed"] if f["reason"].startswith("interrupted at step")]
+    assert stopped and all(Path(f["output"]).is_file() for f in stopped)  # Work kept.
