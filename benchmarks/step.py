@@ -31,6 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import torch_ref
 from common import bench_weights, best_of, compiled_step, demo_pair, save, table
 
 import nst_jax
@@ -62,85 +63,21 @@ def jax_runner(weights, content, style, config, *, tuned=True):
 
 
 def torch_runner(weights, content, style, config):
-    """``run()`` timing ``STEPS`` steps of the same step in eager PyTorch; None without torch."""
-    try:
-        import torch
-    except ImportError:
+    """``run()`` timing ``STEPS`` steps of the same step in eager PyTorch
+    (``torch_ref.Objective``); None without torch."""
+    if not torch_ref.available():
         return None
-    from nst_jax.nets.vgg import CONV_LAYERS as LAYERS
+    import torch
 
-    # The same kind of device as JAX's: a GPU figure is compared with PyTorch on the GPU.
-    on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
-    device = torch.device("cuda" if on_gpu else "cpu")
-    loss_cfg = config.loss
-    prep = weights.preprocessing
-    convs = {
-        name: (
-            torch.from_numpy(np.ascontiguousarray(np.transpose(p["kernel"], (3, 2, 0, 1)))).to(
-                device
-            ),
-            torch.from_numpy(np.asarray(p["bias"])).to(device),
-        )
-        for name, p in weights.params.items()
-    }
-    wanted = set(loss_cfg.content_layers + loss_cfg.style_layers)
-    deepest = max(LAYERS.index(n) for n in wanted)
-    mean = torch.tensor(prep.mean).view(1, 3, 1, 1).to(device)
-    std = torch.tensor(prep.std).view(1, 3, 1, 1).to(device)
-    pool = (
-        torch.nn.functional.avg_pool2d
-        if config.net.pooling == "avg"
-        else (torch.nn.functional.max_pool2d)
-    )
-
-    def features(img):  # img: [1, 3, H, W] RGB in [0, 1]
-        x = img.flip(1) if prep.bgr else img
-        x = (x * prep.scale - mean) / std
-        out = {}
-        for name in LAYERS[: deepest + 1]:
-            if name.endswith("_1") and name != "conv1_1":
-                x = pool(x, 2)
-            w, b = convs[name]
-            x = torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1))
-            if name in wanted:
-                out[name] = x
-        return out
-
-    def gram(f):
-        _, c, h, w = f.shape
-        m = f.reshape(c, h * w)
-        return m @ m.T / (h * w)
-
-    def to_torch(a):
-        return torch.from_numpy(np.ascontiguousarray(np.transpose(a, (2, 0, 1))[None])).to(device)
-
-    with torch.no_grad():
-        c_feats = features(to_torch(content))
-        s_grams = {k: gram(v) for k, v in features(to_torch(style)).items()}
-    image = to_torch(content).clone().requires_grad_(True)
+    objective = torch_ref.Objective(weights, config.loss, config.net.pooling, style)
+    target = torch_ref.to_torch(content)
+    content_features = objective.content_features(target)
+    image = target.clone().requires_grad_(True)
     opt = torch.optim.Adam([image], lr=config.lr)
-    layer_w = dict(zip(loss_cfg.style_layers, loss_cfg.layer_weights, strict=True))
 
     def one_step():
         opt.zero_grad()
-        feats = features(image)
-        content_loss = sum(
-            torch.mean((feats[k] - c_feats[k]) ** 2) for k in loss_cfg.content_layers
-        )
-        style_loss = sum(
-            layer_w[k]
-            * torch.sum((gram(feats[k]) - s_grams[k]) ** 2)
-            / (4 * s_grams[k].shape[0] ** 2)
-            for k in loss_cfg.style_layers
-        )
-        dx = image[..., :-1, 1:] - image[..., :-1, :-1]
-        dy = image[..., 1:, :-1] - image[..., :-1, :-1]
-        tv = torch.mean(torch.sum(dx**2 + dy**2, dim=1))
-        loss = (
-            loss_cfg.content_weight * content_loss
-            + loss_cfg.style_weight * style_loss
-            + loss_cfg.tv_weight * tv
-        )
+        loss = objective.loss(image, content_features)[0]
         loss.backward()
         opt.step()
         with torch.no_grad():

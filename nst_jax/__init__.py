@@ -5,7 +5,21 @@ The data flows one way: image files -> arrays (``image``, ``color``) -> VGG19 fe
 tasks (``tasks``) -> files (``jobs``, behind the command line, ``cli``).
 """
 
-from nst_jax import batch, color, config, jobs, losses, memory, nets, objective, solve, tasks
+from nst_jax import (
+    batch,
+    checkpoint,
+    color,
+    config,
+    data,
+    feedforward,
+    jobs,
+    losses,
+    memory,
+    nets,
+    objective,
+    solve,
+    tasks,
+)
 from nst_jax.batch import FolderJob, stylize_folder, stylize_many
 from nst_jax.config import Config
 from nst_jax.image import (
@@ -25,6 +39,7 @@ from nst_jax.nets import (
     LAYERS,
     TORCHVISION,
     VGG19,
+    GeneratorConfig,
     NetConfig,
     Network,
     Preprocessing,
@@ -41,6 +56,7 @@ from nst_jax.tasks.invert import invert
 from nst_jax.tasks.pyramid import pyramid_sizes, stylize_pyramid
 from nst_jax.tasks.stylize import stylize, stylize_batch
 from nst_jax.tasks.texture import synthesize
+from nst_jax.tasks.train import TrainConfig, apply_generator, load_generator, train_generator
 from nst_jax.version import __version__
 
 __all__ = [
@@ -50,6 +66,7 @@ __all__ = [
     "VGG19",
     "Config",
     "FolderJob",
+    "GeneratorConfig",
     "Inputs",
     "Job",
     "LossConfig",
@@ -58,6 +75,7 @@ __all__ = [
     "Outputs",
     "Preprocessing",
     "Result",
+    "TrainConfig",
     "Targets",
     "Terms",
     "Weights",
@@ -81,6 +99,9 @@ __all__ = [
     "losses",
     "memory",
     "nets",
+    "checkpoint",
+    "data",
+    "feedforward",
     "objective",
     "prepare",
     "preprocess",
@@ -96,6 +117,9 @@ __all__ = [
     "stylize_files",
     "stylize_folder",
     "stylize_many",
+    "train_generator",
+    "apply_generator",
+    "load_generator",
     "stylize_pyramid",
     "sweeps",
     "synthesize",

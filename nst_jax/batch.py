@@ -478,7 +478,7 @@ def _columns(job: FolderJob) -> tuple[np.ndarray | None, list[str]]:
     return None, [""]
 
 
-def output_path(job: FolderJob, root: Path, source: Path, label: str) -> Path:
+def output_path(output_dir: str | Path, root: Path, source: Path, label: str) -> Path:
     """``OUTPUT_DIR/relative/stem[.label].png`` for ``source`` under ``root``."""
     relative = (
         source.resolve().relative_to(root.resolve())
@@ -486,7 +486,31 @@ def output_path(job: FolderJob, root: Path, source: Path, label: str) -> Path:
         else Path(source.name)
     )
     name = relative.stem + (f".{label}" if label else "") + ".png"
-    return Path(job.output_dir) / relative.parent / name
+    return Path(output_dir) / relative.parent / name
+
+
+def output_paths(
+    output_dir: str | Path, root: Path, sources: Sequence[Path], labels: Sequence[str]
+) -> dict[Element, Path]:
+    """Every element's output (``output_path``); two inputs that would share one
+    (``photo.jpg``, ``photo.png``) both keep their extension in it.
+
+    Raises:
+      ValueError: an output would overwrite an input.
+    """
+    elements = [Element(i, c) for i in range(len(sources)) for c in range(len(labels))]
+    paths = {e: output_path(output_dir, root, sources[e.index], labels[e.column]) for e in elements}
+    taken: dict[Path, Element] = {}
+    for e, path in list(paths.items()):
+        if path in taken:
+            paths[taken[path]] = _with_suffix(paths[taken[path]], sources[taken[path].index])
+            paths[e] = _with_suffix(path, sources[e.index])
+        taken[path] = e
+    inputs = {p.resolve() for p in sources}
+    for path in paths.values():
+        if path.resolve() in inputs:
+            raise ValueError(f"{path} is an input file; refusing to overwrite it (--output_dir)")
+    return paths
 
 
 def _with_suffix(path: Path, source: Path) -> Path:
@@ -511,7 +535,7 @@ def _settings(job: FolderJob, source: Path, column: int, blends, sha: str) -> di
     }
 
 
-def _finished(path: Path, settings: dict, steps: int) -> bool:
+def finished(path: Path, settings: dict, steps: int) -> bool:
     """Whether ``path`` is an output of these settings that ran all its steps."""
     try:
         found = read_settings(path)
@@ -545,13 +569,7 @@ def stylize_folder(job: FolderJob) -> FolderReport:
     weights = load_weights(job.weights, progress=job.progress)
     styles = [load_image(p) for p in job.styles]
     elements = [Element(i, c) for i in range(len(sources)) for c in range(len(labels))]
-    paths = {e: output_path(job, root, sources[e.index], labels[e.column]) for e in elements}
-    taken: dict[Path, Element] = {}
-    for e, path in list(paths.items()):
-        if path in taken:  # photo.jpg and photo.png: both keep their extension.
-            paths[taken[path]] = _with_suffix(paths[taken[path]], sources[taken[path].index])
-            paths[e] = _with_suffix(path, sources[e.index])
-        taken[path] = e
+    paths = output_paths(out, root, sources, labels)
     for path in paths.values():
         if path.resolve() in inputs:
             raise ValueError(f"{path} is an input file; refusing to overwrite it (--output_dir)")
@@ -563,7 +581,7 @@ def stylize_folder(job: FolderJob) -> FolderReport:
     mine = np.zeros(math.ceil(len(elements) / processes), np.int32)
     if not job.overwrite:
         for k, e in enumerate(elements[process::processes]):
-            mine[k] = _finished(paths[e], settings[e], job.config.steps)
+            mine[k] = finished(paths[e], settings[e], job.config.steps)
     done_before = _gather(mine).T.reshape(-1)[: len(elements)].astype(bool)
     todo = {e for e, done in zip(elements, done_before, strict=True) if not done}
     manifest = {

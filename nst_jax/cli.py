@@ -13,6 +13,7 @@ SIGTERM and SIGHUP save the image reached so far and exit with 128 + the signal.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 
@@ -24,6 +25,7 @@ from nst_jax import Config, Inputs, Job, LossConfig, NetConfig, Outputs
 F = flags.FLAGS
 JOBS = {"stylize": nst_jax.stylize_files, "texture": nst_jax.texture_files}
 JOBS["invert"] = nst_jax.invert_files
+MODES = [*JOBS, "train", "apply"]
 # Exit codes: a user's mistake, a run that stopped on a non-finite loss, a file system or
 # network failure, a folder job some of whose inputs failed; a signal gives 128 + its
 # number (130 for Ctrl-C).
@@ -77,11 +79,34 @@ flags.DEFINE_bool(
 flags.DEFINE_enum(
     "mode",
     "stylize",
-    list(JOBS),
+    MODES,
     "stylize: repaint --content in --style. texture: synthesise from --style alone, from "
     "noise, with the style's aspect ratio at --size (no --content). invert: reconstruct "
-    "--content from its --layer activations, from noise (Mahendran & Vedaldi 2015).",
+    "--content from its --layer activations, from noise (Mahendran & Vedaldi 2015). "
+    "train: train a feed-forward generator for --style into --model. apply: run --model "
+    "on --content in one forward pass.",
 )
+# Feed-forward generators (--mode train, --mode apply).
+flags.DEFINE_string("model", None, "--mode train/apply: the generator's folder (checkpoints).")
+flags.DEFINE_string(
+    "train_data",
+    None,
+    "--mode train: a folder, glob or .txt list of photos (default: scikit-image's 13 photos).",
+)
+flags.DEFINE_enum(
+    "generator", "pyramid", list(nst_jax.nets.generator.KINDS),
+    "--mode train: Ulyanov et al.'s multi-scale generator, or Johnson et al.'s residual one.",
+)  # fmt: skip
+flags.DEFINE_enum(
+    "norm", "instance", list(nst_jax.nets.generator.NORMS),
+    "--mode train: the generator's normalisation (instance: Ulyanov et al. 2016).",
+)  # fmt: skip
+flags.DEFINE_integer("scales", 6, "--mode train: the pyramid generator's scales (1/32 ... 1).")
+flags.DEFINE_integer(
+    "width", 0, "--mode train: generator channels (0: 8 a scale for pyramid, 32 for residual)."
+)
+flags.DEFINE_bool("texture_net", False, "--mode train: a texture network, from noise alone.")
+flags.DEFINE_integer("checkpoint_every", 100, "--mode train: write a checkpoint every N steps.")
 # Sweeps: rows are separate programs, columns one vmapped batch. More than one tile
 # writes a labelled grid to --output.
 flags.DEFINE_string("layer", "conv4_2", "--mode invert: the layer to reconstruct from.")
@@ -377,6 +402,90 @@ def _folder_job():
     )
 
 
+def _feedforward():
+    """``--mode train`` or ``--mode apply``: the flags' job, run."""
+    from nst_jax import feedforward
+    from nst_jax.tasks.train import TrainConfig
+
+    model = F.model or (feedforward.DEMO_MODEL if F.demo else None)
+    if not model:
+        raise ValueError(f"--mode {F.mode} needs --model DIR")
+    if F.output_dir and F.mode == "train":
+        raise ValueError("--output_dir is for --mode stylize and apply, not train")
+    if F.mode == "apply" and F.output_dir:
+        if not F.content:
+            raise ValueError("--output_dir needs --content (a folder, glob or list)")
+        return feedforward.apply_folder(
+            feedforward.ApplyFolderJob(
+                model_dir=model,
+                contents=F.content,
+                output_dir=F.output_dir,
+                size=F.size if F["size"].present else None,
+                seed=F.seed,
+                overwrite=F.overwrite,
+                progress=F.progress,
+            )
+        )
+    if F.mode == "apply":
+        return feedforward.apply_files(
+            feedforward.ApplyJob(
+                model_dir=model,
+                output=F.output or ("demo.png" if F.demo else "out.png"),
+                content=F.content,
+                size=F.size if F["size"].present else None,
+                seeds=tuple(range(F.seed, F.seed + F.inits)),
+                demo=F.demo,
+                report=F.report,
+                expect=tuple(
+                    (field, F[flag].value)
+                    for flag, field in (
+                        ("generator", "kind"),
+                        ("norm", "norm"),
+                        ("texture_net", "texture"),
+                    )
+                    if F[flag].present
+                ),
+            )
+        )
+    if not F.style and not F.demo:
+        raise ValueError("--mode train needs --style (or --demo)")
+    if F.style and len(F.style) > 1:
+        raise ValueError("--mode train takes one --style")
+    base = TrainConfig()
+    given = {n: F[n].value for n in ("steps", "size", "lr", "seed") if F[n].present}
+    if F["batch_size"].present:
+        given["batch_size"] = F.batch_size
+    loss = _config().loss
+    defaults = {n: getattr(base.loss, n) for n in ("style_weight", "tv_weight")}
+    loss = dataclasses.replace(loss, **{n: v for n, v in defaults.items() if not F[n].present})
+    if F.texture_net:
+        loss = dataclasses.replace(loss, content_weight=0.0, content_layers=())
+    config = base.replace(
+        generator=nst_jax.nets.generator.GeneratorConfig(
+            kind=F.generator, norm=F.norm, texture=F.texture_net, scales=F.scales, width=F.width
+        ),
+        loss=loss,
+        net=NetConfig(pooling=F.pooling, convolution=F.convolution, remat=F.remat),
+        style_scale=_numbers("style_scale")[0],
+        **given,
+    )
+    return feedforward.train_files(
+        feedforward.TrainJob(
+            style=None if not F.style else F.style[0],
+            model_dir=model,
+            config=config,
+            train_data=F.train_data,
+            weights=F.weights,
+            sample=F.content,
+            save_every=F.save_every,
+            checkpoint_every=F.checkpoint_every,
+            report=F.report,
+            progress=F.progress,
+            devices=F.devices or None,
+        )
+    )
+
+
 _signals: list[int] = []  # The signals received, in order.
 
 
@@ -401,6 +510,13 @@ def main(argv: list[str]) -> int:
         nst_jax.batch.connect(
             coordinator=F.coordinator, num_processes=F.num_processes, process_id=F.process_id
         )
+    if F.mode in ("train", "apply"):
+        report = _feedforward()
+        print(report.summary, file=sys.stderr)
+        if getattr(report, "failure", None):
+            return FAILED
+        failed = getattr(report, "failed", 0)
+        return _interrupted() if report.interrupted else SOME_FAILED if failed else 0
     if F.output_dir:
         folder = nst_jax.stylize_folder(_folder_job())
         print(folder.summary, file=sys.stderr)

@@ -112,15 +112,38 @@ _KEEP = 8  # Compiled runs kept in this process, most recent first.
 compiled_programs = 0  # Programs compiled in this process: what a resumed job counts.
 
 
+def shapes_of(*trees) -> tuple:
+    """Every tree's structure, shapes and dtypes: with the settings, what decides a
+    compiled program."""
+    return tuple(
+        (jax.tree.structure(t), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(t)))
+        for t in trees
+    )
+
+
 def _signature(config: Config, placement, *trees) -> tuple:
     """What decides a run's programs: the config (its step count aside: no program
     depends on it, beyond whether there are steps), the placement, and every argument's
     tree, shapes and dtypes."""
-    leaves = tuple(
-        (jax.tree.structure(t), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(t)))
-        for t in trees
+    return dataclasses.replace(config, steps=min(config.steps, 1)), placement, shapes_of(*trees)
+
+
+def memoized(key, build: Callable):
+    """``build()``'s compiled programs, built once per ``key`` in this process (the
+    ``_KEEP`` most recent kept): a job's batches, or runs repeated in one session,
+    compile once."""
+    global compiled_programs
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key]
+    programs = build()
+    compiled_programs += sum(
+        p is not None for p in (programs if isinstance(programs, tuple) else (programs,))
     )
-    return dataclasses.replace(config, steps=min(config.steps, 1)), placement, leaves
+    _COMPILED[key] = programs
+    while len(_COMPILED) > _KEEP:
+        _COMPILED.popitem(last=False)
+    return programs
 
 
 def compile_run(
@@ -141,11 +164,13 @@ def compile_run(
     process compiled recently takes them again (``_signature``): the batches of a job,
     or runs repeated in one session, compile once.
     """
-    global compiled_programs
-    key = _signature(config, placement, setup_args, term_weights)
-    if key in _COMPILED:
-        _COMPILED.move_to_end(key)
-        return _COMPILED[key]
+    return memoized(
+        _signature(config, placement, setup_args, term_weights),
+        lambda: _compile_run(setup_args, term_weights, config, placement),
+    )
+
+
+def _compile_run(setup_args, term_weights, config, placement):
     network, _, _, init_images, blends, _, _ = setup_args
     shard = {}
     if placement is not None:
@@ -170,12 +195,7 @@ def compile_run(
         losses.lower(network, targets, state.image, term_weights),
     ]
     with ThreadPoolExecutor(len(lowered)) as pool:
-        programs = tuple(pool.map(lambda program: program and program.compile(), lowered))
-    compiled_programs += sum(p is not None for p in programs)
-    _COMPILED[key] = programs
-    while len(_COMPILED) > _KEEP:
-        _COMPILED.popitem(last=False)
-    return programs
+        return tuple(pool.map(lambda program: program and program.compile(), lowered))
 
 
 def step_shapes(network: Network, shape: tuple[int, int], config: Config, *, batch: int = 1):

@@ -1,0 +1,111 @@
+"""A generator's checkpoints: its arrays through orbax-checkpoint (never pickle), beside
+a JSON record of what made them.
+
+A model folder holds orbax's step folders (``100/``, ``200/``, the last ``KEEP``). Each
+is committed atomically by orbax: written under a temporary name, renamed when whole;
+an interrupted save leaves the earlier steps as they were. Each step holds ``state``
+(the arrays: step, params, batch statistics, optimiser state) and ``meta``: the
+format, the architecture (``GeneratorConfig``), the training settings, the style
+image's SHA-256 and the VGG weights' SHA-256, so that a checkpoint is applied only with
+its own architecture, and resumed only by its own training.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+
+FORMAT = "nst_jax.generator/1"
+KEEP = 2  # Step folders kept: the last, and one before it in case the last is damaged.
+
+
+def _manager(directory: Path, *, create: bool):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=KEEP, create=create, enable_async_checkpointing=False
+    )
+    return ocp.CheckpointManager(directory.resolve(), options=options, item_names=("state", "meta"))
+
+
+def save(directory: str | os.PathLike, step: int, state: Any, meta: dict) -> None:
+    """Writes ``state`` (a pytree of arrays) and ``meta`` as step ``step``, atomically."""
+    import orbax.checkpoint as ocp
+
+    manager = _manager(Path(directory), create=True)
+    meta = {"format": FORMAT, **meta, "shapes": _shapes(state)}
+    manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+    )
+    manager.wait_until_finished()
+    manager.close()
+
+
+def _shapes(tree: Any) -> list:
+    """Every leaf's ``[shape, dtype]``, in tree order: what a restore must match."""
+    return [[list(x.shape), str(x.dtype)] for x in jax.tree.leaves(tree)]
+
+
+def latest_step(directory: str | os.PathLike) -> int | None:
+    """The last step saved in ``directory``; None if it holds no checkpoint."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    return _manager(directory, create=False).latest_step()
+
+
+def read_meta(directory: str | os.PathLike, step: int | None = None) -> tuple[int, dict]:
+    """``(step, meta)`` of the last (or the given) checkpoint in ``directory``.
+
+    Raises:
+      ValueError: no checkpoint there, or not one of this package's.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory)
+    step = latest_step(directory) if step is None else step
+    if step is None:
+        raise ValueError(f"no checkpoint in {directory} (train one with --mode train)")
+    try:
+        manager = _manager(directory, create=False)
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception as e:  # noqa: BLE001 - damaged or foreign files fail in many ways.
+        raise ValueError(
+            f"{directory} is not a readable nst_jax checkpoint ({e.__class__.__name__})"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{directory} holds no nst_jax generator checkpoint")
+    return step, meta
+
+
+def restore(directory: str | os.PathLike, step: int, like: Any) -> Any:
+    """The arrays of step ``step``, in the structure, shapes and dtypes of ``like``.
+
+    Raises:
+      ValueError: the arrays do not fit ``like`` (another architecture) or are damaged.
+    """
+    import orbax.checkpoint as ocp
+
+    _, meta = read_meta(directory, step)
+    if meta.get("shapes") != _shapes(like):  # Checked first: orbax would fail noisily.
+        raise ValueError(f"the checkpoint in {directory} does not fit this generator")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    try:
+        manager = _manager(Path(directory), create=False)
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        ).state
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(
+            f"the checkpoint in {directory} does not fit this generator ({e.__class__.__name__})"
+        ) from None
+    got = jax.tree.map(lambda x: (x.shape, x.dtype), restored)
+    want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
+    if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
+        raise ValueError(f"the checkpoint in {directory} does not fit this generator")
+    return restored

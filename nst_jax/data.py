@@ -1,0 +1,162 @@
+"""Training photos for the feed-forward generators: files → augmented ``[B, S, S, 3]``
+batches, decoded on a background thread.
+
+A batch is a pure function of ``(seed, step)``: a resumed run draws the same batches it
+would have drawn. Each sample is a random photo, scaled so that its short side is
+``scale`` times the crop (``scale`` uniform in ``SCALES``), cropped at a random place
+and flipped left-right half the time (Ulyanov et al. 2016 and Johnson et al. 2016 train
+on random crops of natural photos).
+
+Without a folder of the user's, the photos that scikit-image ships stand in
+(``DEFAULT_PHOTOS``): every natural photo among them, the demo's content (Chelsea the
+cat) left out so that it can show what the generator does to a photo it never saw.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from nst_jax.image import image_size, load_image, resize
+
+# scikit-image's natural photos (``skimage.data``), colour and grey: 13 in all.
+DEFAULT_PHOTOS = (
+    "astronaut",
+    "brick",
+    "camera",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "moon",
+    "motorcycle_left",
+    "motorcycle_right",
+    "retina",
+    "rocket",
+)
+SCALES = (1.0, 2.0)  # A sample's short side, in crops: zoomed in at most 2x.
+_CACHE = 64  # Decoded photos kept in memory.
+
+
+def default_photos() -> list[Path]:
+    """The files of ``DEFAULT_PHOTOS`` inside scikit-image."""
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    found = {p.stem: p for p in folder.iterdir() if p.suffix in (".png", ".jpg")}
+    return [found[name] for name in DEFAULT_PHOTOS]
+
+
+def check_photos(paths: Sequence[Path], *, warn=print) -> list[Path]:
+    """The paths whose headers read as images; each other one gets a warning.
+
+    Raises:
+      ValueError: none is left.
+    """
+    good = []
+    for path in paths:
+        try:
+            image_size(path)
+            good.append(Path(path))
+        except ValueError as e:
+            warn(f"warning: skipping training file {path}: {e}")
+    if not good:
+        raise ValueError(
+            "no readable training images" + (f" among {len(paths)} files" if paths else "")
+        )
+    return good
+
+
+def crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One augmented ``[size, size, 3]`` sample of ``image`` ``[H, W, 3]``: scaled,
+    cropped, maybe flipped."""
+    h, w = image.shape[:2]
+    short = size * rng.uniform(*SCALES)
+    k = short / min(h, w)
+    shape = (max(size, round(h * k)), max(size, round(w * k)))
+    image = resize(image, shape)
+    y = rng.integers(0, shape[0] - size + 1)
+    x = rng.integers(0, shape[1] - size + 1)
+    out = image[y : y + size, x : x + size]
+    return out[:, ::-1] if rng.random() < 0.5 else out
+
+
+class Photos:
+    """Augmented batches from ``paths``; see the module docstring.
+
+    ``batches(start)`` yields ``(step, [B, S, S, 3])`` from ``start`` on, ``prefetch``
+    batches ahead of the caller, decoded on a background thread.
+    """
+
+    def __init__(self, paths: Sequence[Path], *, size: int, batch_size: int, seed: int):
+        self.paths, self.size, self.batch_size, self.seed = list(paths), size, batch_size, seed
+        self._decoded: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._bad: set[Path] = set()
+
+    def _photo(self, path: Path) -> np.ndarray | None:
+        if path in self._decoded:
+            self._decoded.move_to_end(path)
+            return self._decoded[path]
+        try:
+            image = load_image(path, at_least=math.ceil(2 * self.size * SCALES[1]))
+        except ValueError as e:
+            if path not in self._bad:
+                self._bad.add(path)
+                print(f"warning: skipping training file {path}: {e}", file=sys.stderr)
+            return None
+        self._decoded[path] = image
+        while len(self._decoded) > _CACHE:
+            self._decoded.popitem(last=False)
+        return image
+
+    def batch(self, step: int) -> np.ndarray:
+        """Batch ``step``: ``[B, S, S, 3]`` float32, the same for the same seed and step."""
+        rng = np.random.default_rng([self.seed, step])
+        out = []
+        while len(out) < self.batch_size:
+            if len(self._bad) == len(self.paths):
+                raise ValueError("no readable training images left")
+            image = self._photo(self.paths[rng.integers(len(self.paths))])
+            if image is not None:
+                out.append(crop(image, self.size, rng))
+        return np.stack(out).astype(np.float32)
+
+    def batches(self, start: int, *, prefetch: int = 2) -> Iterator[tuple[int, np.ndarray]]:
+        q: queue.Queue = queue.Queue(prefetch)
+        stop = threading.Event()
+
+        def work():
+            step = start
+            while not stop.is_set():
+                try:
+                    item = (step, self.batch(step))
+                except Exception as e:  # noqa: BLE001 - handed to the consumer.
+                    item = e
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if isinstance(item, Exception):
+                    return
+                step += 1
+
+        thread = threading.Thread(target=work, daemon=True, name="nst_jax-photos")
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()

@@ -1,0 +1,259 @@
+"""Feed-forward generators: an image (and noise) in, a stylised image out, in one pass.
+
+Two architectures, both fully convolutional (any size, odd ones included) and written
+for one example, ``[H, W, 3]``; callers ``jax.vmap`` them over a batch:
+
+* ``pyramid``: the multi-scale generator of Ulyanov et al. (2016), "Texture Networks"
+  (as in DmitryUlyanov/texture_nets, ``pyramid.lua``). The content is downsampled to
+  ``scales`` sizes, halving from full size (1/32 … 1 for 6 scales); noise joins each.
+  Every scale runs a conv3-conv3-conv1 block (``width`` channels) with normalisation
+  and ReLU. Scales join coarse to fine: nearest 2x upsampling, normalisation of both
+  branches, concatenation (the channels grow by ``width`` a scale), the same block
+  again. A final 1x1 convolution gives RGB.
+* ``residual``: Johnson et al. (2016): a 9x9 convolution, two stride-2 downsamplings,
+  ``blocks`` residual blocks, and two upsamplings done as nearest 2x resizing and a
+  convolution (Odena et al. 2016: no checkerboard artefacts), with reflection padding.
+
+Normalisation is ``instance`` (Ulyanov, Vedaldi & Lempitsky 2016: per image, in
+training and in use alike, which makes the output independent of the content's
+contrast) or ``batch``, to reproduce their comparison. Batch normalisation needs the
+batch: the caller vmaps with ``axis_name=BATCH_AXIS`` while training, and in use the
+running averages stand in (``training=False``).
+
+A texture network (``texture=True``) takes noise alone and applies at any output size.
+The output goes through a sigmoid, into [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+BATCH_AXIS = "batch"  # The vmapped axis batch normalisation averages over.
+KINDS = ("pyramid", "residual")
+NORMS = ("instance", "batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+    """A generator's architecture: everything a checkpoint must agree on to be applied.
+
+    Attributes:
+      kind: ``pyramid`` or ``residual``.
+      norm: ``instance`` or ``batch``.
+      texture: noise alone as input (texture synthesis), no content.
+      scales: pyramid: how many scales, halving from full size (6: 1/32 … 1, the paper's).
+      width: pyramid: channels a scale (8 in the paper and in texture_nets); residual:
+        the first convolution's channels (32 in Johnson et al.), doubled twice.
+      noise: noise channels joining each scale (pyramid) or the input (residual).
+      blocks: residual: how many residual blocks (5 in Johnson et al.).
+    """
+
+    kind: str = "pyramid"
+    norm: str = "instance"
+    texture: bool = False
+    scales: int = 6
+    width: int = 0  # 0: the kind's own (8 for pyramid, 32 for residual).
+    noise: int = 3
+    blocks: int = 5
+
+    def __post_init__(self):
+        if self.width == 0:
+            object.__setattr__(self, "width", 8 if self.kind == "pyramid" else 32)
+        if self.kind not in KINDS:
+            raise ValueError(f"--generator must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        for name in ("scales", "width", "blocks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"generator {name} must be at least 1, got {getattr(self, name)}")
+        if self.noise < 0 or (self.texture and self.noise < 1):
+            raise ValueError(f"a generator needs noise channels >= {int(self.texture)}")
+
+
+def _pad(x: jax.Array, k: int) -> jax.Array:
+    """Reflection padding of ``[1, H, W, C]`` for a ``k``x``k`` convolution; edge
+    padding where a side is too short to reflect."""
+    p = k // 2
+    if not p:
+        return x
+    mode = "reflect" if min(x.shape[1:3]) > p else "edge"
+    return jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode=mode)
+
+
+def _upsample(x: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """Nearest 2x upsampling of ``[1, h, w, C]``, cropped to ``shape`` (odd sizes)."""
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return x[:, : shape[0], : shape[1]]
+
+
+class Norm(nn.Module):
+    """Instance or batch normalisation of ``[1, H, W, C]``, with a learnt scale and bias."""
+
+    kind: str
+    training: bool
+
+    @nn.compact
+    def __call__(self, x):
+        if self.kind == "instance":
+            return nn.InstanceNorm(epsilon=1e-5)(x)
+        return nn.BatchNorm(
+            use_running_average=not self.training,
+            axis_name=BATCH_AXIS if self.training else None,
+            momentum=0.9,
+            epsilon=1e-5,
+        )(x)
+
+
+class ConvNorm(nn.Module):
+    """Reflection-padded convolution, normalisation, and (optionally) ReLU."""
+
+    features: int
+    kernel: int
+    norm: str
+    training: bool
+    stride: int = 1
+    relu: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(
+            self.features, (self.kernel, self.kernel), strides=self.stride, padding="VALID"
+        )(_pad(x, self.kernel))
+        x = Norm(self.norm, self.training)(x)
+        return nn.relu(x) if self.relu else x
+
+
+class Pyramid(nn.Module):
+    config: GeneratorConfig
+    training: bool
+
+    def block(self, x, channels):
+        c, t = self.config, self.training
+        x = ConvNorm(channels, 3, c.norm, t)(x)
+        x = ConvNorm(channels, 3, c.norm, t)(x)
+        return ConvNorm(channels, 1, c.norm, t)(x)
+
+    @nn.compact
+    def __call__(self, content, noise):
+        c, t = self.config, self.training
+        x = None
+        for k in range(c.scales):  # Coarse to fine.
+            z = noise[k]
+            if content is not None:
+                size = z.shape[1:3]
+                z = jnp.concatenate(
+                    [jax.image.resize(content, (1, *size, 3), "linear", antialias=True), z],
+                    axis=-1,
+                )
+            y = self.block(z, c.width)
+            if x is not None:
+                x = _upsample(x, y.shape[1:3])
+                x = jnp.concatenate([Norm(c.norm, t)(x), Norm(c.norm, t)(y)], axis=-1)
+                y = self.block(x, c.width * (k + 1))
+            x = y
+        return nn.sigmoid(nn.Conv(3, (1, 1))(x))
+
+
+class Residual(nn.Module):
+    config: GeneratorConfig
+    training: bool
+
+    @nn.compact
+    def __call__(self, content, noise):
+        c, t = self.config, self.training
+        x = noise[0] if content is None else jnp.concatenate([content, *noise], axis=-1)
+        x = ConvNorm(c.width, 9, c.norm, t)(x)
+        skips = []
+        for m in (2, 4):
+            skips.append(x.shape[1:3])
+            x = ConvNorm(c.width * m, 3, c.norm, t, stride=2)(x)
+        for _ in range(c.blocks):
+            y = ConvNorm(c.width * 4, 3, c.norm, t)(x)
+            x = x + ConvNorm(c.width * 4, 3, c.norm, t, relu=False)(y)
+        for m, shape in zip((2, 1), reversed(skips), strict=True):
+            x = ConvNorm(c.width * m, 3, c.norm, t)(_upsample(x, shape))
+        return nn.sigmoid(nn.Conv(3, (9, 9), padding="VALID")(_pad(x, 9)))
+
+
+def noise_shapes(config: GeneratorConfig, shape: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """The ``[h, w, noise]`` shapes of each scale's noise, coarse to fine, for an
+    output of ``shape`` = (H, W): each scale is the next one's size halved, rounded up."""
+    sizes = [tuple(shape)]
+    for _ in range((config.scales if config.kind == "pyramid" else 1) - 1):
+        sizes.append(tuple(-(-s // 2) for s in sizes[-1]))
+    return [(h, w, config.noise) for h, w in reversed(sizes)]
+
+
+def _module(config: GeneratorConfig, training: bool) -> nn.Module:
+    return (Pyramid if config.kind == "pyramid" else Residual)(config, training)
+
+
+def _inputs(config, content, key, shape):
+    if content is None and not config.texture:
+        raise ValueError("this generator stylises a content image: give one")
+    if content is not None and config.texture:
+        raise ValueError("a texture network takes no content image")
+    shape = tuple(content.shape[:2]) if content is not None else tuple(shape)
+    noise = [
+        jax.random.uniform(k, (1, *s)) for k, s in zip(
+            jax.random.split(key, len(noise_shapes(config, shape))),
+            noise_shapes(config, shape),
+            strict=True,
+        )
+    ]  # fmt: skip
+    return (None if content is None else content[None]), noise
+
+
+def init(
+    key: jax.Array, config: GeneratorConfig, shape: tuple[int, int] = (64, 64)
+) -> dict[str, Any]:
+    """Fresh variables ``{"params": ..., ["batch_stats": ...]}`` for ``config``."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    content = None if config.texture else jax.random.uniform(k1, (*shape, 3))
+    inputs = _inputs(config, content, k2, shape)
+
+    def one(content, noise):
+        return _module(config, True).init(k3, content, noise)
+
+    # Batch norm's statistics are averaged over the batch axis, so init under a vmap;
+    # jitted, as one program rather than a few hundred eager ones.
+    batched = jax.vmap(one, axis_name=BATCH_AXIS, in_axes=(None, None), axis_size=1)
+    variables = jax.jit(batched)(*inputs)
+    return jax.tree.map(lambda v: v[0], variables)
+
+
+def apply(
+    variables: dict[str, Any],
+    config: GeneratorConfig,
+    content: jax.Array | None,
+    key: jax.Array,
+    *,
+    shape: tuple[int, int] | None = None,
+    training: bool = False,
+):
+    """The generator on one example: ``[H, W, 3]`` in [0, 1].
+
+    Args:
+      variables: from ``init`` (or a checkpoint).
+      content: ``[H, W, 3]`` in [0, 1]; None for a texture network, which needs
+        ``shape`` = (H, W).
+      key: the noise.
+      training: batch normalisation uses the batch's statistics (the caller vmaps with
+        ``axis_name=BATCH_AXIS``) and returns them: ``(image, new batch_stats)``.
+
+    Returns:
+      ``image`` ``[H, W, 3]``; with ``training``, ``(image, batch_stats)`` (empty for
+      instance normalisation).
+    """
+    inputs = _inputs(config, content, key, shape)
+    if not training:
+        return _module(config, False).apply(variables, *inputs)[0]
+    if config.norm == "batch":
+        image, updates = _module(config, True).apply(variables, *inputs, mutable=["batch_stats"])
+        return image[0], updates["batch_stats"]
+    return _module(config, True).apply(variables, *inputs)[0], {}

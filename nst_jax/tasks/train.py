@@ -1,0 +1,423 @@
+"""Feed-forward stylisation (Ulyanov et al. 2016; Johnson et al. 2016): a generator
+trained once per style against the objective's loss, then applied in one pass.
+
+The loss is the objective's (``objective.py``) on a frozen VGG19: the style's targets
+are computed once, the content targets per batch, and any style statistic works. One
+compiled step (``train_step``) runs a batch: the generator and the loss ``jax.vmap``-ed
+over it (batch normalisation averages over that axis), Adam with a warm-up and cosine
+schedule (optax), the state donated. Where a ``Placement`` is given, the batch axis is
+sharded over its mesh and the rest replicated (data parallel): a placement decision at
+the compile point, the same step.
+
+``train_generator`` is the host loop: batches from ``data.Photos`` (decoded on a thread), progress,
+a checkpoint every ``checkpoint_every`` steps (``checkpoint.py``) and on Ctrl-C or a
+signal, resuming from the last one, and samples on a held-out photo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nst_jax import checkpoint
+from nst_jax.config import Config
+from nst_jax.data import Photos
+from nst_jax.image import resize_longest
+from nst_jax.nets import generator
+from nst_jax.nets.generator import GeneratorConfig
+from nst_jax.nets.network import NetConfig, Network
+from nst_jax.nets.vgg import widths_of
+from nst_jax.nets.weights import Weights
+from nst_jax.objective import (
+    LossConfig,
+    Targets,
+    content_targets,
+    loss_terms,
+    style_targets,
+    weighted_total,
+)
+from nst_jax.progress import progress_bar
+from nst_jax.solve import programs
+from nst_jax.solve.placement import Placement
+from nst_jax.tasks import policy
+from nst_jax.version import __version__
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How a generator is trained.
+
+    Attributes:
+      generator: the architecture.
+      loss: the objective (its layers, statistics and weights α, β, λ).
+      net: the frozen VGG19's pooling and convolutions.
+      steps: training steps.
+      batch_size: photos a step.
+      size: the side of the square training crops, in pixels.
+      lr: Adam's peak learning rate, reached after a warm-up of ``warmup`` steps, then
+        decayed along a cosine to a tenth of it at ``steps``.
+      warmup: warm-up steps.
+      seed: seeds the generator's init, the noise and the batches.
+      style_scale: the style's longest side, in training crops.
+    """
+
+    generator: GeneratorConfig = GeneratorConfig()
+    # A lighter style weight than optimisation's: a generator starts from no image at
+    # all, and at optimisation's 0.01 it learns the texture before the content (README,
+    # Feed-forward networks).
+    loss: LossConfig = LossConfig(style_weight=3e-3, tv_weight=1e3)
+    net: NetConfig = NetConfig()
+    steps: int = 800
+    batch_size: int = 4
+    size: int = 128
+    lr: float = 0.01
+    warmup: int = 50
+    seed: int = 0
+    style_scale: float = 1.0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.size < 16:
+            raise ValueError(f"--size must be at least 16 px to train, got {self.size}")
+        if not (self.lr > 0 and np.isfinite(self.lr)):
+            raise ValueError(f"--lr must be positive and finite, got {self.lr}")
+        if self.generator.texture and self.loss.content_layers:
+            raise ValueError("a texture network trains on style alone: no content layers")
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+class TrainState(NamedTuple):
+    """What a training step carries: ``step`` (int32), the generator's ``params`` and
+    ``batch_stats`` (empty with instance norm), and Adam's ``opt_state``."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def schedule(config: TrainConfig) -> optax.Schedule:
+    """The learning rate at each step: a linear warm-up, then a cosine decay to a tenth.
+    The host evaluates it and hands it to the step, so that the compiled step does not
+    depend on ``steps``, ``lr`` or ``warmup``: a resumed run that trains longer, or a
+    run with another rate, compiles nothing new."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0,
+        config.lr,
+        min(config.warmup, config.steps // 2),
+        config.steps,
+        end_value=config.lr / 10,
+    )
+
+
+def noise_key(config: TrainConfig, step: int) -> jax.Array:
+    """The key of step ``step``'s noise: a function of the seed and the step alone."""
+    return jax.random.fold_in(jax.random.key(config.seed + 1), step)
+
+
+def init_state(config: TrainConfig) -> TrainState:
+    # One program that runs once: compiled at the low optimisation level (programs.jit).
+    init = programs.jit(lambda key: generator.init(key, config.generator), once=True)
+    variables = init(jax.random.key(config.seed))
+    params = variables["params"]
+    return TrainState(
+        jnp.int32(0), params, variables.get("batch_stats", {}), optax.scale_by_adam().init(params)
+    )
+
+
+def _variables(params, batch_stats) -> dict:
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
+def batch_loss(
+    params,
+    batch_stats,
+    network: Network,
+    style: Any,
+    photos: jax.Array,
+    keys: jax.Array,
+    config: TrainConfig,
+):
+    """The mean loss of the generator on ``photos`` ``[B, S, S, 3]`` with noise ``keys``
+    ``[B]``: ``(loss, (terms [B], batch_stats))``."""
+    g, loss = config.generator, config.loss
+
+    def one(photo, key):
+        content = None if g.texture else photo
+        image, stats = generator.apply(
+            _variables(params, batch_stats), g, content, key, shape=photo.shape[:2], training=True
+        )
+        targets = Targets({} if g.texture else content_targets(network, photo, loss), style)
+        terms = loss_terms(network, image, targets, loss, key=key)
+        return weighted_total(terms, loss.term_weights), (terms, stats)
+
+    totals, (terms, stats) = jax.vmap(one, axis_name=generator.BATCH_AXIS)(photos, keys)
+    return totals.mean(), (terms, jax.tree.map(lambda s: s[0], stats))
+
+
+def train_step(
+    network: Network,
+    style: Any,
+    state: TrainState,
+    photos: jax.Array,
+    lr: jax.Array,
+    key: jax.Array,
+    config: TrainConfig,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One Adam step of rate ``lr`` on a batch ``photos`` ``[B, S, S, 3]``, with the
+    noise drawn from ``key``: ``(state, {term: mean})``."""
+    keys = jax.random.split(key, photos.shape[0])
+    grad = jax.value_and_grad(batch_loss, has_aux=True)
+    (total, (terms, stats)), grads = grad(
+        state.params, state.batch_stats, network, style, photos, keys, config
+    )
+    updates, opt_state = optax.scale_by_adam().update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+    metrics = {"total": total, "content": terms.content.mean(), "style": terms.style.mean(),
+               "tv": terms.tv.mean()}  # fmt: skip
+    return TrainState(state.step + 1, params, stats, opt_state), metrics
+
+
+def compile_step(network, style, state, photos, config, *, placement: Placement | None = None):
+    """``train_step`` compiled for these shapes, the state donated: ``step(network,
+    style, state, photos, lr, key)``; with a placement, the batch sharded over its mesh
+    and the rest replicated. Compiled once per process for the settings that shape it
+    (not the rate, the step count or the seed: ``schedule``)."""
+    shard = {}
+    if placement is not None:
+        r, b = placement.replicated, placement.batch
+        shard = dict(in_shardings=(r, r, r, b, r, r), out_shardings=(r, r))
+    static = config.replace(steps=1, lr=1.0, warmup=0, seed=0)
+    step = programs.jit(
+        lambda n, s, st, p, lr, k: train_step(n, s, st, p, lr, k, static),
+        donate_argnums=(2,),
+        **shard,
+    )
+    args = (network, style, state, photos, jnp.float32(0), noise_key(config, 0))
+    key = ("train", static, placement, programs.shapes_of(*args[:4]))
+    return programs.memoized(key, lambda: step.lower(*args).compile())
+
+
+def style_hash(style: np.ndarray) -> str:
+    """SHA-256 of the style image's pixels as trained on (float32, as loaded)."""
+    return hashlib.sha256(np.ascontiguousarray(style, np.float32).tobytes()).hexdigest()
+
+
+def settings(config: TrainConfig) -> dict:
+    """The training settings as JSON: what a checkpoint records and a resume must match."""
+    return json_ready(dataclasses.asdict(config))
+
+
+def json_ready(x):
+    if isinstance(x, dict):
+        return {k: json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    return x
+
+
+def _comparable(key: str, value):
+    """A recorded setting as a resume compares it: more (or fewer) steps may follow."""
+    value = json_ready(value)
+    if key == "train" and isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k != "steps"}
+    return value
+
+
+def generator_config(meta: dict) -> GeneratorConfig:
+    return GeneratorConfig(**meta["generator"])
+
+
+class Trained(NamedTuple):
+    """What ``train_generator`` returns: the final ``state``, its ``step``, ``history`` (per step
+    ``{term: value}``), ``seconds_per_step``, whether it was ``interrupted``, the step
+    it ``resumed`` from (0 for a fresh start), ``compile_seconds``, and a ``failure``:
+    why it stopped on its own (a loss that stopped being finite; the last checkpoint
+    is then kept, not overwritten), or None."""
+
+    state: TrainState
+    step: int
+    history: list[dict[str, float]]
+    seconds_per_step: float
+    interrupted: bool
+    resumed: int
+    compile_seconds: float = 0.0
+    failure: str | None = None
+
+
+def train_generator(
+    style: np.ndarray,
+    config: TrainConfig,
+    *,
+    weights: Weights,
+    photos: Photos | None,
+    model_dir: str | Path | None = None,
+    checkpoint_every: int = 100,
+    sample: np.ndarray | None = None,
+    save_every: int = 0,
+    on_sample: Callable[[int, np.ndarray], None] | None = None,
+    placement: Placement | None = None,
+    progress: bool | str = True,
+) -> Trained:
+    """Trains a generator on ``style`` ``[H, W, 3]``; see the module docstring.
+
+    Args:
+      photos: the training batches (``data.Photos``); None for a texture network.
+      model_dir: checkpoints go here, and training resumes from the last one there,
+        provided it was made by the same settings, style and weights.
+      sample: a held-out ``[H, W, 3]`` photo; every ``save_every`` steps ``on_sample``
+        gets ``(step, generator output)`` for it (a texture network ignores its pixels).
+
+    Raises:
+      ValueError: a checkpoint in ``model_dir`` from other settings, style or weights.
+    """
+    g = config.generator
+    s = config.size
+    side = max(16, round(s * config.style_scale))
+    style = resize_longest(np.asarray(style, np.float32), side)
+    run_config = Config(loss=config.loss, net=config.net)
+    plan = policy.plan(run_config, (s, s), config.batch_size, widths=widths_of(weights.params))
+    network = plan.network(weights)
+    targets = programs.jit(
+        lambda n, st: style_targets(n, st, config.loss, shape=(s, s)), once=True
+    )(network, style)
+    meta = {
+        "nst_jax": __version__,
+        "generator": dataclasses.asdict(g),
+        "train": settings(config),
+        "style_sha256": style_hash(style),
+        "weights_sha256": weights.sha256,
+    }
+    state, resumed = init_state(config), 0
+    if model_dir is not None and checkpoint.latest_step(model_dir) is not None:
+        resumed, found = checkpoint.read_meta(model_dir)
+        for key in ("generator", "train", "style_sha256", "weights_sha256"):
+            if _comparable(key, found.get(key)) != _comparable(key, meta[key]):
+                raise ValueError(
+                    f"{model_dir} holds a checkpoint of other {key.replace('_sha256', '')}"
+                    " settings; train into another --model folder, or remove it"
+                )
+        state = checkpoint.restore(model_dir, resumed, state)
+    if resumed >= config.steps:  # Trained already: nothing to compile.
+        return Trained(state, resumed, [], 0.0, False, resumed)
+    if placement is not None:
+        network, targets, state = placement.shared((network, targets, state))
+    blank = np.zeros((config.batch_size, s, s, 3), np.float32)
+    t0 = time.perf_counter()
+    step_fn = compile_step(
+        network, targets, state, placement.batched(blank) if placement else blank, config,
+        placement=placement,
+    )  # fmt: skip
+    apply_fn = None
+    if sample is not None and save_every:
+        apply_fn = jax.jit(
+            lambda p, b, x: generator.apply(_variables(p, b), g, None if g.texture else x,
+                                            jax.random.key(config.seed), shape=x.shape[:2])
+        )  # fmt: skip
+    compile_seconds = time.perf_counter() - t0
+    history: list[dict[str, float]] = []
+    bar = progress_bar(config.steps, progress, label="train", unit="step", initial=resumed)
+    done, interrupted, times, failure = resumed, False, [], None
+    rates = schedule(config)
+
+    def save():
+        if model_dir is not None and done > 0:
+            checkpoint.save(model_dir, done, jax.device_get(state), {**meta, "step": done})
+
+    batches = (
+        photos.batches(resumed)
+        if photos is not None
+        else ((k, blank) for k in range(resumed, config.steps))
+    )
+    try:
+        for k, batch in batches:
+            if k >= config.steps:
+                break
+            t = time.perf_counter()
+            lr, key = jnp.float32(rates(k)), noise_key(config, k)
+            if placement is not None:
+                batch, lr, key = placement.batched(batch), *placement.shared((lr, key))
+            state, metrics = step_fn(network, targets, state, batch, lr, key)
+            values = {name: float(v) for name, v in metrics.items()}
+            if not np.isfinite(values["total"]):
+                w = config.loss.term_weights
+                weighted = {"content": w.content, "style": w.style, "tv": w.tv}
+                bad = [n for n, x in weighted.items() if not abs(x * values[n]) <= FLOAT32_MAX]
+                failure = (
+                    f"the training loss became {values['total']} at step {k + 1}"
+                    f"{' (' + ', '.join(bad) + ')' if bad else ''}; lower --lr or the weights"
+                )
+                break
+            times.append(time.perf_counter() - t)
+            done = k + 1
+            history.append(values)
+            bar.set_postfix(loss=f"{values['total']:.3g}", style=f"{values['style']:.3g}")
+            bar.update(1)
+            if model_dir is not None and done % checkpoint_every == 0:
+                save()
+            if apply_fn is not None and (done % save_every == 0 or done == config.steps):
+                image = apply_fn(state.params, state.batch_stats, sample)
+                on_sample(done, np.asarray(image))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    if model_dir is not None and failure is None and (interrupted or done % checkpoint_every):
+        save()
+    per_step = float(np.median(times[1:] or times or [0.0]))
+    return Trained(state, done, history, per_step, interrupted, resumed, compile_seconds, failure)
+
+
+def load_generator(model_dir: str | Path) -> tuple[GeneratorConfig, dict, dict]:
+    """``(architecture, variables, meta)`` of the last checkpoint in ``model_dir``.
+
+    Raises:
+      ValueError: no checkpoint there, a foreign one, or one that does not fit its
+        recorded architecture.
+    """
+    step, meta = checkpoint.read_meta(model_dir)
+    try:
+        g = generator_config(meta)
+        layers = () if g.texture else LossConfig().content_layers
+        config = TrainConfig(generator=g, loss=LossConfig(content_layers=layers))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{model_dir}: a checkpoint this version cannot read ({e})") from None
+    state = checkpoint.restore(model_dir, step, init_state(config))
+    return g, _variables(state.params, state.batch_stats), meta
+
+
+def apply_generator(
+    variables: dict,
+    config: GeneratorConfig,
+    content: np.ndarray | None,
+    *,
+    seeds: tuple[int, ...] = (0,),
+    shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The generator on ``content`` ``[H, W, 3]`` (any size), once per seed, in one
+    vmapped call: ``[K, H, W, 3]``. A texture network needs ``shape`` instead."""
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    if content is not None:
+        content = jnp.asarray(content, jnp.float32)
+        shape = content.shape[:2]
+    fn = jax.jit(
+        jax.vmap(
+            lambda v, x, k: generator.apply(v, config, x, k, shape=shape), in_axes=(None, None, 0)
+        )
+    )
+    return np.asarray(fn(variables, content, keys))
