@@ -32,10 +32,14 @@ def _manager(directory: Path, *, create: bool):
 
 
 def save(directory: str | os.PathLike, step: int, state: Any, meta: dict) -> None:
-    """Writes ``state`` (a pytree of arrays) and ``meta`` as step ``step``, atomically."""
+    """Writes ``state`` (a pytree of arrays) and ``meta`` as step ``step``, atomically;
+    a step already saved is left as it is (a step's state is the same each time)."""
     import orbax.checkpoint as ocp
 
     manager = _manager(Path(directory), create=True)
+    if step in manager.all_steps():  # Saved already (a signal right after a save, say).
+        manager.close()
+        return
     meta = {"format": FORMAT, **meta, "shapes": _shapes(state)}
     manager.save(
         step,
