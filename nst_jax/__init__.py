@@ -12,6 +12,7 @@ from nst_jax import (
     config,
     data,
     feedforward,
+    folders,
     jobs,
     losses,
     memory,
@@ -20,8 +21,9 @@ from nst_jax import (
     solve,
     tasks,
 )
-from nst_jax.batch import FolderJob, stylize_folder, stylize_many
+from nst_jax.batch import stylize_many
 from nst_jax.config import Config
+from nst_jax.folders import FolderJob, stylize_folder
 from nst_jax.image import (
     demo_images,
     labelled_grid,
@@ -102,6 +104,7 @@ __all__ = [
     "checkpoint",
     "data",
     "feedforward",
+    "folders",
     "objective",
     "prepare",
     "preprocess",

@@ -8,20 +8,15 @@ padded, and the padding dropped, never recompiled for), places each batch's axis
 the mesh (``solve/placement.py``), and yields every result as its batch finishes. With
 several processes (``jax.distributed``), each takes a deterministic share of every
 batch by its process index, and every process runs the same number of batches, so that
-they compile and run the same programs. ``stylize_folder`` is the job behind
-``--output_dir``: outputs named after their inputs, a resumable run (an output whose
-settings match is kept), bad files skipped with a warning, and a manifest.
+they compile and run the same programs. The folder job behind ``--output_dir`` is
+``folders.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob as globbing
-import json
 import math
 import os
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -30,28 +25,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax.atomic import write_json
 from nst_jax.config import Config
 from nst_jax.image import (
-    check_writable,
     image_size,
     load_image,
-    read_settings,
     resize,
     resized_shape,
-    save_image,
 )
 from nst_jax.nets.vgg import widths_of
 from nst_jax.nets.weights import Weights, load_weights
 from nst_jax.objective import Terms
 from nst_jax.progress import progress_bar
-from nst_jax.solve import programs
 from nst_jax.solve.placement import Placement, mesh_of
 from nst_jax.solve.solver import HISTORY_KEYS, term_weights_of
 from nst_jax.tasks import policy
 from nst_jax.tasks.pyramid import scaled_styles, style_scales
 from nst_jax.tasks.stylize import MIN_SIDE, check_image, run
-from nst_jax.version import __version__
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 # A batch's default share of one device: more pads short folders for no gain on a CPU,
@@ -399,243 +388,3 @@ def _default_batch(config, shapes, columns, devices, widths, todo) -> int:
         except ValueError:
             per_device -= 1
     return per_device * devices
-
-
-# The job behind --output_dir.
-
-
-@dataclasses.dataclass(frozen=True)
-class FolderJob:
-    """A folder job: contents in, one output per content and style mix out.
-
-    Attributes:
-      contents: a folder, glob, ``.txt`` list or image (``find_contents``).
-      styles: the style images.
-      output_dir: where the outputs go, named after the inputs, subfolders kept.
-      config: the shared settings.
-      size: the longest side each content runs at.
-      crop: one ``(H, W)`` for every content instead (cropped to its aspect).
-      blends: style mixes, one output each: ``((w, ...), ...)``. Without them, several
-        styles give one output each, and one style (or ``config.loss.style_blend``)
-        one output.
-      style_scale: each style's size relative to the output.
-      weights: VGG19 weights; the verified default if None.
-      batch_size: elements per batch, all processes together (default: what fits).
-      devices: devices per process to use (default: all).
-      overwrite: redo outputs that exist with the same settings.
-      progress: progress bars.
-    """
-
-    contents: str
-    styles: tuple[str, ...]
-    output_dir: str
-    config: Config = Config()
-    size: int = 384
-    crop: tuple[int, int] | None = None
-    blends: tuple[tuple[float, ...], ...] | None = None
-    style_scale: tuple[float, ...] = (1.0,)
-    weights: str | None = None
-    batch_size: int | None = None
-    devices: int | None = None
-    overwrite: bool = False
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.size <= 0:
-            raise ValueError(f"--size must be positive, got {self.size}")
-        if not self.styles:
-            raise ValueError("a folder job needs --style")
-        for blend in self.blends or ():
-            if len(blend) != len(self.styles) or any(
-                not (w >= 0 and math.isfinite(w)) for w in blend
-            ):
-                raise ValueError(
-                    f"each --blends mix needs {len(self.styles)} finite weights >= 0, got {blend}"
-                )
-            if not sum(blend) > 0:
-                raise ValueError(f"a --blends mix must not be all zeros: {blend}")
-
-
-class FolderReport(NamedTuple):
-    """What a folder job did; ``manifest`` is what it wrote to its manifest file."""
-
-    manifest: dict
-    path: Path
-    summary: str
-    failed: int
-    interrupted: bool
-
-
-def _columns(job: FolderJob) -> tuple[np.ndarray | None, list[str]]:
-    """The style mixes as ``[C, S]`` blends (None for the config's one mix), and a name
-    for each, used in the outputs' names where there are several."""
-    if job.blends:
-        return np.asarray(job.blends, np.float32), [
-            "blend-" + "-".join(f"{w:g}" for w in blend) for blend in job.blends
-        ]
-    if len(job.styles) > 1 and job.config.loss.style_blend is None:
-        return np.eye(len(job.styles), dtype=np.float32), [Path(s).stem for s in job.styles]
-    return None, [""]
-
-
-def output_path(output_dir: str | Path, root: Path, source: Path, label: str) -> Path:
-    """``OUTPUT_DIR/relative/stem[.label].png`` for ``source`` under ``root``."""
-    relative = (
-        source.resolve().relative_to(root.resolve())
-        if source.resolve().is_relative_to(root.resolve())
-        else Path(source.name)
-    )
-    name = relative.stem + (f".{label}" if label else "") + ".png"
-    return Path(output_dir) / relative.parent / name
-
-
-def output_paths(
-    output_dir: str | Path, root: Path, sources: Sequence[Path], labels: Sequence[str]
-) -> dict[Element, Path]:
-    """Every element's output (``output_path``); two inputs that would share one
-    (``photo.jpg``, ``photo.png``) both keep their extension in it.
-
-    Raises:
-      ValueError: an output would overwrite an input.
-    """
-    elements = [Element(i, c) for i in range(len(sources)) for c in range(len(labels))]
-    paths = {e: output_path(output_dir, root, sources[e.index], labels[e.column]) for e in elements}
-    taken: dict[Path, Element] = {}
-    for e, path in list(paths.items()):
-        if path in taken:
-            paths[taken[path]] = _with_suffix(paths[taken[path]], sources[taken[path].index])
-            paths[e] = _with_suffix(path, sources[e.index])
-        taken[path] = e
-    inputs = {p.resolve() for p in sources}
-    for path in paths.values():
-        if path.resolve() in inputs:
-            raise ValueError(f"{path} is an input file; refusing to overwrite it (--output_dir)")
-    return paths
-
-
-def _with_suffix(path: Path, source: Path) -> Path:
-    """``photo.png`` -> ``photo-jpg.png`` for ``source`` ``photo.jpg``."""
-    rest = path.name[len(source.stem) :]
-    return path.with_name(f"{source.stem}-{source.suffix.lstrip('.').lower()}{rest}")
-
-
-def _settings(job: FolderJob, source: Path, column: int, blends, sha: str) -> dict:
-    return {
-        "nst_jax": __version__,
-        "mode": "stylize",
-        "content": str(source),
-        "style": list(job.styles),
-        "blend": None if blends is None else [float(w) for w in blends[column]],
-        "size": job.size,
-        "crop": None if job.crop is None else list(job.crop),
-        "style_scale": list(job.style_scale),
-        "weights": job.weights or "default",
-        "weights_sha256": sha,
-        "config": dataclasses.asdict(job.config),
-    }
-
-
-def finished(path: Path, settings: dict, steps: int) -> bool:
-    """Whether ``path`` is an output of these settings that ran all its steps."""
-    try:
-        found = read_settings(path)
-    except Exception:  # noqa: BLE001 - missing, unreadable or foreign: not done.
-        return False
-    return found.pop("step", None) == steps and found == json.loads(json.dumps(settings))
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def stylize_folder(job: FolderJob) -> FolderReport:
-    """Runs a folder job; see the module docstring.
-
-    Exit status, for the command line: 0 when every output is done (now or before),
-    ``cli.SOME_FAILED`` (4) when some input failed (the manifest names each, with its reason),
-    128 + the signal when interrupted.
-    """
-    t0 = time.perf_counter()
-    compiled_before = programs.compiled_programs
-    sources, root = find_contents(job.contents)
-    out = Path(job.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot make --output_dir {out}: {e.strerror or e}") from None
-    check_writable(out / "probe.png")
-    inputs = {p.resolve() for p in [*sources, *map(Path, job.styles)]}
-    blends, labels = _columns(job)
-    weights = load_weights(job.weights, progress=job.progress)
-    styles = [load_image(p) for p in job.styles]
-    elements = [Element(i, c) for i in range(len(sources)) for c in range(len(labels))]
-    paths = output_paths(out, root, sources, labels)
-    for path in paths.values():
-        if path.resolve() in inputs:
-            raise ValueError(f"{path} is an input file; refusing to overwrite it (--output_dir)")
-    settings = {
-        e: _settings(job, sources[e.index], e.column, blends, weights.sha256) for e in elements
-    }
-    processes, process = jax.process_count(), jax.process_index()
-    # Each process checks its turn of the outputs; together they agree on what is left.
-    mine = np.zeros(math.ceil(len(elements) / processes), np.int32)
-    if not job.overwrite:
-        for k, e in enumerate(elements[process::processes]):
-            mine[k] = finished(paths[e], settings[e], job.config.steps)
-    done_before = _gather(mine).T.reshape(-1)[: len(elements)].astype(bool)
-    todo = {e for e, done in zip(elements, done_before, strict=True) if not done}
-    manifest = {
-        "settings": {
-            k: v for k, v in settings[elements[0]].items() if k not in ("content", "blend")
-        },
-        "blends": None if blends is None else blends.tolist(),
-        "process": process,
-        "processes": processes,
-        "done": [],
-        "skipped": [
-            {"input": str(sources[e.index]), "output": str(paths[e]), "reason": "done before"}
-            for k, e in enumerate(elements)
-            if done_before[k] and k % processes == process
-        ],
-        "failed": [],
-        "interrupted": False,
-    }
-    name = "manifest.json" if processes == 1 else f"manifest-{process}-of-{processes}.json"
-    manifest_path = out / name
-    placement = Placement(mesh_of(job.devices))
-    interrupted = False
-    try:
-        for outcome in stylize_many(
-            sources, styles, job.config, blends=blends, size=job.size, crop=job.crop,
-            style_scale=job.style_scale, placement=placement, batch_size=job.batch_size,
-            weights=weights, todo=todo, progress=job.progress,
-        ):  # fmt: skip
-            e = outcome.element
-            entry = {"input": str(sources[e.index]), "output": str(paths[e])}
-            if outcome.image is not None:
-                paths[e].parent.mkdir(parents=True, exist_ok=True)
-                save_image(paths[e], outcome.image, settings={**settings[e], "step": outcome.steps})
-            if outcome.failure:
-                if e.column == 0 or outcome.image is not None:
-                    _say(f"warning: skipping {entry['input']}: {outcome.failure}")
-                manifest["failed"].append({**entry, "reason": outcome.failure})
-            elif outcome.interrupted:
-                interrupted = True
-                manifest["failed"].append(
-                    {**entry, "reason": f"interrupted at step {outcome.steps}"}
-                )
-            else:
-                manifest["done"].append({**entry, "losses": outcome.losses})
-            write_json(manifest_path, {**manifest, "seconds": time.perf_counter() - t0})
-    except KeyboardInterrupt:
-        interrupted = True
-    manifest["interrupted"] = interrupted
-    manifest["programs_compiled"] = programs.compiled_programs - compiled_before
-    manifest["seconds"] = time.perf_counter() - t0
-    write_json(manifest_path, manifest)
-    failed = sum(not f["reason"].startswith("interrupted") for f in manifest["failed"])
-    summary = (
-        f"{len(manifest['done'])} done, {len(manifest['skipped'])} done before, "
-        f"{failed} failed: {manifest_path}"
-    )
-    return FolderReport(manifest, manifest_path, summary, failed, interrupted)

@@ -360,7 +360,7 @@ NOT_FOR_FOLDERS = (
 
 
 def _folder_job():
-    """The flags' ``batch.FolderJob``."""
+    """The flags' ``folders.FolderJob``."""
     if F.mode != "stylize":
         raise ValueError("--output_dir runs --mode stylize")
     for name in NOT_FOR_FOLDERS:
@@ -385,7 +385,7 @@ def _folder_job():
             )
         except ValueError:
             raise ValueError(f"bad --blends {F.blends!r}; use w,w;w,w") from None
-    return nst_jax.batch.FolderJob(
+    return nst_jax.folders.FolderJob(
         contents=F.content,
         styles=tuple(F.style),
         output_dir=F.output_dir,

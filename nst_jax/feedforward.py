@@ -260,11 +260,12 @@ class ApplyFolderJob:
 
 
 def apply_folder(job: ApplyFolderJob):
-    """Runs an ``ApplyFolderJob``: a ``batch.FolderReport``. One compiled forward pass
+    """Runs an ``ApplyFolderJob``: a ``folders.FolderReport``. One compiled forward pass
     per image shape; a Ctrl-C or signal stops after the image in flight."""
     import jax
 
-    from nst_jax.batch import FolderReport, find_contents, finished, output_paths
+    from nst_jax.batch import find_contents
+    from nst_jax.folders import FolderReport, finished, output_paths, prepare_output_dir
     from nst_jax.progress import progress_bar
 
     t0 = time.perf_counter()
@@ -272,12 +273,7 @@ def apply_folder(job: ApplyFolderJob):
     if g.texture:
         raise ValueError(f"{job.model_dir} is a texture network: it takes no --content")
     sources, root = find_contents(job.contents)
-    out = Path(job.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot make --output_dir {out}: {e.strerror or e}") from None
-    check_writable(out / "probe.png")
+    out = prepare_output_dir(job.output_dir)
     paths = output_paths(out, root, sources, [""])
     fn = jax.jit(lambda v, x, k: training.generator.apply(v, g, x, k))
     key = jax.random.key(job.seed)
