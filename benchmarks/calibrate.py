@@ -1,11 +1,14 @@
-"""Calibrates ``objective.SCALES``: how hard each style statistic pulls, against Gram.
+"""Calibrates ``objective.SCALES`` and ``RELATIVE_SCALES``: how hard each style
+statistic pulls, against Gram.
 
-  python benchmarks/calibrate.py [--size 192]
+  python benchmarks/calibrate.py [--size 192] [--style_norm relative|gatys]
 
 For each statistic alone (mix weight 1, unit scale), the style loss at the content image
 of the demo pair, on the default layers. The suggested scale is Gram's loss over that
 statistic's, rounded to one significant figure, so that at the same ``--style_weight``
-each statistic starts out as far from its target, in loss units, as Gram does.
+each statistic starts out as far from its target, in loss units, as Gram does. Under
+``relative``, the moment statistics are relative errors and need no scale; the table
+still shows how hard each pulls.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from nst_jax.objective import SCALES, STATISTICS, LossConfig, Targets
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=192)
+    parser.add_argument("--style_norm", choices=objective.STYLE_NORMS, default="relative")
     args = parser.parse_args()
+    in_use = SCALES if args.style_norm == "gatys" else objective.RELATIVE_SCALES
     content, style = demo_pair(args.size)
     network = nst_jax.prepare(nst_jax.load_weights(progress=False))
     raw = {}
     for name in STATISTICS:
-        loss = LossConfig(style_loss=((name, 1.0),))
+        loss = LossConfig(style_loss=((name, 1.0),), style_norm=args.style_norm)
 
         def style_loss(network, content, style, loss=loss):
             targets = Targets(
@@ -38,7 +43,7 @@ def main():
             )
             return objective.loss_terms(network, content, targets, loss).style
 
-        raw[name] = float(jax.jit(style_loss)(network, content, style)) / SCALES[name]
+        raw[name] = float(jax.jit(style_loss)(network, content, style)) / in_use[name]
     rows = []
     for name, value in raw.items():
         ratio = raw["gram"] / value
@@ -49,19 +54,19 @@ def main():
                 "unscaled loss": f"{value:.4g}",
                 "gram / it": f"{ratio:.3g}",
                 "suggested scale": f"{suggested:g}",
-                "scale in use": f"{SCALES[name]:g}",
+                "scale in use": f"{in_use[name]:g}",
             }
         )
     md = (
-        f"Style loss of each statistic at the content image, demo pair, {args.size}px.\n\n"
-        + table(rows, list(rows[0]))
+        f"Style loss of each statistic at the content image, demo pair, {args.size}px, "
+        f"style_norm {args.style_norm}.\n\n" + table(rows, list(rows[0]))
     )
     save(
-        "calibrate",
+        f"calibrate_{args.style_norm}",
         {
             "size": args.size,
             "raw": raw,
-            "scales": SCALES,
+            "scales": in_use,
         },
         md,
     )

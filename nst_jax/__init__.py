@@ -5,6 +5,10 @@ The data flows one way: image files -> arrays (``image``, ``color``) -> VGG19 fe
 tasks (``tasks``) -> files (``jobs``, behind the command line, ``cli``).
 """
 
+import time as _time
+
+IMPORT_STARTED = _time.perf_counter()  # --report counts the package's imports from here.
+
 from nst_jax import (
     batch,
     checkpoint,

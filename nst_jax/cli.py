@@ -153,7 +153,19 @@ flags.DEFINE_enum(
     "The results agree to float32 rounding.",
 )
 flags.DEFINE_enum("optimizer", Config.optimizer, list(nst_jax.config.OPTIMIZERS), "Optimiser.")
-flags.DEFINE_float("lr", Config.lr, "Adam learning rate (pixels live in [0, 1]).")
+flags.DEFINE_float("lr", Config.lr, "Adam's starting learning rate (pixels live in [0, 1]).")
+flags.DEFINE_float(
+    "lr_half_life",
+    Config.lr_half_life,
+    "Adam's rate halves every N steps, down to a tenth of --lr (0: constant).",
+)
+flags.DEFINE_float(
+    "stop_tol",
+    Config.stop_tol,
+    "Stop once the best loss fell by less than this fraction over --stop_window steps; "
+    "--steps is the cap (0: always run --steps). Chosen by the README's quality benchmark.",
+)
+flags.DEFINE_integer("stop_window", Config.stop_window, "Steps over which --stop_tol is measured.")
 flags.DEFINE_string(
     "init", Config.init, "Start from 'content', 'noise', 'style', or an image file."
 )
@@ -190,6 +202,13 @@ flags.DEFINE_string(
     "",
     "Per-statistic layers, NAME=LAYER+LAYER;NAME=...; e.g. histogram=conv1_1+conv4_1. "
     "Statistics not named use --style_layers.",
+)
+flags.DEFINE_enum(
+    "style_norm",
+    LossConfig.style_norm,
+    list(nst_jax.objective.STYLE_NORMS),
+    "relative: each style layer's distance over its target's size (every layer counts "
+    "alike); gatys: Gatys et al.'s E_l, where conv4_1 outweighs conv1_1 10^5 to 1.",
 )
 flags.DEFINE_float("tv_beta", LossConfig.tv_beta, "Exponent beta of the total variation.")
 flags.DEFINE_float("alpha_norm_weight", LossConfig.alpha_norm_weight, "Weight of the alpha-norm.")
@@ -291,6 +310,7 @@ def _config() -> Config:
         mmd_degree=F.mmd_degree,
         mmd_sigma=F.mmd_sigma,
         mmd_samples=F.mmd_samples,
+        style_norm=F.style_norm,
     )
     config = Config(
         loss=loss,
@@ -298,6 +318,9 @@ def _config() -> Config:
         steps=F.steps,
         optimizer=F.optimizer,
         lr=F.lr,
+        lr_half_life=F.lr_half_life,
+        stop_tol=F.stop_tol,
+        stop_window=F.stop_window,
         init=F.init if F.init in nst_jax.config.INIT_KINDS else "content",
         seed=F.seed,
         lbfgs_memory=F.lbfgs_memory,
@@ -456,8 +479,11 @@ def _feedforward():
     if F["batch_size"].present:
         given["batch_size"] = F.batch_size
     loss = _config().loss
-    defaults = {n: getattr(base.loss, n) for n in ("style_weight", "tv_weight")}
+    # Training has its own objective (train.TRAIN_LOSS); flags given override it.
+    tuned = ("style_weight", "tv_weight", "content_loss", "style_norm")
+    defaults = {n: getattr(base.loss, n) for n in tuned}
     loss = dataclasses.replace(loss, **{n: v for n, v in defaults.items() if not F[n].present})
+    pooling = F.pooling if F["pooling"].present else base.net.pooling
     if F.texture_net:
         loss = dataclasses.replace(loss, content_weight=0.0, content_layers=())
     config = base.replace(
@@ -465,7 +491,7 @@ def _feedforward():
             kind=F.generator, norm=F.norm, texture=F.texture_net, scales=F.scales, width=F.width
         ),
         loss=loss,
-        net=NetConfig(pooling=F.pooling, convolution=F.convolution, remat=F.remat),
+        net=NetConfig(pooling=pooling, convolution=F.convolution, remat=F.remat),
         style_scale=_numbers("style_scale")[0],
         **given,
     )

@@ -9,6 +9,7 @@ rest of the library only ever sees arrays.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import math
 import os
@@ -30,6 +31,7 @@ MAX_PIXELS = 100_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 PNG_SETTINGS_KEY = "nst_jax"
+DEMO_PAINTING = "starry_night.jpg"  # In nst_jax/assets/: the demo's style.
 LUMA = (0.299, 0.587, 0.114)  # Y of YIQ / YUV (Rec. 601): how masks read colour files.
 
 
@@ -343,18 +345,19 @@ def read_settings(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def demo_images() -> tuple[np.ndarray, np.ndarray]:
-    """The built-in demo pair, from images that scikit-image ships in its wheel.
+    """The built-in demo pair: a photo that scikit-image ships and a painting shipped here.
 
     Returns:
       (content, style): float32 RGB in [0, 1]. The content is Chelsea the cat (CC0,
-      Stefan van der Walt); the style is an immunohistochemistry micrograph of colonic
-      glands (CMMI, no known copyright restrictions), whose brown cells and blue
-      speckle make a strong, painterly texture.
+      Stefan van der Walt, from scikit-image); the style is Vincent van Gogh's *The
+      Starry Night* (1889, public domain), ``assets/starry_night.jpg``, 768x480.
     """
     try:
         from skimage import data
     except ImportError:  # pragma: no cover - scikit-image is in requirements.txt
         raise ValueError("--demo needs scikit-image: pip install -r requirements.txt") from None
     content = data.chelsea().astype(np.float32) / 255.0
-    style = data.immunohistochemistry().astype(np.float32) / 255.0
+    painting = importlib.resources.files("nst_jax") / "assets" / DEMO_PAINTING
+    with importlib.resources.as_file(painting) as path:
+        style = load_image(path)
     return content, style

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from nst_jax import IMPORT_STARTED
 from nst_jax.atomic import write_json
 from nst_jax.config import Config
 from nst_jax.image import (
@@ -44,7 +45,7 @@ from nst_jax.tasks.texture import texture_config
 from nst_jax.version import __version__
 
 MODES = ("stylize", "texture", "invert")
-DEMO_CONTENT, DEMO_STYLE = "demo:chelsea", "demo:immunohistochemistry"
+DEMO_CONTENT, DEMO_STYLE = "demo:chelsea", "demo:starry_night"
 
 
 def _paths(name: str, paths: Sequence[str]) -> tuple[str, ...]:
@@ -274,6 +275,7 @@ def _run_record(result: Result, label: str, level: int, labels: Sequence[str]) -
         "level": level,
         "size": list(result.image.shape[-3:-1]),
         "steps": result.steps,
+        "converged": result.converged,
         "compile_seconds": result.compile_seconds,
         "seconds_per_step": result.seconds_per_step,
         "convolution": result.convolution,
@@ -292,6 +294,7 @@ def report_data(
     wall_seconds: float,
     content_shape: tuple[int, ...],
     style_shapes: Sequence[tuple[int, ...]],
+    timings: dict[str, float] | None = None,
 ) -> dict:
     """The report, one shape for every mode.
 
@@ -305,6 +308,7 @@ def report_data(
         "interrupted": interrupted,
         "failure": failure,
         "wall_seconds": wall_seconds,
+        "timings": timings,
         "content_size": list(content_shape[:2]),
         "style_sizes": [list(s[:2]) for s in style_shapes],
         "weights_sha256": settings["weights_sha256"],
@@ -457,7 +461,9 @@ def run_files(job: Job, mode: str) -> Report:
             h, w = headers[inputs.init]
             _say(f"note: stretching --init {inputs.init} from {w}x{h} to the content's shape")
         init_image = load_image(inputs.init, at_least=size)
+    t_inputs = time.perf_counter()
     weights = load_weights(inputs.weights, progress=outputs.progress)
+    t_weights = time.perf_counter()
     settings = {
         "nst_jax": __version__,
         "mode": mode,
@@ -522,13 +528,25 @@ def run_files(job: Job, mode: str) -> Report:
         summary = f"interrupted; saved what was reached to {output}"
     if failure:
         summary = f"{failure}; saved the last finite image to {output}"
+    compiling = sum(r["compile_seconds"] for r in runs)
+    stepping = sum(r["steps"] * r["seconds_per_step"] for r in runs if r["steps"])
+    now = time.perf_counter()
+    timings = {  # The fixed cost, part by part, and the steps.
+        "imports_s": t0 - IMPORT_STARTED,
+        "inputs_s": t_inputs - t0,
+        "weights_s": t_weights - t_inputs,
+        "setup_and_compile_s": compiling,
+        "steps_s": stepping,
+        "other_s": now - t_weights - compiling - stepping,
+    }
     data = report_data(
         job,
         settings,
         runs,
         interrupted=interrupted,
         failure=failure,
-        wall_seconds=time.perf_counter() - t0,
+        wall_seconds=now - t0,
+        timings=timings,
         content_shape=shape,
         style_shapes=style_shapes,
     )

@@ -26,10 +26,12 @@ from nst_jax.nets.vgg import LAYERS, check_layers, feature_shape, layer, pool2x2
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_LOSSES = ("mse", "normalized")
 STATISTICS = ("gram", "mmd_poly", "mmd_linear", "mmd_gauss", "meanstd", "histogram")
-# Each statistic's loss is multiplied by its scale so that a mix weight of 1 pulls about
-# as hard as the Gram loss does. mmd_poly is exactly 4 N² times the Gram loss (Li et al.
-# 2017), so its scale is exact (it is divided by 4 N² per layer); the others were
-# calibrated on the demo pair by benchmarks/calibrate.py: the ratio of the Gram loss to
+STYLE_NORMS = ("relative", "gatys")
+# Under ``style_norm="gatys"``, each statistic's loss is multiplied by its scale so that a
+# mix weight of 1 pulls about as hard as the Gram loss does. mmd_poly is exactly 4 N² times
+# the Gram loss (Li et al. 2017), so its scale is exact (it is divided by 4 N² per layer);
+# the others were calibrated by benchmarks/calibrate.py --style_norm gatys (on the earlier
+# demo pair, average pooling: results/calibrate_gatys.md): the ratio of the Gram loss to
 # theirs at the content image.
 SCALES = {
     "gram": 1.0,
@@ -38,6 +40,18 @@ SCALES = {
     "mmd_gauss": 6e8,
     "meanstd": 1e4,
     "histogram": 9e3,
+}
+# Under ``style_norm="relative"`` the moment statistics are relative errors, ~1 at the
+# start whatever the layer, and need no scale; the histogram and the sampled kernels keep
+# absolute losses, scaled (benchmarks/calibrate.py, results/calibrate_relative.md) to pull
+# as hard as relative Gram at the demo's content image.
+RELATIVE_SCALES = {
+    "gram": 1.0,
+    "mmd_poly": 1.0,
+    "mmd_linear": 1.0,
+    "mmd_gauss": 4.0,
+    "meanstd": 1.0,
+    "histogram": 6e-6,
 }
 
 
@@ -111,16 +125,22 @@ class LossConfig:
       mmd_sigma: Gaussian kernel bandwidth; 0 picks the median heuristic on the style.
       mmd_samples: positions sampled per layer and step for the pairwise (Gaussian, or
         polynomial d ≠ 2) kernels.
+      style_norm: how a layer's style distance is scaled. ``"relative"`` divides it by
+        the target's own distance from zero, e.g. ``‖G − G_s‖² / ‖G_s‖²`` for Gram, so
+        that every layer's ``w_l`` means what it says: with the Caffe VGG19, Gatys et
+        al.'s ``E_l`` at conv4_1 is about 10⁵ times that at conv1_1 or conv5_1, so two
+        of five layers carried the whole loss. ``"gatys"`` is eq. 4's ``E_l``, with
+        ``SCALES``. The README's quality section shows what "relative" gains.
     """
 
     content_weight: float = 1.0
-    style_weight: float = 1e-2
-    tv_weight: float = 5e3
+    style_weight: float = 4.0
+    tv_weight: float = 0.01
     tv_beta: float = 2.0
     alpha_norm_weight: float = 0.0
     alpha: float = 6.0
     content_layers: tuple[str, ...] = ("conv4_2",)
-    content_loss: str = "mse"
+    content_loss: str = "normalized"
     style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
     style_layer_weights: tuple[float, ...] | None = None
     style_blend: tuple[float, ...] | None = None
@@ -130,6 +150,7 @@ class LossConfig:
     mmd_degree: int = 2
     mmd_sigma: float = 0.0
     mmd_samples: int = 1024
+    style_norm: str = "relative"
 
     def __post_init__(self):
         for name in (
@@ -179,6 +200,8 @@ class LossConfig:
             if n not in STATISTICS:
                 raise ValueError(f"unknown style loss {n!r} in stat_layers")
         object.__setattr__(self, "stat_layers", per_stat)
+        if self.style_norm not in STYLE_NORMS:
+            raise ValueError(f"style_norm must be one of {STYLE_NORMS}, got {self.style_norm!r}")
         if self.content_loss not in CONTENT_LOSSES:
             raise ValueError(
                 f"content_loss must be one of {CONTENT_LOSSES}, got {self.content_loss!r}"
@@ -228,9 +251,13 @@ class LossConfig:
 
 
 class Moment(NamedTuple):
+    """``sums`` it is made of, its ``target`` from the statistics, the ``distance`` of the
+    statistics from a target, and ``stats_of(target)``, the statistics it was made from."""
+
     sums: tuple[str, ...]
     target: Callable[[dict], Any]
     distance: Callable[[dict, Any, LossConfig], jax.Array]
+    stats_of: Callable[[Any], dict]
 
 
 def _poly2_distance(stats, target, loss):
@@ -246,21 +273,25 @@ MOMENTS = {
         ("gram",),
         lambda stats: stats["gram"],
         lambda stats, target, loss: losses.gram_distance(stats["gram"], target),
+        lambda target: {"gram": target},
     ),
     "mmd_linear": Moment(
         ("sum",),
         lambda stats: stats["mean"],
         lambda stats, target, loss: losses.mean_distance(stats["mean"], target),
+        lambda target: {"mean": target},
     ),
     "meanstd": Moment(
         ("sum", "sq"),
         lambda stats: (stats["mean"], stats["std"]),
         lambda stats, target, loss: losses.mean_std_distance(stats["mean"], stats["std"], target),
+        lambda target: {"mean": target[0], "std": target[1]},
     ),
     "mmd_poly": Moment(  # Degree 2 only; other degrees are sampled.
         ("gram", "sum"),
         lambda stats: {"gram": stats["gram"], "mean": stats["mean"]},
         _poly2_distance,
+        lambda target: target,
     ),
 }
 
@@ -392,6 +423,17 @@ def _blend(loss: LossConfig, n: int, blend: jax.Array | None) -> jax.Array:
     return blend / jnp.sum(blend)
 
 
+def _scale(stat: str, target, loss: LossConfig) -> jax.Array:
+    """What the statistic's distance from ``target`` is multiplied by (``style_norm``)."""
+    m = moment(stat, loss)
+    if loss.style_norm == "gatys":
+        return jnp.float32(SCALES[stat])
+    if m is None:
+        return jnp.float32(RELATIVE_SCALES[stat])
+    zero = jax.tree.map(jnp.zeros_like, m.stats_of(target))
+    return 1.0 / jnp.maximum(m.distance(zero, target, loss), jnp.finfo(jnp.float32).tiny)
+
+
 class StyleTargets(NamedTuple):
     """The style's side of the objective.
 
@@ -401,10 +443,13 @@ class StyleTargets(NamedTuple):
         ... With content masks, every target has a leading region axis ``R``.
       masks: ``{layer: [R, h, w]}`` content masks at each style layer's resolution, or
         empty without spatial control.
+      scales: ``{"statistic/layer": scalar}``, what each distance is multiplied by
+        (``LossConfig.style_norm``).
     """
 
     statistics: dict[str, Any]
     masks: dict[str, jax.Array]
+    scales: dict[str, jax.Array]
 
 
 class Targets(NamedTuple):
@@ -449,7 +494,7 @@ def style_targets(
     key = jax.random.key(0) if key is None else key
     styles = tuple(styles) if isinstance(styles, (list, tuple)) else (styles,)
     if not loss.style_on:
-        return StyleTargets({}, {})
+        return StyleTargets({}, {}, {})
     if content_masks is not None:
         if content_masks.shape != (len(styles), *shape):
             raise ValueError(
@@ -501,7 +546,8 @@ def style_targets(
             else:
                 targets[f"{stat}/{name}"] = jax.tree.map(lambda *ts: jnp.stack(ts), *each)
                 masks[name] = layer_masks(content_masks, name)
-    return jax.lax.stop_gradient(StyleTargets(targets, masks))
+    scales = {k: _scale(k.partition("/")[0], t, loss) for k, t in targets.items()}
+    return jax.lax.stop_gradient(StyleTargets(targets, masks, scales))
 
 
 def loss_terms(
@@ -540,11 +586,12 @@ def loss_terms(
         for name, w in loss.statistic_layers(stat):
             key, sub = jax.random.split(key)
             target = targets.style.statistics[f"{stat}/{name}"]
+            scale = targets.style.scales[f"{stat}/{name}"]
             if m is None:
                 value = _feature_distance(stat, feats[name], target, loss, sub)
             else:  # With masks, the regions' losses add up, each against its own style.
                 value = m.distance(stats[name], target, loss)
-            style = style + mix * w * SCALES[stat] * value
+            style = style + mix * w * scale * value
     alpha = losses.alpha_norm(image, alpha=loss.alpha) if loss.alpha_norm_weight else 0.0
     return Terms(
         content=jnp.asarray(content, jnp.float32),

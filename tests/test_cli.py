@@ -193,6 +193,7 @@ def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weigh
         "--output", out, "--size", "64", "--steps", "6", "--save_every", "3",
         "--report", report, "--seed", "7", "--progress=false",
         "--content_layers", "conv4_2,pool3", "--style_layers", "conv1_1,pool1,conv3_1",
+        "--style_norm", "gatys", "--stop_tol", "0.5", "--stop_window", "30",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     image = np.asarray(Image.open(out))
@@ -200,6 +201,8 @@ def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weigh
     settings = nst_jax.read_settings(out)
     assert settings["config"]["steps"] == 6 and settings["config"]["seed"] == 7
     assert settings["config"]["loss"]["content_layers"] == ["conv4_2", "pool3"]
+    assert settings["config"]["loss"]["style_norm"] == "gatys"
+    assert settings["config"]["stop_tol"] == 0.5 and settings["config"]["stop_window"] == 30
     assert settings["weights_sha256"] == real_weights.sha256
     assert nst_jax.read_settings(tmp_path / "out.step00003.png")["step"] == 3
     data = json.loads(report.read_text())
@@ -209,6 +212,14 @@ def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weigh
     assert tile["final_losses"]["style"] < tile["initial_losses"]["style"]
     assert data["content_size"] == [48, 64] and data["style_sizes"] == [[64, 64]]
     assert one["seconds_per_step"] > 0 and one["compile_seconds"] > 0
+    assert not one["converged"]  # A window longer than the run never closes.
+    timings = data["timings"]
+    assert set(timings) == {"imports_s", "inputs_s", "weights_s", "setup_and_compile_s",
+                            "steps_s", "other_s"}  # fmt: skip
+    assert timings["imports_s"] > 0.1 and timings["setup_and_compile_s"] > 0.5
+    assert timings["steps_s"] > 0 and sum(timings.values()) - timings["imports_s"] <= (
+        data["wall_seconds"] + 1e-3
+    )
     assert one["convolution"] == "direct"  # "auto" below 128 px.
     assert data["weights_sha256"] == real_weights.sha256 and not data["interrupted"]
     assert data["flags"]["size"] == 64 and data["flags"]["save_every"] == 3
@@ -288,7 +299,8 @@ def test_demo_runs_without_user_files(command, tmp_path, real_weights):
     result = command("--demo", "--size", "48", "--steps", "2", "--output", out)
     assert result.returncode == 0, result.stderr
     assert np.asarray(Image.open(out)).shape == (32, 48, 3)  # Chelsea is 300x451.
-    assert nst_jax.read_settings(out)["content"] == "demo:chelsea"
+    settings = nst_jax.read_settings(out)
+    assert settings["content"] == "demo:chelsea" and settings["style"] == ["demo:starry_night"]
 
 
 def _start(images, out):

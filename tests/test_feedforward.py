@@ -22,7 +22,10 @@ from nst_jax.tasks import train as training
 from .conftest import SMALL_WIDTHS, smooth_image
 
 TINY = {"scales": 3, "width": 4}
-SHALLOW = nst_jax.LossConfig(style_layers=("conv1_1", "conv2_1"), content_layers=("conv2_2",))
+# The trainer's own objective, on fewer layers.
+SHALLOW = dataclasses.replace(
+    training.TRAIN_LOSS, style_layers=("conv1_1", "conv2_1"), content_layers=("conv2_2",)
+)
 
 
 @pytest.mark.parametrize(
@@ -260,6 +263,9 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys):
         "step000002.png", "step000004.png",
     ]  # fmt: skip
     assert checkpoint.latest_step(model) == 4
+    trained = checkpoint.read_meta(model)[1]["train"]  # The trainer's own objective.
+    assert trained["loss"]["style_norm"] == "gatys" and trained["loss"]["content_loss"] == "mse"
+    assert trained["net"]["pooling"] == "avg" and trained["loss"]["style_weight"] == 3e-3
     shutil.rmtree(model / "4")  # As if stopped after step 2: the same command resumes.
     code, err = _cli(capsys, *train, "--report", tmp_path / "train.json")
     assert code == 0 and "trained to step 4/4" in err, err

@@ -79,13 +79,17 @@ def test_gaussian_mmd_samples_the_mixture_and_keeps_its_settings(small_net, styl
     assert float(target.statistics["mmd_gauss/conv1_1"]["sigma"]) == pytest.approx(3.5)
 
 
-def test_the_loss_terms_are_the_public_losses(small_net, rng, styles):
+@pytest.mark.parametrize("style_norm", ["relative", "gatys"])
+def test_the_loss_terms_are_the_public_losses(small_net, rng, styles, style_norm):
     """What the product runs is what the tests of ``losses.py`` check: each term, at
-    each layer, is the public loss of the image's features, scaled and weighted."""
+    each layer, is the public loss of the image's features, scaled and weighted; under
+    ``"relative"`` the scale is one over the style's distance from zero statistics."""
     network, image = small_net(), jnp.asarray(smooth_image(rng, 24, 32))
     content = jnp.asarray(smooth_image(rng, 24, 32))
     mix = (("gram", 1.0), ("meanstd", 0.5), ("mmd_linear", 0.25), ("mmd_poly", 2.0))
-    loss = _loss(style_loss=mix, mmd_c=0.5, style_layer_weights=(1.0, 2.0, 3.0, 4.0))
+    loss = _loss(
+        style_loss=mix, mmd_c=0.5, style_layer_weights=(1.0, 2.0, 3.0, 4.0), style_norm=style_norm
+    )
     targets = _targets(network, content, styles[1], loss)
     terms = _terms(network, image, targets, loss)
     feats = _features(network, image, (*LAYERS, "conv2_2"))
@@ -94,23 +98,29 @@ def test_the_loss_terms_are_the_public_losses(small_net, rng, styles):
     for name, weight in mix:
         for layer, w in zip(LAYERS, loss.layer_weights, strict=True):
             f, s = feats[layer], style_feats[layer]
+            zero = np.zeros_like(f)
             if name == "gram":
-                value = losses.gram_loss(f, losses.gram(s))
+                value, at_zero = (losses.gram_loss(x, losses.gram(s)) for x in (f, zero))
             elif name == "meanstd":
-                value = losses.mean_std_loss(f, losses.mean_std(s))
+                mu, sigma = losses.mean_std(s)
+                value = losses.mean_std_loss(f, (mu, sigma))
+                at_zero = losses.mean_std_distance(0 * mu, 0 * sigma, (mu, sigma))
             else:
                 x, y = f.reshape(-1, f.shape[-1]), s.reshape(-1, s.shape[-1])
                 if name == "mmd_linear":
-                    value = losses.mmd2_linear(x, y.mean(0))
+                    value, at_zero = (losses.mmd2_linear(v, y.mean(0)) for v in (x, 0 * x))
                 else:
-                    value = losses.mmd2_poly2(x, losses.gram(s), y.mean(0), c=0.5) / (
-                        4 * f.shape[-1] ** 2
+                    value, at_zero = (
+                        losses.mmd2_poly2(v, losses.gram(s), y.mean(0), c=0.5)
+                        / (4 * f.shape[-1] ** 2)
+                        for v in (x, 0 * x)
                     )
-            expected += weight * w * SCALES[name] * float(value)
+            scale = SCALES[name] if style_norm == "gatys" else 1.0 / float(at_zero)
+            expected += weight * w * scale * float(value)
     np.testing.assert_allclose(float(terms.style), expected, rtol=1e-4)
     np.testing.assert_allclose(
         float(terms.content),
-        float(losses.content_loss(feats["conv2_2"], targets.content["conv2_2"])),
+        float(losses.normalized_content_loss(feats["conv2_2"], targets.content["conv2_2"])),
         rtol=1e-5,
     )
     np.testing.assert_allclose(float(terms.tv), float(losses.total_variation(image)), rtol=1e-6)

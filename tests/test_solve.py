@@ -1,6 +1,9 @@
 """``solve/``: the pure solver, the one compile point and the host driver."""
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -118,7 +121,8 @@ def test_a_loss_that_overflows_stops_at_the_last_finite_image(small_weights, pai
     """A style weight whose product with the style loss leaves float32's range stops
     the run, says which term, and keeps the image of the last finite chunk."""
     content, style = pair
-    cfg = _config(steps=6, loss=shallow(style_weight=3e38))
+    # Gatys's absolute style loss is large enough to overflow; a relative one is ~1.
+    cfg = _config(steps=6, loss=shallow(style_weight=3e38, style_norm="gatys"))
     result = nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False, chunk=2)
     assert result.failure is not None and "style weight x style loss" in result.failure
     assert result.steps == 0 and np.all(np.isfinite(result.image))
@@ -127,6 +131,50 @@ def test_a_loss_that_overflows_stops_at_the_last_finite_image(small_weights, pai
         np.array([[np.inf, 1.0, np.nan, 0.0, 0.0]], np.float32), LOSS.term_weights
     )
     assert message == "the style loss became nan"
+
+
+def test_the_stopping_rule_ends_the_run_where_the_loss_stops_falling(small_weights, pair):
+    """With ``stop_tol``, the run ends at the first host sync where the lowest total so
+    far fell by less than that fraction over the window, and not at a sync before."""
+    content, style = pair
+    run = functools.partial(
+        nst_jax.stylize, content, style, weights=small_weights, progress=False, chunk=2
+    )
+    capped = run(_config(steps=30, stop_tol=0.0))
+    assert capped.steps == 30 and not capped.converged
+    stopped = run(_config(steps=30, stop_tol=0.3, stop_window=4))
+    n, h = stopped.steps, stopped.history["total"]
+    assert stopped.converged and 4 <= n < 30 and len(h) == n
+
+    def best(d):  # The lowest total after d steps: h[i] is the loss after i steps.
+        return h[: max(d, 1)].min()
+
+    assert best(n - 4) - best(n) < 0.3 * best(n)
+    assert all(best(d - 4) - best(d) >= 0.3 * best(d) for d in range(4, n, 2))
+    np.testing.assert_array_equal(h, capped.history["total"][:n])  # Same run, cut short.
+
+
+def test_converged_waits_for_every_image_in_the_batch():
+    config = Config(stop_tol=0.1, stop_window=2)
+    done = [0, 2, 4]
+    flat = [np.array([10.0, 10.0]), np.array([5.0, 9.0]), np.array([4.9, 8.95])]
+    assert driver.converged(flat, done, config)
+    falling = [*flat[:2], np.array([4.9, 7.0])]
+    assert not driver.converged(falling, done, config)
+    assert not driver.converged(flat[:2], done[:2], config)  # Still falling by half.
+    assert not driver.converged(flat[:1], done[:1], config)  # No window yet.
+    assert not driver.converged(flat, done, Config(stop_tol=0.0))
+
+
+def test_adam_rate_halves_every_half_life_down_to_a_tenth():
+    opt = solve.solver.make_optimizer(Config(lr=0.1, lr_half_life=10))
+    x = jnp.zeros(2)
+    state, sizes = opt.init(x), []
+    for _ in range(60):  # A constant gradient: Adam's step is its rate.
+        updates, state = opt.update(jnp.ones(2), state, x)
+        sizes.append(-float(updates[0]))
+    np.testing.assert_allclose([sizes[0], sizes[10], sizes[20], sizes[59]],
+                               [0.1, 0.05, 0.025, 0.01], rtol=1e-3)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -138,6 +186,9 @@ def test_a_loss_that_overflows_stops_at_the_last_finite_image(small_weights, pai
         (dict(lr=float("inf")), "finite"),
         (dict(init="banana"), "init"),
         (dict(linesearch="exact"), "linesearch"),
+        (dict(stop_tol=-0.1), "stop_tol"),
+        (dict(lr_half_life=float("nan")), "lr_half_life"),
+        (dict(stop_window=0), "stop_window"),
     ],
 )
 def test_bad_config_raises(kw, match):

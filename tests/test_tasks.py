@@ -57,7 +57,9 @@ def test_init_image_is_used(small_weights, pair):
 )
 def test_each_statistic_is_optimised(small_weights, pair, name):
     content, style = pair
-    loss = shallow(style_loss=((name, 1.0),), mmd_samples=64, tv_weight=0.0, style_weight=1.0)
+    loss = shallow(
+        style_loss=((name, 1.0),), mmd_samples=64, tv_weight=0.0, style_weight=1.0, content_weight=0
+    )
     cfg = Config(steps=12, lr=0.05, loss=loss)
     result = nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False)
     assert result.final["style"] < 0.8 * result.initial["style"], result.history["style"]
@@ -190,7 +192,8 @@ def test_each_region_moves_towards_its_own_style(small_weights, small_net, rng, 
 
 def test_luminance_transfer_keeps_the_content_chroma(small_weights, rng, styles):
     content = 0.25 + 0.5 * smooth_image(rng, 32, 40)  # Away from the gamut's edges.
-    config = Config(loss=_loss(), steps=10, preserve_color="luminance")
+    # A gentle rate: the point is the chroma, and a bold one pushes pixels out of gamut.
+    config = Config(loss=_loss(), steps=10, lr=0.03, preserve_color="luminance")
     seen = []
     result = nst_jax.stylize(
         content,

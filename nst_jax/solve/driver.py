@@ -48,6 +48,8 @@ class Result(NamedTuple):
       failure: why the run stopped early on its own, e.g. a loss that overflowed; the
         image is then the last one whose losses were finite. None otherwise.
       convolution: the algorithm the network ran (``conv.ALGORITHMS``).
+      converged: True if the stopping rule (``Config.stop_tol``) ended the run before
+        ``config.steps``.
     """
 
     image: np.ndarray
@@ -60,6 +62,7 @@ class Result(NamedTuple):
     initial: dict[str, np.ndarray]
     failure: str | None = None
     convolution: str = ""
+    converged: bool = False
 
     def element(self, i: int) -> Result:
         """Example ``i`` of a batched result, with float losses."""
@@ -74,6 +77,21 @@ class Result(NamedTuple):
 def _by_key(losses: np.ndarray) -> dict[str, np.ndarray]:
     """``[..., 5]`` -> ``{key: [...]}``."""
     return dict(zip(HISTORY_KEYS, np.moveaxis(losses, -1, 0), strict=True))
+
+
+def converged(best: list[np.ndarray], done: list[int], config: Config) -> bool:
+    """The stopping rule: whether every image's lowest total loss so far fell by less
+    than ``config.stop_tol`` (a fraction) over the last ``config.stop_window`` steps.
+
+    Args:
+      best: ``[B]`` lowest totals so far, one entry per host sync.
+      done: the steps done at each of those syncs.
+    """
+    if not config.stop_tol or done[-1] < config.stop_window:
+        return False
+    back = max(i for i, d in enumerate(done) if d <= done[-1] - config.stop_window)
+    then, now = best[back], best[-1]
+    return bool(np.all(then - now < config.stop_tol * np.abs(now)))
 
 
 def nonfinite_message(losses: np.ndarray, term_weights: Terms) -> str:
@@ -157,6 +175,7 @@ def run(
     alpha_on = config.loss.alpha_norm_weight > 0
     image = local(state.image)
     rows, done, interrupted, failure, run_seconds = [], 0, False, None, 0.0
+    best, synced, stopped = [np.asarray(initial[..., 0])], [0], False
     try:
         while done < config.steps:
             n = min(chunk, config.steps - done)
@@ -182,6 +201,11 @@ def run(
             bar.update(n)  # Redraws with the new losses.
             if callback is not None:
                 callback(done, np.clip(image, 0.0, 1.0), latest)
+            best.append(np.minimum(best[-1], hist[..., 0].min(axis=0)))
+            synced.append(done)
+            if done < config.steps and converged(best, synced, config):
+                stopped = True
+                break
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -205,4 +229,5 @@ def run(
         initial=_by_key(initial),
         failure=failure,
         convolution=network.convolution,
+        converged=stopped,
     )

@@ -122,10 +122,11 @@ def shapes_of(*trees) -> tuple:
 
 
 def _signature(config: Config, placement, *trees) -> tuple:
-    """What decides a run's programs: the config (its step count aside: no program
-    depends on it, beyond whether there are steps), the placement, and every argument's
-    tree, shapes and dtypes."""
-    return dataclasses.replace(config, steps=min(config.steps, 1)), placement, shapes_of(*trees)
+    """What decides a run's programs: the config (its step count and stopping rule aside:
+    no program depends on them, beyond whether there are steps), the placement, and every
+    argument's tree, shapes and dtypes."""
+    host_only = dict(steps=min(config.steps, 1), stop_tol=0.0, stop_window=1)
+    return dataclasses.replace(config, **host_only), placement, shapes_of(*trees)
 
 
 def memoized(key, build: Callable):

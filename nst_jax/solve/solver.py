@@ -34,7 +34,16 @@ class State(NamedTuple):
 def make_optimizer(config: Config) -> optax.GradientTransformationExtraArgs:
     """The Optax transformation ``config`` names."""
     if config.optimizer == "adam":
-        return optax.adam(config.lr)
+        if not config.lr_half_life:
+            return optax.adam(config.lr)
+        return optax.adam(
+            optax.exponential_decay(
+                config.lr,
+                transition_steps=config.lr_half_life,
+                decay_rate=0.5,
+                end_value=0.1 * config.lr,
+            )
+        )
     if config.linesearch == "zoom":
         search = optax.scale_by_zoom_linesearch(
             max_linesearch_steps=config.linesearch_steps, initial_guess_strategy="one"
