@@ -35,6 +35,16 @@ def labelled_row(tiles: list[np.ndarray], labels: list[str]) -> np.ndarray:
     return np.concatenate(out[:-1], axis=1)
 
 
+def demo(result: Path) -> None:
+    """``docs/demo.png``: the demo pair and ``result``, the README's first command's output."""
+    image = nst_jax.load_image(result)
+    content, style = nst_jax.demo_images()
+    content = nst_jax.resize(content, image.shape[:2])
+    style = nst_jax.resize_longest(style, max(image.shape[:2]))
+    tiles = [content, style[: image.shape[0]], image]
+    nst_jax.save_image(HERE / "demo.png", labelled_row(tiles, ["content", "style", "result"]))
+
+
 def style_losses(size: int, steps: int) -> None:
     content, style = nst_jax.demo_images()
     content = nst_jax.resize_longest(content, size)
@@ -156,7 +166,12 @@ def main():
     parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument(
-        "--only", choices=["style_losses", "texture", "grids", "controls", *GRIDS], default=None
+        "--only",
+        choices=["demo", "style_losses", "texture", "grids", "controls", *GRIDS],
+        default=None,
+    )
+    parser.add_argument(
+        "--demo_result", type=Path, default=Path("demo.png"), help="the first command's output"
     )
     parser.add_argument(
         "--images",
@@ -165,6 +180,8 @@ def main():
         help="folder with golden_gate.jpg, starry_night.jpg and the_scream.jpg (controls)",
     )
     args = parser.parse_args()
+    if args.only in (None, "demo"):
+        demo(args.demo_result)
     if args.only in (None, "style_losses"):
         style_losses(args.size, args.steps)
     if args.only in (None, "texture"):

@@ -128,7 +128,12 @@ flags.DEFINE_integer(
     384,
     "Longest side of the output, in pixels. The style image is resized to the same longest side.",
 )
-flags.DEFINE_integer("steps", Config.steps, "Optimiser steps (per pyramid level).")
+flags.DEFINE_integer(
+    "steps",
+    Config.steps,
+    "The most optimiser steps (per pyramid level); the stopping rule (--stop_tol) usually "
+    "ends the run sooner.",
+)
 flags.DEFINE_integer(
     "pyramid", 1, "Coarse-to-fine levels, each twice the size of the last, ending at --size."
 )

@@ -515,8 +515,9 @@ def run_files(job: Job, mode: str) -> Report:
         runs = [_run_record(r, "", i, [""]) for i, r in enumerate(results)]
         interrupted, failure, shape = last.interrupted, last.failure, last.image.shape[:2]
         term = "content" if mode == "invert" else "style"
+        stopped = ", the loss no longer falling" if last.converged else ""
         summary = (
-            f"saved {output} ({last.steps} steps, {term} {last.initial[term]:.4g} -> "
+            f"saved {output} ({last.steps} steps{stopped}, {term} {last.initial[term]:.4g} -> "
             f"{last.final[term]:.4g})"
         )
     style_shapes = [

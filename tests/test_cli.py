@@ -296,8 +296,14 @@ def test_flags_reach_the_config(command, images, tmp_path, real_weights):
 
 def test_demo_runs_without_user_files(command, tmp_path, real_weights):
     out = tmp_path / "demo.png"
-    result = command("--demo", "--size", "48", "--steps", "2", "--output", out)
+    result = command(
+        "--demo", "--size", "48", "--steps", "40", "--stop_tol", "0.9", "--stop_window", "2",
+        "--output", out,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    # The stopping rule ends it at a host sync (every 10 steps), and says so.
+    assert "steps, the loss no longer falling" in result.stderr
+    assert nst_jax.read_settings(out)["step"] in (10, 20, 30)
     assert np.asarray(Image.open(out)).shape == (32, 48, 3)  # Chelsea is 300x451.
     settings = nst_jax.read_settings(out)
     assert settings["content"] == "demo:chelsea" and settings["style"] == ["demo:starry_night"]
