@@ -96,6 +96,9 @@ BAD_INPUTS = [
     (["--style_weight=inf"], "style_weight must be a finite number >= 0"),
     (["--tv_weight=-0.5"], "tv_weight must be a finite number >= 0"),
     (["--lr=inf"], "lr must be a finite number > 0"),
+    (["--stop_tol=-1"], "stop_tol must be a finite number >= 0"),
+    (["--lr_half_life=nan"], "lr_half_life must be a finite number >= 0"),
+    (["--stop_window=0"], "stop_window must be >= 1"),
     (["--style_layer_weights", "1,2"], "2 style layer weights for 5"),
     (["--size=-5"], "--size must be positive"),
     (["--steps=-1"], "steps must be >= 0"),
@@ -193,7 +196,7 @@ def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weigh
         "--output", out, "--size", "64", "--steps", "6", "--save_every", "3",
         "--report", report, "--seed", "7", "--progress=false",
         "--content_layers", "conv4_2,pool3", "--style_layers", "conv1_1,pool1,conv3_1",
-        "--style_norm", "gatys", "--stop_tol", "0.5", "--stop_window", "30",
+        "--style_norm", "gatys", "--stop_tol", "0.5", "--stop_window", "30", "--lr_half_life", "25",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     image = np.asarray(Image.open(out))
@@ -203,6 +206,7 @@ def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weigh
     assert settings["config"]["loss"]["content_layers"] == ["conv4_2", "pool3"]
     assert settings["config"]["loss"]["style_norm"] == "gatys"
     assert settings["config"]["stop_tol"] == 0.5 and settings["config"]["stop_window"] == 30
+    assert settings["config"]["lr_half_life"] == 25
     assert settings["weights_sha256"] == real_weights.sha256
     assert nst_jax.read_settings(tmp_path / "out.step00003.png")["step"] == 3
     data = json.loads(report.read_text())
