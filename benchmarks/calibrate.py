@@ -1,4 +1,4 @@
-"""Calibrates ``objective.SCALES`` and ``RELATIVE_SCALES``: how hard each style
+"""Calibrates ``statistics.SCALES`` and ``RELATIVE_SCALES``: how hard each style
 statistic pulls, against Gram.
 
   python benchmarks/calibrate.py [--size 192] [--style_norm relative|gatys]
@@ -21,7 +21,8 @@ from common import demo_pair, save, table
 
 import nst_jax
 from nst_jax import objective
-from nst_jax.objective import SCALES, STATISTICS, LossConfig, Targets
+from nst_jax.objective import LossConfig, Targets
+from nst_jax.statistics import RELATIVE_SCALES, SCALES, STATISTICS
 
 
 def main():
@@ -29,7 +30,7 @@ def main():
     parser.add_argument("--size", type=int, default=192)
     parser.add_argument("--style_norm", choices=objective.STYLE_NORMS, default="relative")
     args = parser.parse_args()
-    in_use = SCALES if args.style_norm == "gatys" else objective.RELATIVE_SCALES
+    in_use = SCALES if args.style_norm == "gatys" else RELATIVE_SCALES
     content, style = demo_pair(args.size)
     network = nst_jax.prepare(nst_jax.load_weights(progress=False))
     raw = {}

@@ -14,7 +14,8 @@ import numpy as np
 from common import compiled_step, demo_pair, median_step_seconds, save, table
 
 import nst_jax
-from nst_jax.objective import STATISTICS, LossConfig
+from nst_jax.objective import LossConfig
+from nst_jax.statistics import STATISTICS
 
 STEPS = 7
 

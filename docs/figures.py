@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nst_jax  # noqa: E402
-from nst_jax.objective import STATISTICS, LossConfig  # noqa: E402
+from nst_jax.objective import LossConfig  # noqa: E402
+from nst_jax.statistics import STATISTICS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -398,7 +398,7 @@ def mmd2_gaussian(x: jax.Array, y: jax.Array, sigma: jax.Array, *, kyy: jax.Arra
     """MMD² with the Gaussian kernel ``k(x, y) = exp(−‖x − y‖² / (2σ²))`` (Li et al. 2017).
 
     ``MMD² = E k(x, x') + E k(y, y') − 2 E k(x, y)``, over all pairs of the rows given.
-    Memory and time are O(M N C): callers pass a sample of positions (``objective.py``
+    Memory and time are O(M N C): callers pass a sample of positions (``statistics.py``
     draws a fresh, seeded sample of a fixed size every step), never all of them.
 
     Args:

@@ -17,7 +17,8 @@ from nst_jax.nets.conv import WINOGRAD_FROM_BLOCK
 from nst_jax.nets.network import NetConfig
 from nst_jax.nets.remat import strip_rows
 from nst_jax.nets.vgg import BLOCKS, LAYERS, WIDTHS, feature_shape, layer
-from nst_jax.objective import LossConfig, feature_layers
+from nst_jax.objective import LossConfig
+from nst_jax.statistics import feature_layers
 
 
 def available_bytes(device: jax.Device | None = None) -> int | None:

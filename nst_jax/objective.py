@@ -1,5 +1,5 @@
-"""The style-transfer objective: the loss config, the style statistics, the targets, and
-``f(image) -> (loss, terms)``.
+"""The style-transfer objective: the loss config, the targets, and
+``f(image) -> (loss, terms)``; the style statistics themselves are in ``statistics.py``.
 
 ``L(x) = α L_content + β Σ_s m_s Σ_l w_l L_s,l + λ_tv TV_β(x) + λ_α ‖x‖_α^α``
 (Gatys et al. 2016, eq. 7), where ``s`` runs over the style statistics in the mix
@@ -13,46 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from nst_jax import losses
+from nst_jax import losses, statistics
 from nst_jax.nets.network import Network
-from nst_jax.nets.vgg import LAYERS, check_layers, feature_shape, layer, pool2x2
+from nst_jax.nets.vgg import LAYERS, check_layers, feature_shape
+from nst_jax.statistics import STATISTICS
 
 DEFAULT_STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 CONTENT_LOSSES = ("mse", "normalized")
-STATISTICS = ("gram", "mmd_poly", "mmd_linear", "mmd_gauss", "meanstd", "histogram")
 STYLE_NORMS = ("relative", "gatys")
-# Under ``style_norm="gatys"``, each statistic's loss is multiplied by its scale so that a
-# mix weight of 1 pulls about as hard as the Gram loss does. mmd_poly is exactly 4 N² times
-# the Gram loss (Li et al. 2017), so its scale is exact (it is divided by 4 N² per layer);
-# the others were calibrated by benchmarks/calibrate.py --style_norm gatys (on the earlier
-# demo pair, average pooling: results/calibrate_gatys.md): the ratio of the Gram loss to
-# theirs at the content image.
-SCALES = {
-    "gram": 1.0,
-    "mmd_poly": 1.0,
-    "mmd_linear": 40.0,
-    "mmd_gauss": 6e8,
-    "meanstd": 1e4,
-    "histogram": 9e3,
-}
-# Under ``style_norm="relative"`` the moment statistics are relative errors, ~1 at the
-# start whatever the layer, and need no scale; the histogram and the sampled kernels keep
-# absolute losses, scaled (benchmarks/calibrate.py, results/calibrate_relative.md) to pull
-# as hard as relative Gram at the demo's content image.
-RELATIVE_SCALES = {
-    "gram": 1.0,
-    "mmd_poly": 1.0,
-    "mmd_linear": 1.0,
-    "mmd_gauss": 4.0,
-    "meanstd": 1.0,
-    "histogram": 6e-6,
-}
 
 
 def parse_style_loss(spec: str) -> tuple[tuple[str, float], ...]:
@@ -130,7 +104,7 @@ class LossConfig:
         that every layer's ``w_l`` means what it says: with the Caffe VGG19, Gatys et
         al.'s ``E_l`` at conv4_1 is about 10⁵ times that at conv1_1 or conv5_1, so two
         of five layers carried the whole loss. ``"gatys"`` is eq. 4's ``E_l``, with
-        ``SCALES``. The README's quality section shows what "relative" gains.
+        ``statistics.SCALES``. The README's quality section shows what "relative" gains.
     """
 
     content_weight: float = 1.0
@@ -243,177 +217,6 @@ class LossConfig:
         return tuple(name for name in LAYERS if name in used)
 
 
-# The style statistics.
-#
-# Moment statistics are made of sums over positions (``losses.moment_sums``): they take
-# masks, and with remat they are taken strip by strip. Each is its sums, its target from
-# ``losses.moment_statistics``, and its distance from that target.
-
-
-class Moment(NamedTuple):
-    """``sums`` it is made of, its ``target`` from the statistics, the ``distance`` of the
-    statistics from a target, and ``stats_of(target)``, the statistics it was made from."""
-
-    sums: tuple[str, ...]
-    target: Callable[[dict], Any]
-    distance: Callable[[dict, Any, LossConfig], jax.Array]
-    stats_of: Callable[[Any], dict]
-
-
-def _poly2_distance(stats, target, loss):
-    n = target["mean"].shape[-1]
-    value = losses.poly2_mmd2(
-        stats["gram"], stats["mean"], target["gram"], target["mean"], c=loss.mmd_c
-    )
-    return value / (4.0 * n * n)
-
-
-MOMENTS = {
-    "gram": Moment(
-        ("gram",),
-        lambda stats: stats["gram"],
-        lambda stats, target, loss: losses.gram_distance(stats["gram"], target),
-        lambda target: {"gram": target},
-    ),
-    "mmd_linear": Moment(
-        ("sum",),
-        lambda stats: stats["mean"],
-        lambda stats, target, loss: losses.mean_distance(stats["mean"], target),
-        lambda target: {"mean": target},
-    ),
-    "meanstd": Moment(
-        ("sum", "sq"),
-        lambda stats: (stats["mean"], stats["std"]),
-        lambda stats, target, loss: losses.mean_std_distance(stats["mean"], stats["std"], target),
-        lambda target: {"mean": target[0], "std": target[1]},
-    ),
-    "mmd_poly": Moment(  # Degree 2 only; other degrees are sampled.
-        ("gram", "sum"),
-        lambda stats: {"gram": stats["gram"], "mean": stats["mean"]},
-        _poly2_distance,
-        lambda target: target,
-    ),
-}
-
-
-def moment(name: str, loss: LossConfig) -> Moment | None:
-    """The statistic ``name`` as sums over positions, or None if it needs the features
-    themselves (the histogram, and the kernels that sample positions)."""
-    if name == "mmd_poly" and loss.mmd_degree != 2:
-        return None
-    return MOMENTS.get(name)
-
-
-def _sampled(name: str, loss: LossConfig) -> bool:
-    return name == "mmd_gauss" or (name == "mmd_poly" and loss.mmd_degree != 2)
-
-
-def feature_layers(loss: LossConfig) -> tuple[str, ...]:
-    """The style layers whose statistics need the features themselves, not sums over
-    positions: with remat, the only style layers held whole (``memory.py`` counts them)."""
-    used = {
-        name
-        for stat, _ in loss.style_loss
-        if moment(stat, loss) is None
-        for name, _ in loss.statistic_layers(stat)
-    }
-    return tuple(name for name in LAYERS if name in used)
-
-
-def _style_moments(loss: LossConfig, masks: dict[str, jax.Array]) -> dict:
-    """``{layer: (kinds, masks.get(layer))}``: every sum the style statistics need."""
-    kinds: dict[str, dict[str, None]] = {}
-    for stat, _ in loss.style_loss:
-        m = moment(stat, loss)
-        for name, _ in loss.statistic_layers(stat) if m else ():
-            kinds.setdefault(name, {}).update(dict.fromkeys(m.sums))
-    return {name: (tuple(k), masks.get(name)) for name, k in kinds.items()}
-
-
-def _count(shape: tuple[int, int], name: str, masks: jax.Array | None):
-    """``Σ_i m_i`` at layer ``name`` for an image of ``shape`` = (H, W): its positions,
-    or ``[R]`` sums of the masks ``[R, h, w]``."""
-    if masks is None:
-        h, w = feature_shape(shape, name)
-        return h * w
-    return jnp.sum(masks, axis=(-2, -1))
-
-
-def layer_masks(masks: jax.Array, name: str) -> jax.Array:
-    """``[R, H, W]`` masks at layer ``name``'s resolution ``[R, H / s, W / s]``: averaged
-    over each pooling window, exactly as VGG19's average pooling shrinks the image."""
-    out = masks.astype(jnp.float32)[..., None]
-    for _ in range(layer(name).poolings):
-        out = pool2x2(out, "avg")
-    return out[..., 0]
-
-
-def _flat(f: jax.Array) -> jax.Array:
-    return f.reshape(-1, f.shape[-1]).astype(jnp.float32)
-
-
-def _sample_rows(x: jax.Array, n: int, key: jax.Array) -> jax.Array:
-    """``n`` rows of ``x`` drawn uniformly with replacement (all rows if there are fewer)."""
-    if x.shape[0] <= n:
-        return x
-    return x[jax.random.randint(key, (n,), 0, x.shape[0])]
-
-
-def _mixed_samples(feats: Sequence[jax.Array], blend: jax.Array, n: int, key: jax.Array):
-    """``n`` positions drawn from the mixture of the styles' feature distributions:
-    style ``i`` with probability ``blend[i]``, its positions uniformly. Traceable in
-    ``blend``, so a batch can vmap over mixes."""
-    rows = [_flat(f) for f in feats]
-    p = jnp.concatenate(
-        [jnp.full((r.shape[0],), b / r.shape[0]) for r, b in zip(rows, blend, strict=True)]
-    )
-    y = jnp.concatenate(rows)
-    if len(rows) == 1 and y.shape[0] <= n:
-        return y
-    return y[jax.random.choice(key, y.shape[0], (n,), p=p / jnp.sum(p))]
-
-
-def _sampled_target(ys: jax.Array, loss: LossConfig, stat: str):
-    """Target of a sampled kernel from ``ys``, ``[n, C]`` style positions already drawn."""
-    if stat == "mmd_gauss":
-        if loss.mmd_sigma > 0:
-            sigma = jnp.float32(loss.mmd_sigma)
-        else:  # Median heuristic: σ² = median ‖y_i − y_j‖² / 2.
-            d2 = losses.squared_distances(ys, ys)
-            sigma = jnp.sqrt(jnp.maximum(jnp.median(d2) / 2.0, 1e-12))
-        return {"samples": ys, "sigma": sigma, "kyy": losses.gaussian_kernel_mean(ys, ys, sigma)}
-    kyy = losses.poly_kernel_mean(ys, ys, c=loss.mmd_c, degree=loss.mmd_degree)
-    return {"samples": ys, "kyy": kyy}
-
-
-def _feature_distance(stat: str, f: jax.Array, target, loss: LossConfig, key: jax.Array):
-    """The histogram's or a sampled kernel's loss at one layer, from its features ``f``
-    ``[h, w, c]``."""
-    if stat == "histogram":
-        return losses.histogram_loss(f, target)
-    n = f.shape[-1]
-    x = _sample_rows(_flat(f), loss.mmd_samples, key)
-    if stat == "mmd_gauss":
-        return losses.mmd2_gaussian(x, target["samples"], target["sigma"], kyy=target["kyy"])
-    value = losses.mmd2_poly(
-        x, target["samples"], c=loss.mmd_c, degree=loss.mmd_degree, kyy=target["kyy"]
-    )
-    return value / (4.0 * n * n)
-
-
-def mix_targets(targets: Sequence[Any], blend: jax.Array) -> Any:
-    """``Σ_i blend_i target_i`` leaf by leaf: how several styles' statistics mix.
-
-    Gram matrices, means and the polynomial kernel's moments average into the moments
-    of the mixture of the styles' feature distributions, so their losses match that
-    mixture. Averaged quantiles (histogram) are the 1-D Wasserstein barycentre of the
-    styles' per-channel distributions; averaged means and standard deviations
-    (meanstd) are the barycentre of per-channel Gaussians. The sampled kernels draw
-    their positions from the mixture instead (``_mixed_samples``).
-    """
-    return jax.tree.map(lambda *ts: sum(b * t for b, t in zip(blend, ts, strict=True)), *targets)
-
-
 def _blend(loss: LossConfig, n: int, blend: jax.Array | None) -> jax.Array:
     if blend is None:
         blend = loss.style_blend or (1.0,) * n
@@ -421,17 +224,6 @@ def _blend(loss: LossConfig, n: int, blend: jax.Array | None) -> jax.Array:
     if blend.shape != (n,):
         raise ValueError(f"{blend.shape[0]} style blend weights for {n} style images")
     return blend / jnp.sum(blend)
-
-
-def _scale(stat: str, target, loss: LossConfig) -> jax.Array:
-    """What the statistic's distance from ``target`` is multiplied by (``style_norm``)."""
-    m = moment(stat, loss)
-    if loss.style_norm == "gatys":
-        return jnp.float32(SCALES[stat])
-    if m is None:
-        return jnp.float32(RELATIVE_SCALES[stat])
-    zero = jax.tree.map(jnp.zeros_like, m.stats_of(target))
-    return 1.0 / jnp.maximum(m.distance(zero, target, loss), jnp.finfo(jnp.float32).tiny)
 
 
 class StyleTargets(NamedTuple):
@@ -501,7 +293,7 @@ def style_targets(
                 f"content masks {content_masks.shape} must be [{len(styles)}, H, W] for "
                 f"{len(styles)} styles and a {shape[0]}x{shape[1]} output"
             )
-        bad = [stat for stat, _ in loss.style_loss if moment(stat, loss) is None]
+        bad = [stat for stat, _ in loss.style_loss if statistics.moment(stat, loss) is None]
         if bad:
             raise ValueError(
                 f"masks work with gram, mmd_poly (degree 2), mmd_linear and meanstd, not {bad[0]}"
@@ -510,17 +302,17 @@ def style_targets(
     if len(style_masks) != len(styles):
         raise ValueError(f"{len(style_masks)} style masks for {len(styles)} styles")
     blend = _blend(loss, len(styles), blend)
-    whole = feature_layers(loss)
+    whole = statistics.feature_layers(loss)
     per_style = []  # (features, statistics) of each style.
     for image, m in zip(styles, style_masks, strict=True):
         moments = {
-            name: (kinds, None if m is None else layer_masks(m[None], name))
-            for name, (kinds, _) in _style_moments(loss, {}).items()
+            name: (kinds, None if m is None else statistics.layer_masks(m[None], name))
+            for name, (kinds, _) in statistics.style_moments(loss, {}).items()
         }
         feats, sums = network.features_and_sums(image, whole, moments)
         stats = {
             name: losses.moment_statistics(
-                sums[name], _count(image.shape[:2], name, moments[name][1])
+                sums[name], statistics.count(image.shape[:2], name, moments[name][1])
             )
             for name in sums
         }
@@ -529,12 +321,14 @@ def style_targets(
         per_style.append((feats, stats))
     targets, masks = {}, {}
     for stat, _ in loss.style_loss:
-        m = moment(stat, loss)
+        m = statistics.moment(stat, loss)
         for name, _ in loss.statistic_layers(stat):
             key, sub = jax.random.split(key)
-            if _sampled(stat, loss):
-                ys = _mixed_samples([f[name] for f, _ in per_style], blend, loss.mmd_samples, sub)
-                targets[f"{stat}/{name}"] = _sampled_target(ys, loss, stat)
+            if statistics.sampled(stat, loss):
+                ys = statistics.mixed_samples(
+                    [f[name] for f, _ in per_style], blend, loss.mmd_samples, sub
+                )
+                targets[f"{stat}/{name}"] = statistics.sampled_target(ys, loss, stat)
                 continue
             if m is None:  # The histogram.
                 h, w = feature_shape(shape, name)
@@ -542,11 +336,11 @@ def style_targets(
             else:
                 each = [m.target(stats[name]) for _, stats in per_style]
             if content_masks is None:
-                targets[f"{stat}/{name}"] = mix_targets(each, blend)
+                targets[f"{stat}/{name}"] = statistics.mix_targets(each, blend)
             else:
                 targets[f"{stat}/{name}"] = jax.tree.map(lambda *ts: jnp.stack(ts), *each)
-                masks[name] = layer_masks(content_masks, name)
-    scales = {k: _scale(k.partition("/")[0], t, loss) for k, t in targets.items()}
+                masks[name] = statistics.layer_masks(content_masks, name)
+    scales = {k: statistics.scale(k.partition("/")[0], t, loss) for k, t in targets.items()}
     return jax.lax.stop_gradient(StyleTargets(targets, masks, scales))
 
 
@@ -567,13 +361,13 @@ def loss_terms(
     style_on = loss.style_on
     if not loss.content_layers and not style_on:
         raise ValueError("nothing to match: no content layers, and no style layers or weight")
-    whole = feature_layers(loss) if style_on else ()
-    moments = _style_moments(loss, targets.style.masks) if style_on else {}
+    whole = statistics.feature_layers(loss) if style_on else ()
+    moments = statistics.style_moments(loss, targets.style.masks) if style_on else {}
     feats, sums = network.features_and_sums(
         image, tuple(dict.fromkeys(loss.content_layers + whole)), moments
     )
     stats = {
-        name: losses.moment_statistics(sums[name], _count(image.shape[:2], name, masks))
+        name: losses.moment_statistics(sums[name], statistics.count(image.shape[:2], name, masks))
         for name, (_, masks) in moments.items()
     }
     content_fn = (
@@ -582,13 +376,13 @@ def loss_terms(
     content = sum(content_fn(feats[k], targets.content[k]) for k in loss.content_layers)
     style = jnp.float32(0.0)
     for stat, mix in loss.style_loss if style_on else ():
-        m = moment(stat, loss)
+        m = statistics.moment(stat, loss)
         for name, w in loss.statistic_layers(stat):
             key, sub = jax.random.split(key)
             target = targets.style.statistics[f"{stat}/{name}"]
             scale = targets.style.scales[f"{stat}/{name}"]
             if m is None:
-                value = _feature_distance(stat, feats[name], target, loss, sub)
+                value = statistics.feature_distance(stat, feats[name], target, loss, sub)
             else:  # With masks, the regions' losses add up, each against its own style.
                 value = m.distance(stats[name], target, loss)
             style = style + mix * w * scale * value

@@ -7,7 +7,7 @@ import pytest
 
 import nst_jax
 from nst_jax import Config, NetConfig
-from nst_jax.objective import STATISTICS
+from nst_jax.statistics import STATISTICS
 
 # The first three blocks: Winograd in two of them, and every statistic's point, in half
 # the compiling of five. The demo test runs the defaults.

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import LossConfig, losses, objective
+from nst_jax import LossConfig, losses, objective, statistics
 from nst_jax.image import mask_problems
-from nst_jax.objective import SCALES, Targets, content_targets, style_targets
+from nst_jax.objective import Targets, content_targets, style_targets
+from nst_jax.statistics import SCALES
 
 from .conftest import SMALL_WIDTHS, smooth_image
 
@@ -149,11 +150,11 @@ def test_layer_masks_follow_the_feature_shapes(small_net, shape):
     masks = np.ones((2, *shape), np.float32)
     masks[1, :, : shape[1] // 2] = 0.0
     for layer, f in feats.items():
-        m = objective.layer_masks(jnp.asarray(masks), layer)
+        m = statistics.layer_masks(jnp.asarray(masks), layer)
         assert m.shape == (2, *f.shape[:2]), layer
         np.testing.assert_allclose(m[0], 1.0)
     # Area averaging: the half mask stays a half on average.
-    assert abs(float(objective.layer_masks(jnp.asarray(masks), "conv3_1")[1].mean()) - 0.5) < 0.1
+    assert abs(float(statistics.layer_masks(jnp.asarray(masks), "conv3_1")[1].mean()) - 0.5) < 0.1
 
 
 def test_mask_errors_and_warnings(small_net, styles):

@@ -172,7 +172,7 @@ def test_each_region_moves_towards_its_own_style(small_weights, small_net, rng, 
         feats = features(network, jnp.asarray(image))
         style_feats = [features(network, s) for s in styles]
         for layer in LAYERS:
-            m = nst_jax.objective.layer_masks(jnp.asarray(masks), layer)
+            m = nst_jax.statistics.layer_masks(jnp.asarray(masks), layer)
             for s in range(2):
                 g_style = losses.gram(style_feats[s][layer])
                 for r in range(2):

@@ -1,0 +1,231 @@
+"""The style statistics: what each one is made of, its target, its distance, and the
+scale that weighs it (``LossConfig.style_norm``).
+
+Moment statistics (Gram, mean, mean/std, degree-2 polynomial MMD) are made of sums over
+positions (``losses.moment_sums``): they take masks, and with remat they are taken strip
+by strip. Each is its sums, its target from ``losses.moment_statistics``, and its
+distance from that target. The histogram and the kernels that sample positions need the
+features themselves (``feature_distance``). ``objective.py`` puts them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from nst_jax import losses
+from nst_jax.nets.vgg import LAYERS, feature_shape, layer, pool2x2
+
+if TYPE_CHECKING:
+    from nst_jax.objective import LossConfig
+
+STATISTICS = ("gram", "mmd_poly", "mmd_linear", "mmd_gauss", "meanstd", "histogram")
+# Under ``style_norm="gatys"``, each statistic's loss is multiplied by its scale so that a
+# mix weight of 1 pulls about as hard as the Gram loss does. mmd_poly is exactly 4 N² times
+# the Gram loss (Li et al. 2017), so its scale is exact (it is divided by 4 N² per layer);
+# the others were calibrated by benchmarks/calibrate.py --style_norm gatys (on the earlier
+# demo pair, average pooling: results/calibrate_gatys.md): the ratio of the Gram loss to
+# theirs at the content image.
+SCALES = {
+    "gram": 1.0,
+    "mmd_poly": 1.0,
+    "mmd_linear": 40.0,
+    "mmd_gauss": 6e8,
+    "meanstd": 1e4,
+    "histogram": 9e3,
+}
+# Under ``style_norm="relative"`` the moment statistics are relative errors, ~1 at the
+# start whatever the layer, and need no scale; the histogram and the sampled kernels keep
+# absolute losses, scaled (benchmarks/calibrate.py, results/calibrate_relative.md) to pull
+# as hard as relative Gram at the demo's content image.
+RELATIVE_SCALES = {
+    "gram": 1.0,
+    "mmd_poly": 1.0,
+    "mmd_linear": 1.0,
+    "mmd_gauss": 4.0,
+    "meanstd": 1.0,
+    "histogram": 6e-6,
+}
+
+
+# Moment statistics are made of sums over positions (``losses.moment_sums``): they take
+# masks, and with remat they are taken strip by strip. Each is its sums, its target from
+# ``losses.moment_statistics``, and its distance from that target.
+
+
+class Moment(NamedTuple):
+    """``sums`` it is made of, its ``target`` from the statistics, the ``distance`` of the
+    statistics from a target, and ``stats_of(target)``, the statistics it was made from."""
+
+    sums: tuple[str, ...]
+    target: Callable[[dict], Any]
+    distance: Callable[[dict, Any, LossConfig], jax.Array]
+    stats_of: Callable[[Any], dict]
+
+
+def _poly2_distance(stats, target, loss):
+    n = target["mean"].shape[-1]
+    value = losses.poly2_mmd2(
+        stats["gram"], stats["mean"], target["gram"], target["mean"], c=loss.mmd_c
+    )
+    return value / (4.0 * n * n)
+
+
+MOMENTS = {
+    "gram": Moment(
+        ("gram",),
+        lambda stats: stats["gram"],
+        lambda stats, target, loss: losses.gram_distance(stats["gram"], target),
+        lambda target: {"gram": target},
+    ),
+    "mmd_linear": Moment(
+        ("sum",),
+        lambda stats: stats["mean"],
+        lambda stats, target, loss: losses.mean_distance(stats["mean"], target),
+        lambda target: {"mean": target},
+    ),
+    "meanstd": Moment(
+        ("sum", "sq"),
+        lambda stats: (stats["mean"], stats["std"]),
+        lambda stats, target, loss: losses.mean_std_distance(stats["mean"], stats["std"], target),
+        lambda target: {"mean": target[0], "std": target[1]},
+    ),
+    "mmd_poly": Moment(  # Degree 2 only; other degrees are sampled.
+        ("gram", "sum"),
+        lambda stats: {"gram": stats["gram"], "mean": stats["mean"]},
+        _poly2_distance,
+        lambda target: target,
+    ),
+}
+
+
+def moment(name: str, loss: LossConfig) -> Moment | None:
+    """The statistic ``name`` as sums over positions, or None if it needs the features
+    themselves (the histogram, and the kernels that sample positions)."""
+    if name == "mmd_poly" and loss.mmd_degree != 2:
+        return None
+    return MOMENTS.get(name)
+
+
+def sampled(name: str, loss: LossConfig) -> bool:
+    return name == "mmd_gauss" or (name == "mmd_poly" and loss.mmd_degree != 2)
+
+
+def feature_layers(loss: LossConfig) -> tuple[str, ...]:
+    """The style layers whose statistics need the features themselves, not sums over
+    positions: with remat, the only style layers held whole (``memory.py`` counts them)."""
+    used = {
+        name
+        for stat, _ in loss.style_loss
+        if moment(stat, loss) is None
+        for name, _ in loss.statistic_layers(stat)
+    }
+    return tuple(name for name in LAYERS if name in used)
+
+
+def style_moments(loss: LossConfig, masks: dict[str, jax.Array]) -> dict:
+    """``{layer: (kinds, masks.get(layer))}``: every sum the style statistics need."""
+    kinds: dict[str, dict[str, None]] = {}
+    for stat, _ in loss.style_loss:
+        m = moment(stat, loss)
+        for name, _ in loss.statistic_layers(stat) if m else ():
+            kinds.setdefault(name, {}).update(dict.fromkeys(m.sums))
+    return {name: (tuple(k), masks.get(name)) for name, k in kinds.items()}
+
+
+def count(shape: tuple[int, int], name: str, masks: jax.Array | None):
+    """``Σ_i m_i`` at layer ``name`` for an image of ``shape`` = (H, W): its positions,
+    or ``[R]`` sums of the masks ``[R, h, w]``."""
+    if masks is None:
+        h, w = feature_shape(shape, name)
+        return h * w
+    return jnp.sum(masks, axis=(-2, -1))
+
+
+def layer_masks(masks: jax.Array, name: str) -> jax.Array:
+    """``[R, H, W]`` masks at layer ``name``'s resolution ``[R, H / s, W / s]``: averaged
+    over each pooling window, exactly as VGG19's average pooling shrinks the image."""
+    out = masks.astype(jnp.float32)[..., None]
+    for _ in range(layer(name).poolings):
+        out = pool2x2(out, "avg")
+    return out[..., 0]
+
+
+def flat(f: jax.Array) -> jax.Array:
+    return f.reshape(-1, f.shape[-1]).astype(jnp.float32)
+
+
+def sample_rows(x: jax.Array, n: int, key: jax.Array) -> jax.Array:
+    """``n`` rows of ``x`` drawn uniformly with replacement (all rows if there are fewer)."""
+    if x.shape[0] <= n:
+        return x
+    return x[jax.random.randint(key, (n,), 0, x.shape[0])]
+
+
+def mixed_samples(feats: Sequence[jax.Array], blend: jax.Array, n: int, key: jax.Array):
+    """``n`` positions drawn from the mixture of the styles' feature distributions:
+    style ``i`` with probability ``blend[i]``, its positions uniformly. Traceable in
+    ``blend``, so a batch can vmap over mixes."""
+    rows = [flat(f) for f in feats]
+    p = jnp.concatenate(
+        [jnp.full((r.shape[0],), b / r.shape[0]) for r, b in zip(rows, blend, strict=True)]
+    )
+    y = jnp.concatenate(rows)
+    if len(rows) == 1 and y.shape[0] <= n:
+        return y
+    return y[jax.random.choice(key, y.shape[0], (n,), p=p / jnp.sum(p))]
+
+
+def sampled_target(ys: jax.Array, loss: LossConfig, stat: str):
+    """Target of a sampled kernel from ``ys``, ``[n, C]`` style positions already drawn."""
+    if stat == "mmd_gauss":
+        if loss.mmd_sigma > 0:
+            sigma = jnp.float32(loss.mmd_sigma)
+        else:  # Median heuristic: σ² = median ‖y_i − y_j‖² / 2.
+            d2 = losses.squared_distances(ys, ys)
+            sigma = jnp.sqrt(jnp.maximum(jnp.median(d2) / 2.0, 1e-12))
+        return {"samples": ys, "sigma": sigma, "kyy": losses.gaussian_kernel_mean(ys, ys, sigma)}
+    kyy = losses.poly_kernel_mean(ys, ys, c=loss.mmd_c, degree=loss.mmd_degree)
+    return {"samples": ys, "kyy": kyy}
+
+
+def feature_distance(stat: str, f: jax.Array, target, loss: LossConfig, key: jax.Array):
+    """The histogram's or a sampled kernel's loss at one layer, from its features ``f``
+    ``[h, w, c]``."""
+    if stat == "histogram":
+        return losses.histogram_loss(f, target)
+    n = f.shape[-1]
+    x = sample_rows(flat(f), loss.mmd_samples, key)
+    if stat == "mmd_gauss":
+        return losses.mmd2_gaussian(x, target["samples"], target["sigma"], kyy=target["kyy"])
+    value = losses.mmd2_poly(
+        x, target["samples"], c=loss.mmd_c, degree=loss.mmd_degree, kyy=target["kyy"]
+    )
+    return value / (4.0 * n * n)
+
+
+def mix_targets(targets: Sequence[Any], blend: jax.Array) -> Any:
+    """``Σ_i blend_i target_i`` leaf by leaf: how several styles' statistics mix.
+
+    Gram matrices, means and the polynomial kernel's moments average into the moments
+    of the mixture of the styles' feature distributions, so their losses match that
+    mixture. Averaged quantiles (histogram) are the 1-D Wasserstein barycentre of the
+    styles' per-channel distributions; averaged means and standard deviations
+    (meanstd) are the barycentre of per-channel Gaussians. The sampled kernels draw
+    their positions from the mixture instead (``_mixed_samples``).
+    """
+    return jax.tree.map(lambda *ts: sum(b * t for b, t in zip(blend, ts, strict=True)), *targets)
+
+
+def scale(stat: str, target, loss: LossConfig) -> jax.Array:
+    """What the statistic's distance from ``target`` is multiplied by (``style_norm``)."""
+    m = moment(stat, loss)
+    if loss.style_norm == "gatys":
+        return jnp.float32(SCALES[stat])
+    if m is None:
+        return jnp.float32(RELATIVE_SCALES[stat])
+    zero = jax.tree.map(jnp.zeros_like, m.stats_of(target))
+    return 1.0 / jnp.maximum(m.distance(zero, target, loss), jnp.finfo(jnp.float32).tiny)
