@@ -11,11 +11,11 @@ In one run:
 * **Apply**: one forward pass at 256, 512 and 1024 px (the longest side, the demo
   content's aspect), JAX against PyTorch, after a warm-up each.
 * **Against optimisation**: ``nst_jax.stylize`` of the demo content at 256 px with the
-  default settings (300 Adam steps), timed whole and without its compiling; and the
-  trained generator in ``--model`` (the README's training command makes ``demo_model``)
-  applied to the same content. Both outputs are scored under the same objective (the
-  default ``LossConfig`` at 256 px): style and content losses. The content, Chelsea the
-  cat, is not among the training photos.
+  default settings (Adam until the stopping rule ends it), timed whole and without its
+  compiling; and the trained generator in ``--model`` (the README's training command
+  makes ``demo_model``) applied to the same content. Both outputs are scored under the
+  same objective (the default ``LossConfig`` at 256 px, the one training uses): style
+  and content losses. The content, Chelsea the cat, is not among the training photos.
 
 * **Contrast** (with ``--batch_model``, a generator trained the same way with
   ``--norm batch``): each generator applied to the content and to a low-contrast copy
@@ -53,7 +53,7 @@ def jax_train_step(weights, config, photos):
 
     s = config.size
     _, style = nst_jax.demo_images()
-    style = nst_jax.resize_longest(style, s)
+    style = nst_jax.resize_longest(style, round(s * config.style_scale))
     plan = policy.plan(nst_jax.Config(loss=config.loss, net=config.net), (s, s), len(photos))
     network = plan.network(weights)
     targets = nst_jax.style_targets(network, style, config.loss, shape=(s, s))
@@ -80,8 +80,9 @@ def torch_train_step(weights, config, photos):
     s = config.size
     _, style = nst_jax.demo_images()
     objective = torch_ref.Objective(
-        weights, config.loss, config.net.pooling, nst_jax.resize_longest(style, s)
-    )
+        weights, config.loss, config.net.pooling,
+        nst_jax.resize_longest(style, round(s * config.style_scale)),
+    )  # fmt: skip
     variables = generator.init(jax.random.key(config.seed), config.generator)
     forward, params = torch_ref.pyramid(variables, config.generator)
     opt = torch.optim.Adam(params, lr=config.lr)
@@ -268,7 +269,8 @@ def main() -> None:
         f"**Training step**, 256 px, batch 4: JAX {tj:.3f} s"
         + (f", PyTorch {tt:.3f} s: {tj / tt:.2f}x PyTorch's time." if tt else "."),
         "**One forward pass:**\n\n" + table(apply_rows, list(apply_rows[0])),
-        f"**Against optimisation** at {w}x{h}: `stylize` with the defaults (300 Adam steps) "
+        f"**Against optimisation** at {w}x{h}: `stylize` with the defaults "
+        f"({optimised.steps} Adam steps, the stopping rule's) "
         f"took {stylize_wall:.1f} s whole, {stylize_steps:.1f} s without compiling; one "
         f"forward pass {apply_s * 1000:.1f} ms: {stylize_steps / apply_s:.0f}x faster than the "
         f"steps alone, {stylize_wall / apply_s:.0f}x faster than the whole run.",
@@ -280,7 +282,7 @@ def main() -> None:
     save("feedforward", data, md)
     grid = nst_jax.image.labelled_grid(
         np.stack([content, nst_jax.resize(style, content.shape[:2]), optimised.image, fed])[None],
-        ["content", "style", "optimisation (300 steps)", "feed-forward (one pass)"],
+        ["content", "style", f"optimisation ({optimised.steps} steps)", "feed-forward (one pass)"],
     )
     nst_jax.save_image(ROOT / "docs" / "feedforward.png", grid)
 

@@ -37,7 +37,8 @@ def to_torch(a: np.ndarray):
 
 
 class Objective:
-    """The objective's default terms (content MSE, Gram style, TV) on VGG19, in PyTorch:
+    """The objective's Gram terms (content MSE or normalised, Gram style under either
+    ``style_norm``, TV) on VGG19, in PyTorch:
     ``loss(images, content_features) -> (total, content, style, tv)``, means over the
     batch, with the same normalisations as ``nst_jax.objective``."""
 
@@ -104,16 +105,26 @@ class Objective:
 
         cfg = self.cfg
         feats = self.features(images)
-        content = sum(
-            torch.mean((feats[k] - content_features[k]) ** 2, dim=(1, 2, 3))
-            for k in cfg.content_layers
-        )
-        style = sum(
-            self.layer_w[k]
-            * torch.sum((self.gram(feats[k]) - self.style_grams[k]) ** 2, dim=(1, 2))
-            / (4 * self.style_grams[k].shape[0] ** 2)
-            for k in cfg.style_layers
-        )
+        dims = (1, 2, 3)
+        if cfg.content_loss == "normalized":  # ‖F − P‖² / ‖P‖²
+            content = sum(
+                torch.sum((feats[k] - p) ** 2, dim=dims)
+                / torch.sum(p**2, dim=dims).clamp_min(1e-12)
+                for k, p in content_features.items()
+            )
+        else:
+            content = sum(
+                torch.mean((feats[k] - p) ** 2, dim=dims) for k, p in content_features.items()
+            )
+
+        def distance(k):  # Gatys et al.'s E_l, or relative: ‖G − G_s‖² / ‖G_s‖².
+            g = self.style_grams[k]
+            d = torch.sum((self.gram(feats[k]) - g) ** 2, dim=(1, 2))
+            if cfg.style_norm == "relative":
+                return d / torch.sum(g**2).clamp_min(1e-30)
+            return d / (4 * g.shape[0] ** 2)
+
+        style = sum(self.layer_w[k] * distance(k) for k in cfg.style_layers)
         dx = images[..., :-1, 1:] - images[..., :-1, :-1]
         dy = images[..., 1:, :-1] - images[..., :-1, :-1]
         tv = torch.mean(torch.sum(dx**2 + dy**2, dim=1), dim=(1, 2))
@@ -174,7 +185,7 @@ def pyramid(variables: dict, config):
             size = z.shape[2:]
             if content is not None:
                 small = fn.interpolate(content, size=size, mode="bilinear", antialias=True)
-                z = torch.cat([small, z], dim=1)
+                z = torch.cat([norm(f"{next_name('Norm')}/InstanceNorm_0", small), z], dim=1)
             y = block(z)
             if x is not None:
                 x = x.repeat_interleave(2, 2).repeat_interleave(2, 3)[:, :, : size[0], : size[1]]

@@ -6,6 +6,10 @@ VGG19s throughout; one real-weights run at 64 px."""
 import dataclasses
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -22,10 +26,12 @@ from nst_jax.tasks import train as training
 from .conftest import SMALL_WIDTHS, smooth_image
 
 TINY = {"scales": 3, "width": 4}
-# The trainer's own objective, on fewer layers.
-SHALLOW = dataclasses.replace(
-    training.TRAIN_LOSS, style_layers=("conv1_1", "conv2_1"), content_layers=("conv2_2",)
-)
+# The training machinery's tests, on fewer layers, with Gatys's absolute losses: the
+# small random network's relative losses start near 1 whatever the generator does.
+SHALLOW = nst_jax.LossConfig(
+    style_layers=("conv1_1", "conv2_1"), content_layers=("conv2_2",), style_weight=3e-3,
+    tv_weight=1e3, content_loss="mse", style_norm="gatys",
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -72,14 +78,13 @@ def test_instance_norm_normalises_each_image_and_channel(rng):
 
 def test_instance_norm_makes_the_output_independent_of_contrast(rng):
     """Ulyanov et al.'s point: a content at 0.3x contrast gives the same image with
-    instance normalisation (without noise, exactly: every first convolution of an
-    affine image is an affine map of the original's, which the norm removes), while a
-    batch-normalised generator's output moves."""
+    instance normalisation (exactly, noise and all: the content is normalised before the
+    noise joins it), while a batch-normalised generator's output moves."""
     x = jnp.asarray(smooth_image(rng, 40, 48), jnp.float32)
     low = 0.3 * x + 0.35
     gaps = {}
     for norm in ("instance", "batch"):
-        config = GeneratorConfig(**TINY, norm=norm, noise=0)
+        config = GeneratorConfig(**TINY, norm=norm)
         v = generator.init(jax.random.key(0), config)
         if norm == "batch":  # Running averages of normal-contrast photos, as in training.
 
@@ -252,7 +257,7 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys):
         "--train_data", files / "photos", "--weights", files / "small.npz", "--size", "24",
         "--batch_size", "2", "--steps", "4", "--checkpoint_every", "2", "--save_every", "2",
         "--style_layers", "conv1_1,conv2_1", "--content_layers", "conv2_2",
-        "--scales", "3", "--width", "4", "--content", files / "photo.png",
+        "--scales", "3", "--width", "4", "--tv_weight", "0.5", "--content", files / "photo.png",
     ]  # fmt: skip
     code, err = _cli(capsys, *train, "--report", tmp_path / "train.json")
     assert code == 0, err
@@ -263,9 +268,12 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys):
         "step000002.png", "step000004.png",
     ]  # fmt: skip
     assert checkpoint.latest_step(model) == 4
-    trained = checkpoint.read_meta(model)[1]["train"]  # The trainer's own objective.
-    assert trained["loss"]["style_norm"] == "gatys" and trained["loss"]["content_loss"] == "mse"
-    assert trained["net"]["pooling"] == "avg" and trained["loss"]["style_weight"] == 3e-3
+    trained = checkpoint.read_meta(model)[1]["train"]  # Optimisation's objective, and flags.
+    defaults = nst_jax.LossConfig()
+    assert trained["loss"]["style_norm"] == defaults.style_norm == "relative"
+    assert trained["loss"]["style_weight"] == defaults.style_weight
+    assert trained["loss"]["tv_weight"] == 0.5 and trained["net"]["pooling"] == "max"
+    assert trained["style_scale"] == 2.0  # Sized for photos at twice the crops.
     shutil.rmtree(model / "4")  # As if stopped after step 2: the same command resumes.
     code, err = _cli(capsys, *train, "--report", tmp_path / "train.json")
     assert code == 0 and "trained to step 4/4" in err, err
@@ -312,6 +320,55 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys):
         last = err.strip().splitlines()[-1]
         assert code == 2 and last.startswith("error: ") and match in last, (args, err)
         assert "Traceback" not in err
+
+
+def test_a_texture_network_trains_and_applies_from_the_command_line(files, tmp_path, capsys):
+    model = tmp_path / "texture"
+    code, err = _cli(
+        capsys, "--mode", "train", "--texture_net", "--style", files / "style.png",
+        "--model", model, "--weights", files / "small.npz", "--size", "24", "--steps", "2",
+        "--batch_size", "2", "--style_layers", "conv1_1,conv2_1", "--scales", "3", "--width", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    meta = checkpoint.read_meta(model)[1]
+    assert meta["generator"]["texture"] and meta["train"]["loss"]["content_layers"] == []
+    out = tmp_path / "texture.png"
+    code, err = _cli(capsys, "--mode", "apply", "--model", model, "--output", out, "--size", "37")
+    assert code == 0, err
+    assert nst_jax.load_image(out).shape == (37, 37, 3)  # Any size: a square texture.
+    code, err = _cli(capsys, "--mode", "apply", "--model", model, "--content",
+                     files / "photo.png", "--output", tmp_path / "x.png")  # fmt: skip
+    assert code == 2 and "texture network: it takes no --content" in err, err
+
+
+def test_sigterm_saves_the_training_state(files, tmp_path):
+    """A real SIGTERM to a training process: the state reached is checkpointed, the
+    exit code is 128 + 15."""
+    model = tmp_path / "model"
+    train = [
+        sys.executable, str(Path(__file__).resolve().parent.parent / "run.py"), "--mode",
+        "train", "--style", str(files / "style.png"), "--model", str(model), "--train_data",
+        str(files / "photos"), "--weights", str(files / "small.npz"), "--size", "24",
+        "--batch_size", "2", "--checkpoint_every", "100000", "--save_every", "1",
+        "--style_layers", "conv1_1,conv2_1", "--content_layers", "conv2_2", "--scales", "3",
+        "--width", "4", "--noprogress", "--nocompilation_cache",
+    ]  # fmt: skip
+    proc = subprocess.Popen([*train, "--steps", "100000"], stderr=subprocess.PIPE, text=True)
+    try:
+        first = model / "samples" / "step000001.png"
+        deadline = time.monotonic() + 240
+        while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert first.exists(), proc.stderr.read() if proc.poll() is not None else "timeout"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted at step" in err and "Traceback" not in err, err
+    saved = checkpoint.latest_step(model)
+    assert saved is not None and saved >= 1
+    assert checkpoint.read_meta(model)[1]["step"] == saved
 
 
 def test_real_weights_training_at_64px_lowers_the_loss(real_weights):

@@ -6,7 +6,8 @@ for one example, ``[H, W, 3]``; callers ``jax.vmap`` them over a batch:
 * ``pyramid``: the multi-scale generator of Ulyanov et al. (2016), "Texture Networks"
   (as in DmitryUlyanov/texture_nets, ``pyramid.lua``). The content is downsampled to
   ``scales`` sizes, halving from full size (1/32 … 1 for 6 scales); noise joins each.
-  Every scale runs a conv3-conv3-conv1 block (``width`` channels) with normalisation
+  The content at each scale is normalised before the noise joins it (below). Every
+  scale runs a conv3-conv3-conv1 block (``width`` channels) with normalisation
   and ReLU. Scales join coarse to fine: nearest 2x upsampling, normalisation of both
   branches, concatenation (the channels grow by ``width`` a scale), the same block
   again. A final 1x1 convolution gives RGB.
@@ -16,7 +17,11 @@ for one example, ``[H, W, 3]``; callers ``jax.vmap`` them over a batch:
 
 Normalisation is ``instance`` (Ulyanov, Vedaldi & Lempitsky 2016: per image, in
 training and in use alike, which makes the output independent of the content's
-contrast) or ``batch``, to reproduce their comparison. Batch normalisation needs the
+contrast) or ``batch``, to reproduce their comparison. Both generators normalise the
+content itself too, before the noise joins it: with instance normalisation an affine
+change of the content's contrast then leaves the output exactly as it was, noise and
+all, where normalising only after the first convolution would let the noise's share
+grow as the contrast falls. Batch normalisation needs the
 batch: the caller vmaps with ``axis_name=BATCH_AXIS`` while training, and in use the
 running averages stand in (``training=False``).
 
@@ -145,11 +150,8 @@ class Pyramid(nn.Module):
         for k in range(c.scales):  # Coarse to fine.
             z = noise[k]
             if content is not None:
-                size = z.shape[1:3]
-                z = jnp.concatenate(
-                    [jax.image.resize(content, (1, *size, 3), "linear", antialias=True), z],
-                    axis=-1,
-                )
+                small = jax.image.resize(content, (1, *z.shape[1:3], 3), "linear", antialias=True)
+                z = jnp.concatenate([Norm(c.norm, t)(small), z], axis=-1)
             y = self.block(z, c.width)
             if x is not None:
                 x = _upsample(x, y.shape[1:3])
@@ -166,7 +168,7 @@ class Residual(nn.Module):
     @nn.compact
     def __call__(self, content, noise):
         c, t = self.config, self.training
-        x = noise[0] if content is None else jnp.concatenate([content, *noise], axis=-1)
+        x = noise[0] if content is None else jnp.concatenate([Norm(c.norm, t)(content), *noise], -1)
         x = ConvNorm(c.width, 9, c.norm, t)(x)
         skips = []
         for m in (2, 4):

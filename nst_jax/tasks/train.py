@@ -54,22 +54,15 @@ from nst_jax.version import __version__
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-# The objective the generators' defaults were tuned on (README, Feed-forward networks):
-# Gatys et al.'s absolute losses on average pooling, with a lighter style weight than
-# optimisation used with them (a generator starts from no image at all, and at 0.01 it
-# learnt the texture before the content). Optimisation has since moved to relative
-# losses on max pooling (README, Quality); the generators have not been retuned.
-TRAIN_LOSS = LossConfig(style_weight=3e-3, tv_weight=1e3, content_loss="mse", style_norm="gatys")
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How a generator is trained.
 
     Attributes:
       generator: the architecture.
-      loss: the objective (its layers, statistics and weights α, β, λ).
-      net: the frozen VGG19's pooling and convolutions.
+      loss: the objective (its layers, statistics and weights α, β, λ): optimisation's
+        defaults, so that a generator and an optimisation run are scored alike.
+      net: the frozen VGG19's pooling and convolutions (optimisation's defaults).
       steps: training steps.
       batch_size: photos a step.
       size: the side of the square training crops, in pixels.
@@ -77,19 +70,22 @@ class TrainConfig:
         decayed along a cosine to a tenth of it at ``steps``.
       warmup: warm-up steps.
       seed: seeds the generator's init, the noise and the batches.
-      style_scale: the style's longest side, in training crops.
+      style_scale: the style's longest side, in training crops. The crops are parts of
+        photos whose short side is 1-2 crops (``data.SCALES``), so a photo the generator
+        is applied to at twice the crop size looks to it as the training photos did: the
+        style is sized for that (2), as optimisation sizes it to the output.
     """
 
     generator: GeneratorConfig = GeneratorConfig()
-    loss: LossConfig = TRAIN_LOSS
-    net: NetConfig = NetConfig(pooling="avg")
+    loss: LossConfig = LossConfig()
+    net: NetConfig = NetConfig()
     steps: int = 800
     batch_size: int = 4
     size: int = 128
-    lr: float = 0.01
+    lr: float = 0.03
     warmup: int = 50
     seed: int = 0
-    style_scale: float = 1.0
+    style_scale: float = 2.0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "size"):
@@ -399,9 +395,7 @@ def load_generator(model_dir: str | Path) -> tuple[GeneratorConfig, dict, dict]:
     try:
         g = generator_config(meta)
         layers = () if g.texture else LossConfig().content_layers
-        config = TrainConfig(
-            generator=g, loss=dataclasses.replace(TRAIN_LOSS, content_layers=layers)
-        )
+        config = TrainConfig(generator=g, loss=LossConfig(content_layers=layers))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{model_dir}: a checkpoint this version cannot read ({e})") from None
     state = checkpoint.restore(model_dir, step, init_state(config))
