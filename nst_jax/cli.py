@@ -240,9 +240,7 @@ def _feedforward():
     if F.style and len(F.style) > 1:
         raise ValueError("--mode train takes one --style")
     base = TrainConfig()
-    given = {n: F[n].value for n in ("steps", "size", "lr", "seed") if F[n].present}
-    if F["batch_size"].present:
-        given["batch_size"] = F.batch_size
+    given = {n: F[n].value for n in ("steps", "size", "lr", "seed", "batch_size") if F[n].present}
     loss = _config().loss
     if F.texture_net:
         loss = dataclasses.replace(loss, content_weight=0.0, content_layers=())

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nst_jax import losses, statistics
+from nst_jax import histogram, losses, statistics
 from nst_jax.nets.network import Network
 from nst_jax.nets.vgg import LAYERS, check_layers, feature_shape
 from nst_jax.statistics import STATISTICS
@@ -332,7 +332,7 @@ def style_targets(
                 continue
             if m is None:  # The histogram.
                 h, w = feature_shape(shape, name)
-                each = [losses.style_quantiles(f[name], h * w) for f, _ in per_style]
+                each = [histogram.style_quantiles(f[name], h * w) for f, _ in per_style]
             else:
                 each = [m.target(stats[name]) for _, stats in per_style]
             if content_masks is None:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nst_jax import losses
+from nst_jax import histogram, losses
 from nst_jax.nets.vgg import LAYERS, feature_shape, layer, pool2x2
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ def feature_distance(stat: str, f: jax.Array, target, loss: LossConfig, key: jax
     """The histogram's or a sampled kernel's loss at one layer, from its features ``f``
     ``[h, w, c]``."""
     if stat == "histogram":
-        return losses.histogram_loss(f, target)
+        return histogram.histogram_loss(f, target)
     n = f.shape[-1]
     x = sample_rows(flat(f), loss.mmd_samples, key)
     if stat == "mmd_gauss":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from nst_jax import losses
+from nst_jax import histogram, losses
 
 
 def np_gram(f):
@@ -192,7 +192,7 @@ def test_mean_std_loss(rng):
 def test_histogram_matching_matches_numpy(rng):
     values = rng.standard_normal((50, 3)).astype(np.float32)
     quantiles = np.sort(rng.random((50, 3)).astype(np.float32), axis=0)
-    got = np.asarray(jax.jit(losses.match_histogram)(values, quantiles))
+    got = np.asarray(jax.jit(histogram.match_histogram)(values, quantiles))
     for c in range(3):
         expected = np.empty(50, np.float32)
         expected[np.argsort(values[:, c])] = quantiles[:, c]
@@ -201,19 +201,19 @@ def test_histogram_matching_matches_numpy(rng):
 
 def test_histogram_loss_zero_for_same_distribution_positive_otherwise(rng):
     s = rng.random((6, 8, 5)).astype(np.float32)
-    q = losses.style_quantiles(s, 48)
-    assert float(losses.histogram_loss(s, q)) < 1e-12
+    q = histogram.style_quantiles(s, 48)
+    assert float(histogram.histogram_loss(s, q)) < 1e-12
     shuffled = rng.permutation(s.reshape(-1, 5)).reshape(6, 8, 5)  # Same histogram.
-    assert float(losses.histogram_loss(shuffled, q)) < 1e-12
+    assert float(histogram.histogram_loss(shuffled, q)) < 1e-12
     other = rng.random((6, 8, 5)).astype(np.float32) ** 3
-    assert float(losses.histogram_loss(other, q)) > 1e-3
+    assert float(histogram.histogram_loss(other, q)) > 1e-3
     with pytest.raises(ValueError):
-        losses.histogram_loss(other, q[:10])
+        histogram.histogram_loss(other, q[:10])
 
 
 def test_style_quantiles_resample_to_output_size(rng):
     s = rng.random((10, 10, 2)).astype(np.float32)
-    q = np.asarray(losses.style_quantiles(s, 37))
+    q = np.asarray(histogram.style_quantiles(s, 37))
     assert q.shape == (37, 2)
     assert np.all(np.diff(q, axis=0) >= 0)
     np.testing.assert_allclose(q[0], s.reshape(-1, 2).min(0))
@@ -258,15 +258,15 @@ def test_new_losses_gradients(rng):
 def test_binned_histogram_matching_approximates_exact(rng):
     values = rng.standard_normal((4000, 3)).astype(np.float32)
     quantiles = np.sort(rng.random((4000, 3)).astype(np.float32) ** 2, axis=0)
-    exact = np.asarray(losses.match_histogram(values, quantiles))
-    binned = np.asarray(jax.jit(losses.match_histogram_binned)(values, quantiles))
+    exact = np.asarray(histogram.match_histogram(values, quantiles))
+    binned = np.asarray(jax.jit(histogram.match_histogram_binned)(values, quantiles))
     assert np.sqrt(np.mean((exact - binned) ** 2)) < 0.01
     # Large layers take the binned path: still near zero for the style's own distribution.
     s = rng.random((128, 128, 32)).astype(np.float32)
-    assert s.size > losses.EXACT_HISTOGRAM_MAX
-    q = jax.jit(losses.style_quantiles, static_argnums=1)(s, 128 * 128)
+    assert s.size > histogram.EXACT_HISTOGRAM_MAX
+    q = jax.jit(histogram.style_quantiles, static_argnums=1)(s, 128 * 128)
     other = rng.random((128, 128, 32)).astype(np.float32) ** 3
-    loss = jax.jit(losses.histogram_loss)
+    loss = jax.jit(histogram.histogram_loss)
     same, different = loss(s, q), loss(other, q)
     assert float(same) < 1e-4 * float(different)
 
