@@ -2,8 +2,8 @@
 its snapshots and a report. One function per mode: ``stylize_files``, ``texture_files``,
 ``invert_files``.
 
-Everything a job will write is named and checked before any compute: none of it may be
-an input, every folder must be writable. Images are written atomically, and a run
+Everything a job will write is named and checked before any compute (``records.py``):
+none of it may be an input, every folder must be writable. Images are written atomically, and a run
 stopped by Ctrl-C (or a signal the command line turns into one) still writes what it
 reached.
 """
@@ -11,8 +11,6 @@ reached.
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +23,6 @@ from nst_jax import IMPORT_STARTED
 from nst_jax.atomic import write_json
 from nst_jax.config import Config
 from nst_jax.image import (
-    check_writable,
     demo_images,
     image_size,
     load_image,
@@ -36,7 +33,7 @@ from nst_jax.image import (
     save_image,
 )
 from nst_jax.nets.weights import load_weights
-from nst_jax.solve.driver import Result
+from nst_jax.records import check_outputs, report_data, run_record, snapshot_path
 from nst_jax.tasks import sweeps
 from nst_jax.tasks.invert import INVERSION_LOSS
 from nst_jax.tasks.pyramid import pyramid_sizes, scaled_side, style_scales, stylize_pyramid
@@ -102,7 +99,7 @@ class Outputs:
 
     Attributes:
       image: the result (a labelled grid for sweeps); a PNG carries the settings.
-      report: a JSON report (``report_data`` gives its shape), or None.
+      report: a JSON report (``records.report_data`` gives its shape), or None.
       save_every: also write a snapshot every N steps (0: never), ``IMAGE.stepNNNNN.png``.
       progress: show progress bars.
       extra: more fields for the report (the command line adds its flags).
@@ -175,147 +172,11 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _same(a: Path, b: Path) -> bool:
-    """Whether ``b`` is ``a``, or a link to it (resolved paths, or the same inode)."""
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
-
-def snapshot_path(output: Path, step: int, level: int | None = None) -> Path:
-    """``OUT.step00100.png``, or ``OUT.level1.step00100.png`` within a pyramid."""
-    tag = "" if level is None else f".level{level}"
-    return output.with_name(f"{output.stem}{tag}.step{step:05d}{output.suffix}")
-
-
-def _is_snapshot(path: Path, output: Path, save_every: int, steps: Sequence[int]) -> bool:
-    """Whether ``path``, or the file it resolves to, is a snapshot ``snapshot_path``
-    will write: checked by name, not by listing them (a run may plan millions)."""
-    folder = output.parent.resolve()
-    pattern = rf"{re.escape(output.stem)}(?:\.level(\d+))?\.step(\d+){re.escape(output.suffix)}"
-    pyramid = len(steps) > 1
-    for candidate in {path.absolute(), path.resolve()}:
-        match = re.fullmatch(pattern, candidate.name)
-        if not save_every or match is None or candidate.parent.resolve() != folder:
-            continue
-        level = None if match.group(1) is None else int(match.group(1))
-        step = int(match.group(2))
-        if (level is not None) != pyramid or (pyramid and level >= len(steps)):
-            continue
-        n = steps[level] if pyramid else steps[0]
-        written = snapshot_path(output, step, level)
-        if step % save_every == 0 and 0 < step < n and written.name == candidate.name:
-            return True
-    return False
-
-
-def check_outputs(
-    inputs: Inputs, written: Sequence[Path], *, save_every: int = 0, steps: Sequence[int] = ()
-) -> None:
-    """Refuses, before any compute, an output that is an input (or resolves to one), a
-    snapshot whose name an input has, and an output folder that is missing or read-only.
-
-    ``written[0]`` is the image; its snapshots are every ``save_every`` steps of each
-    level's ``steps``.
-
-    Raises:
-      ValueError: naming the output.
-    """
-    sources = inputs.files()
-    for path in written:
-        for source in sources:
-            if _same(path, source):
-                raise ValueError(f"{path} is an input file ({source}); refusing to overwrite it")
-    for source in sources:
-        if _is_snapshot(source, written[0], save_every, steps):
-            raise ValueError(
-                f"{source} is an input file, and a --save_every snapshot of {written[0]} "
-                "would take its name; refusing to overwrite it"
-            )
-    for path in written:
-        try:
-            check_writable(path if path.suffix.lower() != ".json" else path.with_suffix(".png"))
-        except ValueError as e:
-            role = "--report" if path.suffix.lower() == ".json" else "--output"
-            raise ValueError(f"{role}: {e}") from None
-
-
 def _chunk(save_every: int) -> int:
     """Steps per host sync: every snapshot lands on a chunk boundary."""
     if save_every <= 0:
         return 10
     return max(d for d in range(1, min(save_every, 20) + 1) if save_every % d == 0)
-
-
-def _losses(losses: dict, i: int | None = None) -> dict[str, float]:
-    return {k: float(v if i is None else v[i]) for k, v in losses.items()}
-
-
-def _history(history: dict, i: int | None = None) -> dict[str, list[float]]:
-    return {
-        k: [round(float(x), 6) for x in (v if i is None else v[:, i])] for k, v in history.items()
-    }
-
-
-def _run_record(result: Result, label: str, level: int, labels: Sequence[str]) -> dict:
-    """One run's entry in the report: a row of a grid, a pyramid level, or the run."""
-    batched = result.image.ndim == 4
-    tiles = [
-        {
-            "label": tile,
-            "initial_losses": _losses(result.initial, i if batched else None),
-            "final_losses": _losses(result.final, i if batched else None),
-            "history": _history(result.history, i if batched else None),
-        }
-        for i, tile in enumerate(labels)
-    ]
-    return {
-        "label": label,
-        "level": level,
-        "size": list(result.image.shape[-3:-1]),
-        "steps": result.steps,
-        "converged": result.converged,
-        "compile_seconds": result.compile_seconds,
-        "seconds_per_step": result.seconds_per_step,
-        "convolution": result.convolution,
-        "failure": result.failure,
-        "tiles": tiles,
-    }
-
-
-def report_data(
-    job: Job,
-    settings: dict,
-    runs: list[dict],
-    *,
-    interrupted: bool,
-    failure: str | None,
-    wall_seconds: float,
-    content_shape: tuple[int, ...],
-    style_shapes: Sequence[tuple[int, ...]],
-    timings: dict[str, float] | None = None,
-) -> dict:
-    """The report, one shape for every mode.
-
-    ``runs`` has one entry per program run: the run itself, each pyramid level, or each
-    grid row; each has its size, steps, timings, and one tile per batch element (a grid
-    column) with its initial and final losses and loss history.
-    """
-    return {
-        "output": job.outputs.image,
-        "mode": settings["mode"],
-        "interrupted": interrupted,
-        "failure": failure,
-        "wall_seconds": wall_seconds,
-        "timings": timings,
-        "content_size": list(content_shape[:2]),
-        "style_sizes": [list(s[:2]) for s in style_shapes],
-        "weights_sha256": settings["weights_sha256"],
-        "settings": settings,
-        "runs": runs,
-        **job.outputs.extra,
-    }
 
 
 def _rows(job: Job, mode: str) -> list[tuple[str, Config]]:
@@ -492,7 +353,7 @@ def run_files(job: Job, mode: str) -> Report:
         }
         save_image(output, sweeps.grid_image(result), settings=settings)
         runs = [
-            _run_record(r, label, 0, cols.labels)
+            run_record(r, label, 0, cols.labels)
             for r, label in zip(result.results, result.row_labels, strict=False)
         ]
         interrupted, failure, shape = result.interrupted, result.failure, result.images.shape[2:4]
@@ -512,7 +373,7 @@ def run_files(job: Job, mode: str) -> Report:
         )  # fmt: skip
         last = results[-1]
         save_image(output, last.image, settings={**settings, "step": last.steps})
-        runs = [_run_record(r, "", i, [""]) for i, r in enumerate(results)]
+        runs = [run_record(r, "", i, [""]) for i, r in enumerate(results)]
         interrupted, failure, shape = last.interrupted, last.failure, last.image.shape[:2]
         term = "content" if mode == "invert" else "style"
         stopped = ", the loss no longer falling" if last.converged else ""
