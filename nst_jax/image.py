@@ -9,6 +9,7 @@ rest of the library only ever sees arrays.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.resources
 import json
 import math
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
 from nst_jax.atomic import atomic_path
 
@@ -274,7 +275,15 @@ def mask_problems(masks: np.ndarray, *, tolerance: float = 0.01) -> list[str]:
 
 
 GRID_GAP = 4  # Pixels between tiles.
-GRID_LABEL_HEIGHT = 18  # The band above each column holding its label.
+GRID_LABEL_HEIGHT = 20  # The band above each column holding its label.
+# Pillow's own font (Aileron) at 13 px: at its default 10 px a space is a pixel or two
+# wide, and "its output" reads as "itsoutput".
+GRID_FONT_SIZE = 13
+
+
+@functools.cache
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=GRID_FONT_SIZE)
 
 
 class GridLayout(NamedTuple):
@@ -286,7 +295,7 @@ class GridLayout(NamedTuple):
 
 
 def _text_width(text: str) -> int:
-    return int(np.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text)))
+    return int(np.ceil(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(text, font=_font())))
 
 
 def grid_layout(
@@ -327,9 +336,10 @@ def labelled_grid(
     canvas = Image.new("RGB", layout.shape[::-1], "white")
     draw = ImageDraw.Draw(canvas)
     for c, label in enumerate(col_labels):
-        draw.text((layout.boxes[0][c][1] + 2, 3), label, fill="black")
+        draw.text((layout.boxes[0][c][1] + 2, 2), label, fill="black", font=_font())
     for r, label in enumerate(row_labels or []):
-        draw.text((GRID_GAP, layout.boxes[r][0][0] + h // 2 - 6), label, fill="black")
+        top = layout.boxes[r][0][0] + h // 2 - GRID_FONT_SIZE // 2 - 2
+        draw.text((GRID_GAP, top), label, fill="black", font=_font())
     out = np.asarray(canvas, np.float32) / 255.0
     for r in range(rows):
         for c in range(cols):

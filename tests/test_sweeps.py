@@ -120,6 +120,10 @@ def test_grid_layout_and_labels(rng):
         assert grid[top : top + 10, : layout.label_width].min() < 0.5
     # No row labels: no margin.
     assert image.grid_layout((10, 12), 2, 3).label_width == 0
+    # A space is wide enough to read: "its output" is not "itsoutput".
+    spaced = [image.grid_layout((10, 12), 1, 1, [t]).label_width
+              for t in ("itsoutput", "its output")]  # fmt: skip
+    assert spaced[1] - spaced[0] >= 3, spaced
     with pytest.raises(ValueError, match="column labels"):
         nst_jax.labelled_grid(tiles, ["a"], rows)
 

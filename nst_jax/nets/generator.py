@@ -32,6 +32,7 @@ The output goes through a sigmoid, into [0, 1].
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -214,19 +215,38 @@ def _inputs(config, content, key, shape):
 def init(
     key: jax.Array, config: GeneratorConfig, shape: tuple[int, int] = (64, 64)
 ) -> dict[str, Any]:
-    """Fresh variables ``{"params": ..., ["batch_stats": ...]}`` for ``config``."""
+    """Fresh variables ``{"params": ..., ["batch_stats": ...]}`` for ``config``.
+
+    Flax's own initial values: LeCun-normal kernels (a normal truncated at two standard
+    deviations, of variance 1 / fan-in), zero biases, unit normalisation scales, and batch
+    statistics of mean 0 and variance 1. The kernels are drawn at once, as one array cut
+    into pieces: ``Module.init`` draws each of the pyramid's ~50 kernels by its own
+    generator, which took XLA:CPU 7 s to compile for a 3-scale pyramid, against a
+    fraction of a second here.
+    """
     k1, k2, k3 = jax.random.split(key, 3)
-    content = None if config.texture else jax.random.uniform(k1, (*shape, 3))
+    content = None if config.texture else jnp.zeros((*shape, 3))
     inputs = _inputs(config, content, k2, shape)
 
     def one(content, noise):
         return _module(config, True).init(k3, content, noise)
 
-    # Batch norm's statistics are averaged over the batch axis, so init under a vmap;
-    # jitted, as one program rather than a few hundred eager ones.
+    # Batch norm's statistics are averaged over the batch axis: trace under a vmap.
     batched = jax.vmap(one, axis_name=BATCH_AXIS, in_axes=(None, None), axis_size=1)
-    variables = jax.jit(batched)(*inputs)
-    return jax.tree.map(lambda v: v[0], variables)
+    leaves, tree = jax.tree_util.tree_flatten_with_path(jax.eval_shape(batched, *inputs))
+    shapes = [leaf.shape[1:] for _, leaf in leaves]
+    names = [path[-1].key for path, _ in leaves]
+    sizes = [math.prod(s) if n == "kernel" else 0 for n, s in zip(names, shapes, strict=True)]
+    # flax's variance_scaling: a unit normal truncated at +-2 has std 0.8796.
+    draws = jax.random.truncated_normal(k1, -2.0, 2.0, (sum(sizes),)) / 0.87962566
+    values, start = [], 0
+    for name, s, n in zip(names, shapes, sizes, strict=True):
+        if name == "kernel":  # [kh, kw, in, out]: fan-in is kh * kw * in.
+            values.append(draws[start : start + n].reshape(s) / math.sqrt(n // s[-1]))
+            start += n
+        else:  # Biases and means 0; scales and variances 1.
+            values.append(jnp.full(s, 1.0 if name in ("scale", "var") else 0.0))
+    return jax.tree_util.tree_unflatten(tree, values)
 
 
 def apply(
