@@ -55,6 +55,51 @@ def test_custom_convolutions_equal_autodiff_for_any_padding(rng, algorithm, padd
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kh, shape", [(3, (1, 23, 17, 6)), (9, (2, 31, 12, 3)), (3, (1, 8, 9, 4))])
+def test_convolutions_in_strips_equal_whole_ones(rng, monkeypatch, kh, shape):
+    """Values and both gradients, strips of uneven height included; 1x1, strided and
+    padded convolutions, and inputs under two strips high, run whole."""
+    monkeypatch.setattr(conv, "STRIP_ROWS", 5)
+    x, kernel = _data(rng, *shape), _data(rng, kh, kh, shape[-1], 7)
+    nhwc = {"dimension_numbers": ("NHWC", "HWIO", "NHWC")}
+
+    def run(fn):
+        def loss(x, k):
+            y = fn(x, k, (1, 1), "VALID", **nhwc)
+            return jnp.sum(jnp.sin(y)), y
+
+        (_, y), grads = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(x, kernel)
+        return y, grads
+
+    want, got = run(jax.lax.conv_general_dilated), run(conv.in_strips)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        # Float32 rounding: the kernel gradient sums the strips' shares in another order.
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * float(jnp.abs(a).max()))
+    rows = shape[1] - kh + 1
+    jaxpr = jax.make_jaxpr(lambda x, k: conv.in_strips(x, k, (1, 1), "VALID", **nhwc))(x, kernel)
+    convs = str(jaxpr).count("conv_general_dilated")
+    assert convs == (round(rows / 5) if rows >= 8 else 1), (rows, convs)
+    for strides, padding in [((2, 2), "VALID"), ((1, 1), ((1, 1), (1, 1)))]:
+        jaxpr = jax.make_jaxpr(
+            lambda x, k, s=strides, p=padding: conv.in_strips(x, k, s, p, **nhwc)
+        )
+        assert str(jaxpr(x, kernel)).count("conv_general_dilated") == 1
+
+
+def test_a_generator_in_strips_equals_it_whole(rng, monkeypatch):
+    from nst_jax.nets import generator
+
+    config = generator.GeneratorConfig(scales=3, width=4)
+    variables = generator.init(jax.random.key(0), config)
+    x = jnp.asarray(rng.random((37, 51, 3)), jnp.float32)
+    outputs = []
+    for rows in (10**6, 4):
+        monkeypatch.setattr(conv, "STRIP_ROWS", rows)
+        apply = jax.jit(lambda v, x: generator.apply(v, config, x, jax.random.key(1)))
+        outputs.append(np.asarray(apply(variables, x)))
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+
+
 def test_layer_algorithms_and_derived_kernels():
     assert conv.layer_algorithm("winograd", 1) == "direct"
     assert conv.layer_algorithm("winograd", conv.WINOGRAD_FROM_BLOCK) == "winograd"

@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nst_jax.nets import conv
+
 BATCH_AXIS = "batch"  # The vmapped axis batch normalisation averages over.
 KINDS = ("pyramid", "residual")
 NORMS = ("instance", "batch")
@@ -128,7 +130,11 @@ class ConvNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.Conv(
-            self.features, (self.kernel, self.kernel), strides=self.stride, padding="VALID"
+            self.features,
+            (self.kernel, self.kernel),
+            strides=self.stride,
+            padding="VALID",
+            conv_general_dilated=conv.in_strips,
         )(_pad(x, self.kernel))
         x = Norm(self.norm, self.training)(x)
         return nn.relu(x) if self.relu else x
@@ -159,7 +165,7 @@ class Pyramid(nn.Module):
                 x = jnp.concatenate([Norm(c.norm, t)(x), Norm(c.norm, t)(y)], axis=-1)
                 y = self.block(x, c.width * (k + 1))
             x = y
-        return nn.sigmoid(nn.Conv(3, (1, 1))(x))
+        return nn.sigmoid(nn.Conv(3, (1, 1), conv_general_dilated=conv.in_strips)(x))
 
 
 class Residual(nn.Module):
@@ -180,7 +186,8 @@ class Residual(nn.Module):
             x = x + ConvNorm(c.width * 4, 3, c.norm, t, relu=False)(y)
         for m, shape in zip((2, 1), reversed(skips), strict=True):
             x = ConvNorm(c.width * m, 3, c.norm, t)(_upsample(x, shape))
-        return nn.sigmoid(nn.Conv(3, (9, 9), padding="VALID")(_pad(x, 9)))
+        out = nn.Conv(3, (9, 9), padding="VALID", conv_general_dilated=conv.in_strips)
+        return nn.sigmoid(out(_pad(x, 9)))
 
 
 def noise_shapes(config: GeneratorConfig, shape: tuple[int, int]) -> list[tuple[int, int, int]]:
