@@ -79,6 +79,12 @@ def test_convolutions_in_strips_equal_whole_ones(rng, monkeypatch, kh, shape):
     jaxpr = jax.make_jaxpr(lambda x, k: conv.in_strips(x, k, (1, 1), "VALID", **nhwc))(x, kernel)
     convs = str(jaxpr).count("conv_general_dilated")
     assert convs == (round(rows / 5) if rows >= 8 else 1), (rows, convs)
+    monkeypatch.setattr(conv, "MAX_STRIPS", 2)  # However tall the image, at most 2.
+    jaxpr = jax.make_jaxpr(lambda x, k: conv.in_strips(x, k, (1, 1), "VALID", **nhwc))(x, kernel)
+    assert str(jaxpr).count("conv_general_dilated") == min(convs, 2)
+    np.testing.assert_allclose(
+        conv.in_strips(x, kernel, (1, 1), "VALID", **nhwc), want[0], rtol=1e-4, atol=1e-4
+    )
     for strides, padding in [((2, 2), "VALID"), ((1, 1), ((1, 1), (1, 1)))]:
         jaxpr = jax.make_jaxpr(
             lambda x, k, s=strides, p=padding: conv.in_strips(x, k, s, p, **nhwc)

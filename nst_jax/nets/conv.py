@@ -222,26 +222,30 @@ def apply(
 # ``in_strips`` cuts an output into strips of about this many rows. 24 measured best of
 # 16-48 for the generators (benchmarks/feedforward.py).
 STRIP_ROWS = 24
+# And into at most this many, so that a program's size (and compile time) stops growing
+# with the image: at 512-1024 px, 8 strips ran as fast as 14-28.
+MAX_STRIPS = 8
 
 
 def in_strips(lhs, rhs, window_strides, padding, **kwargs) -> jax.Array:
     """``jax.lax.conv_general_dilated`` for NHWC inputs, run on XLA:CPU as one
-    convolution per horizontal strip of about ``STRIP_ROWS`` output rows; the same
+    convolution per horizontal strip of about ``STRIP_ROWS`` output rows (at most
+    ``MAX_STRIPS``, unrolled: a fixed count, whatever the image size); the same
     arguments (``flax.linen.Conv(conv_general_dilated=...)``).
 
-    Why: XLA:CPU's convolutions of few channels (8-48, a generator's) run 2-3x slower
-    per pixel on a whole 256 px image than on strips of it, which also run on separate
-    cores: a generator's forward pass at 256-1024 px takes about half the time
-    (benchmarks/feedforward.py). The values are the same: each output row depends on
-    its ``kh`` input rows alone. Only unstrided 'VALID' convolutions wider than 1x1 (the
-    generators' own, padded beforehand) are cut; anything else, and every other backend,
-    is passed on.
+    Why: XLA:CPU's convolutions of few channels (8-48, a generator's) run slower per
+    pixel on a whole 256 px image than on strips of it, which also run on separate
+    cores: a generator's forward pass at 256-1024 px is markedly faster (figures in
+    benchmarks/results/feedforward.md and the README). The values are the same: each
+    output row depends on its ``kh`` input rows alone. Only unstrided 'VALID'
+    convolutions wider than 1x1 (the generators' own, padded beforehand) are cut;
+    anything else, and every other backend, is passed on.
     """
     conv_fn = functools.partial(jax.lax.conv_general_dilated, **kwargs)
     kh = rhs.shape[0]
     valid = padding == "VALID" or all(tuple(p) == (0, 0) for p in padding)
     out_rows = lhs.shape[1] - kh + 1
-    strips = round(out_rows / STRIP_ROWS)
+    strips = min(MAX_STRIPS, round(out_rows / STRIP_ROWS))
     cpu = jax.default_backend() == "cpu"
     if not cpu or kh == 1 or tuple(window_strides) != (1, 1) or not valid or strips < 2:
         return conv_fn(lhs, rhs, window_strides, padding)
