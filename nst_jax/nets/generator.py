@@ -32,6 +32,7 @@ The output goes through a sigmoid, into [0, 1].
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -44,6 +45,8 @@ from nst_jax.nets import conv
 BATCH_AXIS = "batch"  # The vmapped axis batch normalisation averages over.
 KINDS = ("pyramid", "residual")
 NORMS = ("instance", "batch")
+# Every generator convolution: in strips on XLA:CPU (``conv.in_strips``).
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv.in_strips)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,13 +132,8 @@ class ConvNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(
-            self.features,
-            (self.kernel, self.kernel),
-            strides=self.stride,
-            padding="VALID",
-            conv_general_dilated=conv.in_strips,
-        )(_pad(x, self.kernel))
+        k = self.kernel
+        x = Conv(self.features, (k, k), strides=self.stride, padding="VALID")(_pad(x, k))
         x = Norm(self.norm, self.training)(x)
         return nn.relu(x) if self.relu else x
 
@@ -165,7 +163,7 @@ class Pyramid(nn.Module):
                 x = jnp.concatenate([Norm(c.norm, t)(x), Norm(c.norm, t)(y)], axis=-1)
                 y = self.block(x, c.width * (k + 1))
             x = y
-        return nn.sigmoid(nn.Conv(3, (1, 1), conv_general_dilated=conv.in_strips)(x))
+        return nn.sigmoid(Conv(3, (1, 1))(x))
 
 
 class Residual(nn.Module):
@@ -186,8 +184,7 @@ class Residual(nn.Module):
             x = x + ConvNorm(c.width * 4, 3, c.norm, t, relu=False)(y)
         for m, shape in zip((2, 1), reversed(skips), strict=True):
             x = ConvNorm(c.width * m, 3, c.norm, t)(_upsample(x, shape))
-        out = nn.Conv(3, (9, 9), padding="VALID", conv_general_dilated=conv.in_strips)
-        return nn.sigmoid(out(_pad(x, 9)))
+        return nn.sigmoid(Conv(3, (9, 9), padding="VALID")(_pad(x, 9)))
 
 
 def noise_shapes(config: GeneratorConfig, shape: tuple[int, int]) -> list[tuple[int, int, int]]:
@@ -232,15 +229,19 @@ def init(
     fraction of a second here.
     """
     k1, k2, k3 = jax.random.split(key, 3)
-    content = None if config.texture else jnp.zeros((*shape, 3))
-    inputs = _inputs(config, content, k2, shape)
 
-    def one(content, noise):
-        return _module(config, True).init(k3, content, noise)
+    def shapes_of():  # Only traced (eval_shape): the variables' shapes, nothing computed.
+        content = None if config.texture else jnp.zeros((*shape, 3))
+        inputs = _inputs(config, content, k2, shape)
 
-    # Batch norm's statistics are averaged over the batch axis: trace under a vmap.
-    batched = jax.vmap(one, axis_name=BATCH_AXIS, in_axes=(None, None), axis_size=1)
-    leaves, tree = jax.tree_util.tree_flatten_with_path(jax.eval_shape(batched, *inputs))
+        def one(content, noise):
+            return _module(config, True).init(k3, content, noise)
+
+        # Batch norm's statistics are averaged over the batch axis: trace under a vmap.
+        batched = jax.vmap(one, axis_name=BATCH_AXIS, in_axes=(None, None), axis_size=1)
+        return batched(*inputs)
+
+    leaves, tree = jax.tree_util.tree_flatten_with_path(jax.eval_shape(shapes_of))
     shapes = [leaf.shape[1:] for _, leaf in leaves]
     names = [path[-1].key for path, _ in leaves]
     sizes = [math.prod(s) if n == "kernel" else 0 for n, s in zip(names, shapes, strict=True)]
@@ -251,8 +252,10 @@ def init(
         if name == "kernel":  # [kh, kw, in, out]: fan-in is kh * kw * in.
             values.append(draws[start : start + n].reshape(s) / math.sqrt(n // s[-1]))
             start += n
-        else:  # Biases and means 0; scales and variances 1.
+        elif name in ("bias", "mean", "scale", "var"):  # Biases, means 0; the rest 1.
             values.append(jnp.full(s, 1.0 if name in ("scale", "var") else 0.0))
+        else:
+            raise ValueError(f"generator.init has no initial value for a variable {name!r}")
     return jax.tree_util.tree_unflatten(tree, values)
 
 
