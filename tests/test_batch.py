@@ -70,7 +70,8 @@ def test_contents_come_from_folders_globs_and_lists(tmp_path):
 def _python(code: str, devices: int = 4, timeout: int = 300) -> dict:
     """Runs ``code`` in a process of ``devices`` simulated CPU devices; its last line
     of output is JSON."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    env = {**os.environ, "XLA_FLAGS": flags.strip()}
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False,
