@@ -9,9 +9,9 @@ Trains a generator from scratch with the default ``TrainConfig`` changed by the 
 photos, then scores it as ``feedforward.py`` does: the demo content (not a training
 photo) at 256 px, under the default objective. Each probe appends one line to
 ``results/feedforward_probes.jsonl``: its wall and compile seconds, seconds a step,
-the style and content losses, the style loss over optimisation's (``OPTIMISATION_STYLE``,
-from ``results/feedforward.md``) and the weighted loss the training minimises
-(content + β style, without the small TV term).
+the style and content losses, the style loss over optimisation's (read from
+``results/feedforward.json``, ``feedforward.py``'s last run) and the weighted loss the
+training minimises (content + β style, without the small TV term).
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ from nst_jax.data import Photos, default_photos
 from nst_jax.nets.generator import GeneratorConfig
 from nst_jax.tasks import train as training
 
-OPTIMISATION_STYLE = 0.08544  # results/feedforward.md: stylize's defaults at 256 px.
-
 
 def main() -> None:
-    name, spec, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-    g = GeneratorConfig(**spec.pop("generator", {}))
+    name, changes, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    spec = {k: v for k, v in changes.items() if k != "generator"}
+    g = GeneratorConfig(**changes.get("generator", {}))
     config = training.TrainConfig(generator=g, steps=steps, **spec)
+    optimised = json.loads((RESULTS / "feedforward.json").read_text())["scores"]["optimisation"]
     weights = bench_weights()
     photos = Photos(
         default_photos(), size=config.size, batch_size=config.batch_size, seed=config.seed
@@ -48,20 +48,17 @@ def main() -> None:
     wall = time.perf_counter() - t
     content = nst_jax.resize_longest(content_full, 256)
     style = nst_jax.resize_longest(style_full, 256)
-    state = trained.state
-    variables = {"params": state.params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
+    variables = training._variables(trained.state.params, trained.state.batch_stats)
     output = training.apply_generator(variables, g, content)[0]
     network = nst_jax.prepare(weights, nst_jax.NetConfig(convolution="direct"))
     loss = nst_jax.LossConfig()
     s = scores(network, output, content, style, loss)
     row = {
-        "name": name, "changes": json.loads(sys.argv[2]), "steps": steps,
+        "name": name, "changes": changes, "steps": steps,
         "wall_s": round(wall, 1), "compile_s": round(trained.compile_seconds, 1),
         "s_per_step": round(trained.seconds_per_step, 3),
         "style": round(s["style"], 4), "content": round(s["content"], 4),
-        "style_over_optimisation": round(s["style"] / OPTIMISATION_STYLE, 2),
+        "style_over_optimisation": round(s["style"] / optimised["style"], 2),
         "weighted": round(s["content"] + loss.style_weight * s["style"], 3),
         "train_style_last20": round(float(np.mean([h["style"] for h in trained.history[-20:]])), 4),
     }  # fmt: skip
