@@ -5,9 +5,10 @@ optimisation's, for the same CPU time.
   python benchmarks/feedforward_probes.py w16 '{"generator": {"width": 16}}' 200
 
 Trains a generator from scratch with the default ``TrainConfig`` changed by the JSON
-(``generator`` takes ``GeneratorConfig`` fields), for ``STEPS`` steps on the default
-photos, then scores it as ``feedforward.py`` does: the demo content (not a training
-photo) at 256 px, under the default objective. Each probe appends one line to
+(``generator`` takes ``GeneratorConfig`` fields; ``photos``, a list of scikit-image photo
+names, replaces the default photos), for ``STEPS`` steps, then scores it as
+``feedforward.py`` does: the demo content (not a training photo, unless ``photos`` names
+it) at 256 px, under the default objective. Each probe appends one line to
 ``results/feedforward_probes.jsonl``: its wall and compile seconds, seconds a step,
 the style and content losses, the style loss over optimisation's (read from
 ``results/feedforward.json``, ``feedforward.py``'s last run) and the weighted loss the
@@ -32,14 +33,16 @@ from nst_jax.tasks import train as training
 
 def main() -> None:
     name, changes, steps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-    spec = {k: v for k, v in changes.items() if k != "generator"}
+    spec = {k: v for k, v in changes.items() if k not in ("generator", "photos")}
     g = GeneratorConfig(**changes.get("generator", {}))
     config = training.TrainConfig(generator=g, steps=steps, **spec)
     optimised = json.loads((RESULTS / "feedforward.json").read_text())["scores"]["optimisation"]
     weights = bench_weights()
-    photos = Photos(
-        default_photos(), size=config.size, batch_size=config.batch_size, seed=config.seed
-    )
+    paths = default_photos()
+    if "photos" in changes:
+        folder = paths[0].parent
+        paths = [next(folder.glob(f"{photo}.*")) for photo in changes["photos"]]
+    photos = Photos(paths, size=config.size, batch_size=config.batch_size, seed=config.seed)
     content_full, style_full = nst_jax.demo_images()
     t = time.perf_counter()
     trained = training.train_generator(
