@@ -75,11 +75,17 @@ def check_photos(paths: Sequence[Path], *, warn=print) -> list[Path]:
     return good
 
 
-def crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One augmented ``[size, size, 3]`` sample of ``image`` ``[H, W, 3]``: scaled,
-    cropped, maybe flipped."""
+def crop(
+    image: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    *,
+    scales: tuple[float, float] = SCALES,
+) -> np.ndarray:
+    """One augmented ``[size, size, 3]`` sample of ``image`` ``[H, W, 3]``: scaled so
+    that its short side is ``size`` times a draw from ``scales``, cropped, maybe flipped."""
     h, w = image.shape[:2]
-    short = size * rng.uniform(*SCALES)
+    short = size * rng.uniform(*scales)
     k = short / min(h, w)
     shape = (max(size, round(h * k)), max(size, round(w * k)))
     image = resize(image, shape)
@@ -93,11 +99,24 @@ class Photos:
     """Augmented batches from ``paths``; see the module docstring.
 
     ``batches(start)`` yields ``(step, [B, S, S, 3])`` from ``start`` on, ``prefetch``
-    batches ahead of the caller, decoded on a background thread.
+    batches ahead of the caller, decoded on a background thread. ``scales`` is the range
+    of a sample's short side, in crops (``SCALES``); ``(1, 1)`` crops each sample from
+    the whole short side of its photo.
     """
 
-    def __init__(self, paths: Sequence[Path], *, size: int, batch_size: int, seed: int):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        *,
+        size: int,
+        batch_size: int,
+        seed: int,
+        scales: tuple[float, float] = SCALES,
+    ):
+        if not 1.0 <= scales[0] <= scales[1]:
+            raise ValueError(f"photo scales must satisfy 1 <= low <= high, got {scales}")
         self.paths, self.size, self.batch_size, self.seed = list(paths), size, batch_size, seed
+        self.scales = (float(scales[0]), float(scales[1]))
         self._decoded: OrderedDict[Path, np.ndarray] = OrderedDict()
         self._bad: set[Path] = set()
 
@@ -106,7 +125,7 @@ class Photos:
             self._decoded.move_to_end(path)
             return self._decoded[path]
         try:
-            image = load_image(path, at_least=math.ceil(2 * self.size * SCALES[1]))
+            image = load_image(path, at_least=math.ceil(2 * self.size * self.scales[1]))
         except ValueError as e:
             if path not in self._bad:
                 self._bad.add(path)
@@ -126,7 +145,7 @@ class Photos:
                 raise ValueError("no readable training images left")
             image = self._photo(self.paths[rng.integers(len(self.paths))])
             if image is not None:
-                out.append(crop(image, self.size, rng))
+                out.append(crop(image, self.size, rng, scales=self.scales))
         return np.stack(out).astype(np.float32)
 
     def batches(self, start: int, *, prefetch: int = 2) -> Iterator[tuple[int, np.ndarray]]:

@@ -117,6 +117,23 @@ def test_photos_are_deterministic_augmented_crops(tmp_path, capsys):
         data.check_photos([tmp_path / "bad.jpg"], warn=lambda m: None)
 
 
+def test_photo_scales_set_how_much_of_a_photo_a_crop_holds(tmp_path):
+    """At scale 1 a crop spans the photo's whole short side; zoomed in 3x, many crops
+    fall inside one half of a photo whose top and bottom halves differ."""
+    halves = np.zeros((30, 40, 3), np.float32)
+    halves[15:] = 1.0
+    nst_jax.save_image(tmp_path / "halves.png", halves)
+    means = {}
+    for scales in ((1.0, 1.0), (3.0, 3.0)):
+        photos = data.Photos([tmp_path / "halves.png"], size=12, batch_size=16, seed=0,
+                             scales=scales)  # fmt: skip
+        means[scales] = photos.batch(0).mean(axis=(1, 2, 3))
+    np.testing.assert_allclose(means[1.0, 1.0], 0.5, atol=0.02)
+    assert np.sum((means[3.0, 3.0] < 0.1) | (means[3.0, 3.0] > 0.9)) >= 4, means[3.0, 3.0]
+    with pytest.raises(ValueError, match="photo scales"):
+        data.Photos([tmp_path / "halves.png"], size=12, batch_size=1, seed=0, scales=(0.5, 1))
+
+
 @pytest.fixture(scope="module")
 def small(small_weights):
     style = smooth_image(np.random.default_rng(1), 40, 40)
