@@ -14,8 +14,9 @@ In one run:
   default settings (Adam until the stopping rule ends it), timed whole and without its
   compiling; and the trained generator in ``--model`` (the README's training command
   makes ``demo_model``) applied to the same content. Both outputs are scored under the
-  same objective (the default ``LossConfig`` at 256 px, the one training uses): style
-  and content losses. The content, Chelsea the cat, is not among the training photos.
+  same objective (the default ``LossConfig`` at 256 px, optimisation's; training weighs
+  style twice as much): style and content losses. The content, Chelsea the cat, is not
+  among the training photos.
 
 * **Contrast** (with ``--batch_model``, a generator trained the same way with
   ``--norm batch``): each generator applied to the content and to a low-contrast copy

@@ -1,14 +1,17 @@
 """Short training probes: which training settings bring a generator's loss closer to
 optimisation's, for the same CPU time, and where the gap comes from.
 
-  python benchmarks/feedforward_probes.py NAME JSON STEPS
+  python benchmarks/feedforward_probes.py NAME JSON STEPS [OUTPUT.png]
   python benchmarks/feedforward_probes.py w16 '{"generator": {"width": 16}}' 200
   python benchmarks/feedforward_probes.py whole '{"size": 256, "scales": [1, 1]}' 200
   python benchmarks/feedforward_probes.py cat '{"fixed": [170, 256], "photos": ["chelsea"]}' 20
   python benchmarks/feedforward_probes.py crops
+  python benchmarks/feedforward_probes.py score NAME MODEL_DIR [OUTPUT.png]
+  python benchmarks/feedforward_probes.py figure OUT.png LABEL=IMAGE ...
 
 Trains a generator from scratch with the default ``TrainConfig`` changed by the JSON
-(``generator`` takes ``GeneratorConfig`` fields; ``photos``, a list of scikit-image photo
+(``generator`` takes ``GeneratorConfig`` fields; ``loss``, ``LossConfig`` fields of the
+training objective only, the scoring keeps the defaults; ``photos``, a list of scikit-image photo
 names, replaces the default photos; ``scales``, the range of a sample's short side in
 crops, replaces ``data.SCALES``), for ``STEPS`` steps, then scores it as
 ``feedforward.py`` does: the demo content (not a training photo, unless ``photos`` names
@@ -21,11 +24,19 @@ content alone at its scored size, this shows what the generator and its optimise
 reach with nothing to generalise; on a few other photos, what they reach on photos they
 have seen.
 
+``OUTPUT.png``, if given, receives the generator's output on the demo content.
+
 Each probe appends one line to ``results/feedforward_probes.jsonl``: its wall and
 compile seconds, seconds a step, the style and content losses, the style loss over
 optimisation's (read from ``results/feedforward.json``, ``feedforward.py``'s last run),
 the weighted loss the training minimises (content + β style, without the small TV
 term), and the training batches' own style and content losses over the last 20 steps.
+
+``score`` scores a generator that ``run.py --mode train`` made, the same way, e.g. one
+trained with another ``--style_weight``.
+
+``figure`` puts images (the outputs above) side by side, each under its label, cut to
+the smallest's size.
 
 ``crops`` scores the optimisation result itself (``stylize`` with the defaults at 256 px)
 whole and on random 128 px crops (the default training crops) against the same style
@@ -45,12 +56,13 @@ from common import RESULTS, bench_weights
 from feedforward import scores
 
 import nst_jax
+from nst_jax.checkpoint import latest_step as checkpoint_step
 from nst_jax.data import Photos, default_photos
 from nst_jax.nets.generator import GeneratorConfig
 from nst_jax.tasks import policy
 from nst_jax.tasks import train as training
 
-EXTRA = ("generator", "photos", "scales", "fixed")  # Keys that are not TrainConfig fields.
+EXTRA = ("generator", "loss", "photos", "scales", "fixed")  # Keys that are not TrainConfig fields.
 
 
 def photo_paths(names: list[str] | None) -> list:
@@ -92,14 +104,14 @@ def train_fixed(style, config, weights, batch):
     return state, history, float(np.median(times[1:])), compile_s
 
 
-def probe(name: str, changes: dict, steps: int) -> dict:
+def probe(name: str, changes: dict, steps: int, save: str | None = None) -> dict:
     spec = {k: v for k, v in changes.items() if k not in EXTRA}
     g = GeneratorConfig(**changes.get("generator", {}))
-    config = training.TrainConfig(generator=g, steps=steps, **spec)
-    optimised = json.loads((RESULTS / "feedforward.json").read_text())["scores"]["optimisation"]
+    trained_by = nst_jax.LossConfig(**changes.get("loss", {}))
+    config = training.TrainConfig(generator=g, loss=trained_by, steps=steps, **spec)
     weights = bench_weights()
     paths = photo_paths(changes.get("photos"))
-    content_full, style_full = nst_jax.demo_images()
+    _, style_full = nst_jax.demo_images()
     t = time.perf_counter()
     if "fixed" in changes:
         shape = tuple(changes["fixed"])
@@ -115,23 +127,47 @@ def probe(name: str, changes: dict, steps: int) -> dict:
         state, history = trained.state, trained.history
         per_step, compile_s = trained.seconds_per_step, trained.compile_seconds
     wall = time.perf_counter() - t
-    content = nst_jax.resize_longest(content_full, 256)
-    style = nst_jax.resize_longest(style_full, 256)
     variables = training._variables(state.params, state.batch_stats)
-    output = training.apply_generator(variables, g, content)[0]
-    network = nst_jax.prepare(weights, nst_jax.NetConfig(convolution="direct"))
-    loss = nst_jax.LossConfig()
-    s = scores(network, output, content, style, loss)
     last = history[-20:]
     return {
         "name": name, "changes": changes, "steps": steps,
         "wall_s": round(wall, 1), "compile_s": round(compile_s, 1),
         "s_per_step": round(per_step, 3),
+        **score(weights, g, variables, save),
+        "train_style_last20": round(float(np.mean([h["style"] for h in last])), 4),
+        "train_content_last20": round(float(np.mean([h["content"] for h in last])), 4),
+    }  # fmt: skip
+
+
+def score(weights, g: GeneratorConfig, variables: dict, save: str | None) -> dict:
+    """The generator's style and content losses on the demo content at 256 px under the
+    default objective, over optimisation's, and weighted as training weighs them by
+    default (content + β style); its output written to ``save`` if given."""
+    optimised = json.loads((RESULTS / "feedforward.json").read_text())["scores"]["optimisation"]
+    content_full, style_full = nst_jax.demo_images()
+    content = nst_jax.resize_longest(content_full, 256)
+    style = nst_jax.resize_longest(style_full, 256)
+    output = training.apply_generator(variables, g, content)[0]
+    if save:
+        nst_jax.save_image(save, output)
+    network = nst_jax.prepare(weights, nst_jax.NetConfig(convolution="direct"))
+    loss = nst_jax.LossConfig()
+    s = scores(network, output, content, style, loss)
+    return {
         "style": round(s["style"], 4), "content": round(s["content"], 4),
         "style_over_optimisation": round(s["style"] / optimised["style"], 2),
         "weighted": round(s["content"] + loss.style_weight * s["style"], 3),
-        "train_style_last20": round(float(np.mean([h["style"] for h in last])), 4),
-        "train_content_last20": round(float(np.mean([h["content"] for h in last])), 4),
+    }  # fmt: skip
+
+
+def score_model(name: str, model: str, save: str | None) -> dict:
+    """``score`` of the generator in ``model``, with the training settings it records."""
+    g, variables, meta = training.load_generator(model)
+    train = meta["train"]
+    return {
+        "name": name, "model": model, "steps": checkpoint_step(model),
+        "trained_with": {"loss": {k: train["loss"][k] for k in ("style_weight", "content_layers")}},
+        **score(bench_weights(), g, variables, save),
     }  # fmt: skip
 
 
@@ -170,11 +206,26 @@ def crops(count: int = 8, side: int = 128) -> dict:
     }  # fmt: skip
 
 
+def figure(out: str, specs: list[str]) -> None:
+    """``LABEL=IMAGE`` specs side by side in one labelled row, written to ``out``."""
+    labels, images = zip(*(spec.split("=", 1) for spec in specs), strict=True)
+    tiles = [nst_jax.load_image(path) for path in images]
+    h, w = min(t.shape[0] for t in tiles), min(t.shape[1] for t in tiles)
+    row = np.stack([t[:h, :w] for t in tiles])[None]
+    nst_jax.save_image(out, nst_jax.image.labelled_grid(row, list(labels)))
+
+
 def main() -> None:
+    if sys.argv[1] == "figure":
+        figure(sys.argv[2], sys.argv[3:])
+        return
     if sys.argv[1] == "crops":
         row = crops()
+    elif sys.argv[1] == "score":
+        row = score_model(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     else:
-        row = probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))
+        save = sys.argv[4] if len(sys.argv) > 4 else None
+        row = probe(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), save)
     print(json.dumps(row))
     with open(RESULTS / "feedforward_probes.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")

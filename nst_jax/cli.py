@@ -242,6 +242,8 @@ def _feedforward():
     base = TrainConfig()
     given = {n: F[n].value for n in ("steps", "size", "lr", "seed", "batch_size") if F[n].present}
     loss = _config().loss
+    if not F["style_weight"].present:
+        loss = dataclasses.replace(loss, style_weight=base.loss.style_weight)
     if F.texture_net:
         loss = dataclasses.replace(loss, content_weight=0.0, content_layers=())
     config = base.replace(

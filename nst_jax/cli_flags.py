@@ -172,7 +172,12 @@ flags.DEFINE_integer(
 )
 # Loss settings.
 flags.DEFINE_float("content_weight", LossConfig.content_weight, "Content weight (alpha).")
-flags.DEFINE_float("style_weight", LossConfig.style_weight, "Style weight (beta).")
+flags.DEFINE_float(
+    "style_weight",
+    LossConfig.style_weight,
+    "Style weight (beta). --mode train defaults to twice this, 8: a generator at 4 paints "
+    "too little (README: Feed-forward networks).",
+)
 flags.DEFINE_float("tv_weight", LossConfig.tv_weight, "Total-variation weight.")
 flags.DEFINE_list(
     "content_layers", list(LossConfig.content_layers), "Content layers (convolutions or poolings)."

@@ -289,7 +289,7 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys):
     trained = checkpoint.read_meta(model)[1]["train"]  # Optimisation's objective, and flags.
     defaults = nst_jax.LossConfig()
     assert trained["loss"]["style_norm"] == defaults.style_norm == "relative"
-    assert trained["loss"]["style_weight"] == defaults.style_weight
+    assert trained["loss"]["style_weight"] == 2 * defaults.style_weight == 8  # Training's β.
     assert trained["loss"]["tv_weight"] == 0.5 and trained["net"]["pooling"] == "max"
     assert trained["style_scale"] == 2.0  # Sized for photos at twice the crops.
     shutil.rmtree(model / "4")  # As if stopped after step 2: the same command resumes.
