@@ -178,7 +178,7 @@ def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path):
     in_memory = training.apply_generator({"params": whole.state.params}, g, content, seeds=(0, 1))
     assert from_disk.shape == (2, 30, 20, 3) and np.array_equal(from_disk, in_memory)
     # A longer run of other settings must not resume from this one.
-    with pytest.raises(ValueError, match="checkpoint of other train settings"):
+    with pytest.raises(ValueError, match=r"other train settings \(lr: .* there, 0.5 now\)"):
         training.train_generator(style, _config(6, lr=0.5), weights=weights, photos=photos,
                        model_dir=model, progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="checkpoint of other style"):
