@@ -113,3 +113,21 @@ def restore(directory: str | os.PathLike, step: int, like: Any) -> Any:
     if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
         raise ValueError(f"the checkpoint in {directory} does not fit this generator")
     return restored
+
+
+def differences(there, here) -> str:
+    """The recorded settings that differ from the asked ones, as `` (name: recorded
+    there, asked now; ...)``, at most three; empty unless both are dicts."""
+
+    def walk(a, b, prefix):
+        for name in sorted(set(a) | set(b)):
+            x, y = a.get(name), b.get(name)
+            if isinstance(x, dict) and isinstance(y, dict):
+                yield from walk(x, y, f"{prefix}{name}.")
+            elif x != y:
+                yield f"{prefix}{name}: {x} there, {y} now"
+
+    if not (isinstance(there, dict) and isinstance(here, dict)):
+        return ""
+    found = list(walk(there, here, ""))[:3]
+    return f" ({'; '.join(found)})" if found else ""

@@ -247,24 +247,6 @@ def _comparable(key: str, value):
     return value
 
 
-def _differences(there, here) -> str:
-    """The recorded settings that differ from the asked ones, as `` (name: recorded
-    there, asked now; ...)``, at most three; empty unless both are dicts."""
-
-    def walk(a, b, prefix):
-        for name in sorted(set(a) | set(b)):
-            x, y = a.get(name), b.get(name)
-            if isinstance(x, dict) and isinstance(y, dict):
-                yield from walk(x, y, f"{prefix}{name}.")
-            elif x != y:
-                yield f"{prefix}{name}: {x} there, {y} now"
-
-    if not (isinstance(there, dict) and isinstance(here, dict)):
-        return ""
-    found = list(walk(there, here, ""))[:3]
-    return f" ({'; '.join(found)})" if found else ""
-
-
 def generator_config(meta: dict) -> GeneratorConfig:
     return GeneratorConfig(**meta["generator"])
 
@@ -337,7 +319,7 @@ def train_generator(
             if there != here:
                 raise ValueError(
                     f"{model_dir} holds a checkpoint of other {key.replace('_sha256', '')}"
-                    f" settings{_differences(there, here)}; train into another --model"
+                    f" settings{checkpoint.differences(there, here)}; train into another --model"
                     " folder, or remove it"
                 )
         state = checkpoint.restore(model_dir, resumed, state)
