@@ -296,6 +296,13 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys):
     code, err = _cli(capsys, *train, "--report", tmp_path / "train.json")
     assert code == 0 and "trained to step 4/4" in err, err
     assert json.loads((tmp_path / "train.json").read_text())["resumed_from"] == 2
+    # A given --style_weight reaches training, and a model of the default one refuses it.
+    code, err = _cli(capsys, *train, "--style_weight", "4")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (  # After the broken photo's warning.
+        f"error: {model} holds a checkpoint of other train settings (loss.style_weight: 8.0"
+        " there, 4.0 now); train into another --model folder, or remove it"
+    )
     out = tmp_path / "out.png"
     code, err = _cli(capsys, "--mode", "apply", "--model", model, "--content",
                      files / "photo.png", "--output", out, "--size", "45")  # fmt: skip

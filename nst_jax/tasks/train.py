@@ -55,7 +55,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # Training's style weight β: twice optimisation's. A generator cannot fit each photo as
 # optimisation does, and at optimisation's β it settles on a compromise that paints too
-# little (2.6x optimisation's style loss on the demo photo); at 2x it paints as the style
+# little (2.5x optimisation's style loss on the demo photo); at 2x it paints as the style
 # does and keeps the photo; at 4x the photo dissolves. The README's "Feed-forward networks"
 # and benchmarks/results/feedforward_probes.md show the three.
 STYLE_WEIGHT = 2 * LossConfig.style_weight
