@@ -68,6 +68,20 @@ def test_generators_are_fully_convolutional_and_vmap_like_a_loop(config, rng):
         assert float(jnp.abs(a - b).max()) > 1e-4 and float(jnp.abs(a - c).max()) > 1e-3
 
 
+def test_the_pyramids_downsampling_and_noise(rng):
+    """Constant matrices resize as ``jax.image.resize`` does; one draw of noise, cut
+    into the scales, fills each with its own uniform values."""
+    for shape, new in [((170, 256), (85, 128)), ((37, 51), (19, 26)), ((16, 17), (1, 2))]:
+        x = jnp.asarray(rng.random((1, *shape, 3)), jnp.float32)
+        want = jax.image.resize(x, (1, *new, 3), "linear", antialias=True)
+        assert float(jnp.abs(generator._downsample(x, new) - want).max()) < 1e-6
+    config = GeneratorConfig(scales=3, noise=2)
+    noise = generator.draw_noise(config, jax.random.key(0), (9, 13))
+    assert [z.shape for z in noise] == [(1, 3, 4, 2), (1, 5, 7, 2), (1, 9, 13, 2)]
+    flat = np.concatenate([np.ravel(z) for z in noise])
+    assert 0 <= flat.min() and flat.max() < 1 and len(np.unique(flat)) == flat.size
+
+
 def test_instance_norm_normalises_each_image_and_channel(rng):
     x = jnp.asarray(rng.normal(3.0, 5.0, (1, 13, 17, 4)), jnp.float32)
     norm = generator.Norm("instance", training=False)
