@@ -112,8 +112,8 @@ def _downsample(x: jax.Array, shape: tuple[int, int]) -> jax.Array:
     """``jax.image.resize`` of ``[1, H, W, C]`` to ``shape`` (linear, antialiased), by
     two constant matrices. Resizing computes its weights from the sizes alone; as
     constants they cost XLA nothing to compile, where computed in the program each of a
-    pyramid's five resizes compiled into a dozen kernels: 1.5 s of compiling for a
-    6-scale pyramid, which ``--mode apply`` waits for on every new image size."""
+    pyramid's resizes compiles into a dozen kernels, which ``--mode apply`` waits for on
+    every new image size."""
     if tuple(shape) == tuple(x.shape[1:3]):
         return x
     rows, cols = (_resize_matrix(n, m) for n, m in zip(x.shape[1:3], shape, strict=True))
@@ -237,8 +237,8 @@ def _inputs(config, content, key, shape):
 def draw_noise(config: GeneratorConfig, key: jax.Array, shape: tuple[int, int]) -> list[jax.Array]:
     """Each scale's uniform noise ``[1, h, w, noise]`` (``noise_shapes``), coarse to
     fine, for an output of ``shape``: one draw, cut into the scales. XLA:CPU compiles
-    each draw into a dozen kernels of the counter-based generator: a draw a scale took 3.4
-    s of the 14 s a 6-scale pyramid's forward pass compiled in, one draw 0.6 s."""
+    each draw into a dozen kernels of the counter-based generator, so a draw per scale
+    made up much of a pyramid's compile time."""
     shapes = noise_shapes(config, shape)
     sizes = [math.prod(s) for s in shapes]
     flat = jax.random.uniform(key, (sum(sizes),))

@@ -413,8 +413,8 @@ def load_generator(model_dir: str | Path) -> tuple[GeneratorConfig, dict, dict]:
         config = TrainConfig(generator=g, loss=LossConfig(content_layers=layers))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{model_dir}: a checkpoint this version cannot read ({e})") from None
-    # Only the shapes: initialising the arrays compiled and ran a program for nothing,
-    # 4.6 of the 10 s a 6-scale pyramid's `--mode apply` took.
+    # Only the shapes: initialising the arrays would compile and run a program whose
+    # values the restore throws away.
     like = jax.eval_shape(lambda key: _fresh(key, config), jax.random.key(0))
     state = checkpoint.restore(model_dir, step, like)
     return g, _variables(state.params, state.batch_stats), meta
