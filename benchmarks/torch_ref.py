@@ -155,13 +155,12 @@ def pyramid(variables: dict, config):
     def conv(name, x, k):
         if k > 1:
             x = fn.pad(x, (k // 2,) * 4, mode="reflect")
-        return fn.conv2d(x, params[f"{name}/kernel"], params[f"{name}/bias"])
+        return fn.conv2d(x, params[f"{name}/kernel"], params.get(f"{name}/bias"))
 
-    def norm(name, x):
-        x = fn.instance_norm(x, eps=1e-5)
-        return x * params[f"{name}/scale"].view(1, -1, 1, 1) + params[f"{name}/bias"].view(
-            1, -1, 1, 1
-        )
+    def norm(name, x):  # A shift only where the generator has one (its module docstring).
+        x = fn.instance_norm(x, eps=1e-5) * params[f"{name}/scale"].view(1, -1, 1, 1)
+        shift = params.get(f"{name}/bias")
+        return x if shift is None else x + shift.view(1, -1, 1, 1)
 
     counters = {"ConvNorm": 0, "Norm": 0}
 

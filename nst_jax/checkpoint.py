@@ -18,7 +18,10 @@ from typing import Any
 
 import jax
 
-FORMAT = "nst_jax.generator/1"
+FORMAT = "nst_jax.generator/2"
+# Format 1's generators carried biases that normalisation cancels; they still apply
+# (``GeneratorConfig.legacy_biases``), and ``read_meta`` says so in the meta it returns.
+LEGACY_FORMAT = "nst_jax.generator/1"
 KEEP = 2  # Step folders kept: the last, and one before it in case the last is damaged.
 
 
@@ -82,8 +85,10 @@ def read_meta(directory: str | os.PathLike, step: int | None = None) -> tuple[in
         raise ValueError(
             f"{directory} is not a readable nst_jax checkpoint ({e.__class__.__name__})"
         ) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise ValueError(f"{directory} holds no nst_jax generator checkpoint")
+    if meta["format"] == LEGACY_FORMAT and isinstance(meta.get("generator"), dict):
+        meta["generator"] = {**meta["generator"], "legacy_biases": True}
     return step, meta
 
 

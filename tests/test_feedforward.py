@@ -82,6 +82,47 @@ def test_the_pyramids_downsampling_and_noise(rng):
     assert 0 <= flat.min() and flat.max() < 1 and len(np.unique(flat)) == flat.size
 
 
+def _perturbed(params, seed=1, size=0.3):
+    """``params`` moved away from the initial zeros and ones, so that no gradient, and
+    no bias's effect, vanishes by chance."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    moved = [x + size * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    return jax.tree.unflatten(tree, moved)
+
+
+def _named(tree) -> dict:
+    return {"/".join(k.key for k in path): x for path, x in jax.tree.flatten_with_path(tree)[0]}
+
+
+@pytest.mark.parametrize(
+    "small", [TINY, {"kind": "residual", "width": 4, "blocks": 1}], ids=["pyramid", "residual"]
+)
+def test_every_generator_parameter_changes_the_output(small, rng):
+    """No parameter is one that normalisation cancels: each has a gradient far above
+    rounding. Format 1's generators (``legacy_biases``) had such biases, and theirs are
+    rounding alone."""
+    x = jnp.asarray(rng.random((20, 24, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(20, 24, 3)), jnp.float32)
+
+    def largest_gradients(config):
+        params = _perturbed(generator.init(jax.random.key(0), config)["params"])
+
+        def loss(p):
+            return jnp.sum(w * generator.apply({"params": p}, config, x, jax.random.key(2)))
+
+        grads = _named(jax.jit(jax.grad(loss))(params))
+        return {name: float(jnp.abs(g).max()) for name, g in grads.items()}
+
+    new = largest_gradients(GeneratorConfig(**small))
+    old = largest_gradients(GeneratorConfig(**small, legacy_biases=True))
+    scale = max(new.values())
+    assert min(new.values()) > 1e-3 * scale, min(new, key=new.get)
+    cancelled = set(old) - set(new)
+    assert set(new) < set(old) and all(name.endswith("/bias") for name in cancelled)
+    assert max(old[name] for name in cancelled) < 1e-5 * scale
+
+
 def test_instance_norm_normalises_each_image_and_channel(rng):
     x = jnp.asarray(rng.normal(3.0, 5.0, (1, 13, 17, 4)), jnp.float32)
     norm = generator.Norm("instance", training=False)
@@ -256,6 +297,36 @@ def test_checkpoints_refuse_what_is_not_theirs(small, tmp_path):
     bigger = training.init_state(_config(2).replace(generator=GeneratorConfig(scales=3, width=6)))
     with pytest.raises(ValueError, match="does not fit this generator"):
         checkpoint.restore(tmp_path / "other", 1, bigger)
+
+
+def test_a_format_1_checkpoint_still_applies_but_does_not_resume(small, tmp_path, monkeypatch):
+    """Format 1's generators carried the biases normalisation cancels: they load as
+    such (``legacy_biases``), and give what the same generator without them gives."""
+    weights, style = small
+    legacy = GeneratorConfig(**TINY, legacy_biases=True)
+    config = _config(2).replace(generator=legacy)
+    state = training.init_state(config)
+    state = state._replace(params=_perturbed(state.params))
+    recorded = {k: v for k, v in dataclasses.asdict(legacy).items() if k != "legacy_biases"}
+    monkeypatch.setattr(checkpoint, "FORMAT", checkpoint.LEGACY_FORMAT)
+    checkpoint.save(tmp_path / "old", 2, jax.device_get(state), {"generator": recorded, "step": 2})
+    monkeypatch.undo()
+    g, variables, meta = training.load_generator(tmp_path / "old")
+    assert g == legacy and meta["format"] == checkpoint.LEGACY_FORMAT
+    content = smooth_image(np.random.default_rng(3), 30, 26)
+    old = training.apply_generator(variables, g, content, seeds=(0,))
+    params = _named(variables["params"])
+    without = GeneratorConfig(**TINY)
+    like = generator.init(jax.random.key(0), without)["params"]
+    kept = jax.tree.unflatten(jax.tree.structure(like), [params[n] for n in _named(like)])
+    new = training.apply_generator({"params": kept}, without, content, seeds=(0,))
+    assert len(_named(like)) < len(params)
+    assert float(np.abs(old - new).max()) < 1e-5
+    assert float(np.abs(old - training.apply_generator(variables, g, content[::-1])).max()) > 1e-3
+    photos = data.Photos(data.default_photos(), size=24, batch_size=2, seed=0)
+    with pytest.raises(ValueError, match="earlier format .* another --model folder"):
+        training.train_generator(style, config, weights=weights, photos=photos,
+                                 model_dir=tmp_path / "old", progress=False)  # fmt: skip
 
 
 # The command line, on a small random VGG19 saved as a weights file.

@@ -27,6 +27,14 @@ running averages stand in (``training=False``).
 
 A texture network (``texture=True``) takes noise alone and applies at any output size.
 The output goes through a sigmoid, into [0, 1].
+
+No parameter is one that normalisation cancels: a convolution followed by a
+normalisation has no bias, and a normalisation whose output reaches only a convolution
+and a normalisation (the pyramid's joins, the content's, the residual blocks' last) has
+no shift. Their gradients would be zero but for rounding, and Adam, which divides by
+the gradient's own size, would walk them by a full learning rate a step on that
+rounding: parameters that change nothing but make two runs differ. ``legacy_biases``
+keeps them, for the checkpoints of format 1, which had them.
 """
 
 from __future__ import annotations
@@ -63,6 +71,8 @@ class GeneratorConfig:
         the first convolution's channels (32 in Johnson et al.), doubled twice.
       noise: noise channels joining each scale (pyramid) or the input (residual).
       blocks: residual: how many residual blocks (5 in Johnson et al.).
+      legacy_biases: the biases normalisation cancels (module docstring), as the
+        generators of checkpoint format 1 had them; they do not change the output.
     """
 
     kind: str = "pyramid"
@@ -72,6 +82,7 @@ class GeneratorConfig:
     width: int = 0  # 0: the kind's own (8 for pyramid, 32 for residual).
     noise: int = 3
     blocks: int = 5
+    legacy_biases: bool = False
 
     def __post_init__(self):
         if self.width == 0:
@@ -128,25 +139,32 @@ def _upsample(x: jax.Array, shape: tuple[int, int]) -> jax.Array:
 
 
 class Norm(nn.Module):
-    """Instance or batch normalisation of ``[1, H, W, C]``, with a learnt scale and bias."""
+    """Instance or batch normalisation of ``[1, H, W, C]``, with a learnt scale and (with
+    ``shift``) bias: none where the output reaches only a convolution and a normalisation,
+    which would cancel it."""
 
     kind: str
     training: bool
+    shift: bool = True
 
     @nn.compact
     def __call__(self, x):
         if self.kind == "instance":
-            return nn.InstanceNorm(epsilon=1e-5)(x)
+            return nn.InstanceNorm(epsilon=1e-5, use_bias=self.shift)(x)
         return nn.BatchNorm(
             use_running_average=not self.training,
             axis_name=BATCH_AXIS if self.training else None,
             momentum=0.9,
             epsilon=1e-5,
+            use_bias=self.shift,
         )(x)
 
 
 class ConvNorm(nn.Module):
-    """Reflection-padded convolution, normalisation, and (optionally) ReLU."""
+    """Reflection-padded convolution (no bias: the normalisation cancels it),
+    normalisation, and (optionally) ReLU. Without ReLU the output reaches only
+    convolutions and normalisations (the residual blocks), so the normalisation has
+    no shift either."""
 
     features: int
     kernel: int
@@ -154,12 +172,13 @@ class ConvNorm(nn.Module):
     training: bool
     stride: int = 1
     relu: bool = True
+    legacy: bool = False  # GeneratorConfig.legacy_biases
 
     @nn.compact
     def __call__(self, x):
-        k = self.kernel
-        x = Conv(self.features, (k, k), strides=self.stride, padding="VALID")(_pad(x, k))
-        x = Norm(self.norm, self.training)(x)
+        k, legacy = self.kernel, self.legacy
+        conv = Conv(self.features, (k, k), strides=self.stride, padding="VALID", use_bias=legacy)
+        x = Norm(self.norm, self.training, shift=self.relu or legacy)(conv(_pad(x, k)))
         return nn.relu(x) if self.relu else x
 
 
@@ -169,23 +188,24 @@ class Pyramid(nn.Module):
 
     def block(self, x, channels):
         c, t = self.config, self.training
-        x = ConvNorm(channels, 3, c.norm, t)(x)
-        x = ConvNorm(channels, 3, c.norm, t)(x)
-        return ConvNorm(channels, 1, c.norm, t)(x)
+        x = ConvNorm(channels, 3, c.norm, t, legacy=c.legacy_biases)(x)
+        x = ConvNorm(channels, 3, c.norm, t, legacy=c.legacy_biases)(x)
+        return ConvNorm(channels, 1, c.norm, t, legacy=c.legacy_biases)(x)
 
     @nn.compact
     def __call__(self, content, noise):
         c, t = self.config, self.training
+        norm = functools.partial(Norm, c.norm, t, shift=c.legacy_biases)  # Feeds a block.
         x = None
         for k in range(c.scales):  # Coarse to fine.
             z = noise[k]
             if content is not None:
                 small = _downsample(content, z.shape[1:3])
-                z = jnp.concatenate([Norm(c.norm, t)(small), z], axis=-1)
+                z = jnp.concatenate([norm()(small), z], axis=-1)
             y = self.block(z, c.width)
             if x is not None:
                 x = _upsample(x, y.shape[1:3])
-                x = jnp.concatenate([Norm(c.norm, t)(x), Norm(c.norm, t)(y)], axis=-1)
+                x = jnp.concatenate([norm()(x), norm()(y)], axis=-1)
                 y = self.block(x, c.width * (k + 1))
             x = y
         return nn.sigmoid(Conv(3, (1, 1))(x))
@@ -198,17 +218,20 @@ class Residual(nn.Module):
     @nn.compact
     def __call__(self, content, noise):
         c, t = self.config, self.training
-        x = noise[0] if content is None else jnp.concatenate([Norm(c.norm, t)(content), *noise], -1)
-        x = ConvNorm(c.width, 9, c.norm, t)(x)
+        conv_norm = functools.partial(ConvNorm, norm=c.norm, training=t, legacy=c.legacy_biases)
+        if content is not None:
+            content = Norm(c.norm, t, shift=c.legacy_biases)(content)
+        x = noise[0] if content is None else jnp.concatenate([content, *noise], -1)
+        x = conv_norm(c.width, 9)(x)
         skips = []
         for m in (2, 4):
             skips.append(x.shape[1:3])
-            x = ConvNorm(c.width * m, 3, c.norm, t, stride=2)(x)
+            x = conv_norm(c.width * m, 3, stride=2)(x)
         for _ in range(c.blocks):
-            y = ConvNorm(c.width * 4, 3, c.norm, t)(x)
-            x = x + ConvNorm(c.width * 4, 3, c.norm, t, relu=False)(y)
+            y = conv_norm(c.width * 4, 3)(x)
+            x = x + conv_norm(c.width * 4, 3, relu=False)(y)
         for m, shape in zip((2, 1), reversed(skips), strict=True):
-            x = ConvNorm(c.width * m, 3, c.norm, t)(_upsample(x, shape))
+            x = conv_norm(c.width * m, 3)(_upsample(x, shape))
         return nn.sigmoid(Conv(3, (9, 9), padding="VALID")(_pad(x, 9)))
 
 

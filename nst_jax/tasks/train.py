@@ -320,6 +320,12 @@ def train_generator(
     state, resumed = init_state(config), 0
     if model_dir is not None and checkpoint.latest_step(model_dir) is not None:
         resumed, found = checkpoint.read_meta(model_dir)
+        if found["format"] == checkpoint.LEGACY_FORMAT:
+            raise ValueError(
+                f"{model_dir} holds a checkpoint of an earlier format ({found['format']}), which"
+                " --mode apply still reads but training cannot resume; train into another"
+                " --model folder"
+            )
         for key in ("generator", "train", "style_sha256", "weights_sha256"):
             there, here = _comparable(key, found.get(key)), _comparable(key, meta[key])
             if there != here:
