@@ -88,6 +88,17 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+@pytest.fixture
+def styles(rng) -> tuple[np.ndarray, np.ndarray]:
+    """Two unlike styles: horizontal stripes ``[32, 32, 3]`` and sparse bright speckle
+    ``[40, 24, 3]`` (another size)."""
+    stripes = np.zeros((32, 32, 3), np.float32)
+    stripes[::4] = 1.0
+    stripes[..., 2] = 0.2
+    speckle = (rng.random((40, 24, 3)) ** 3).astype(np.float32)
+    return stripes, speckle
+
+
 def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A smooth random RGB image in [0, 1]: low-frequency noise, upsampled."""
     coarse = rng.random((max(2, h // 8), max(2, w // 8), 3)).astype(np.float32)

@@ -21,15 +21,6 @@ def _loss(**kw):
     return LossConfig(**{"style_layers": LAYERS, "content_layers": ("conv2_2",), **kw})
 
 
-@pytest.fixture
-def styles(rng):
-    stripes = np.zeros((32, 32, 3), np.float32)
-    stripes[::4] = 1.0
-    stripes[..., 2] = 0.2
-    speckle = (rng.random((40, 24, 3)) ** 3).astype(np.float32)
-    return stripes, speckle
-
-
 def _style(network, shape, style, loss, **kw):
     """``style_targets``, jitted: eager, every operation would compile on its own."""
     run = jax.jit(lambda n, s, kw: style_targets(n, s, loss, shape=shape, **kw))

@@ -23,15 +23,6 @@ def _loss(**kw):
 
 
 @pytest.fixture
-def styles(rng):
-    stripes = np.zeros((32, 32, 3), np.float32)
-    stripes[::4] = 1.0
-    stripes[..., 2] = 0.2
-    speckle = (rng.random((40, 24, 3)) ** 3).astype(np.float32)
-    return stripes, speckle
-
-
-@pytest.fixture
 def pair(rng):
     return smooth_image(rng, 32, 40), rng.random((36, 36, 3)).astype(np.float32)
 
