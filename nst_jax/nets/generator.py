@@ -182,15 +182,23 @@ class ConvNorm(nn.Module):
         return nn.relu(x) if self.relu else x
 
 
+def _conv_norm(config: GeneratorConfig, training: bool):
+    """``ConvNorm(features, kernel, ...)`` with ``config``'s normalisation."""
+    return functools.partial(
+        ConvNorm, norm=config.norm, training=training, legacy=config.legacy_biases
+    )
+
+
 class Pyramid(nn.Module):
     config: GeneratorConfig
     training: bool
 
     def block(self, x, channels):
-        c, t = self.config, self.training
-        x = ConvNorm(channels, 3, c.norm, t, legacy=c.legacy_biases)(x)
-        x = ConvNorm(channels, 3, c.norm, t, legacy=c.legacy_biases)(x)
-        return ConvNorm(channels, 1, c.norm, t, legacy=c.legacy_biases)(x)
+        conv_norm = _conv_norm(self.config, self.training)
+        # In this order: Flax names the modules (and so the checkpoints' arrays) by it.
+        x = conv_norm(channels, 3)(x)
+        x = conv_norm(channels, 3)(x)
+        return conv_norm(channels, 1)(x)
 
     @nn.compact
     def __call__(self, content, noise):
@@ -218,7 +226,7 @@ class Residual(nn.Module):
     @nn.compact
     def __call__(self, content, noise):
         c, t = self.config, self.training
-        conv_norm = functools.partial(ConvNorm, norm=c.norm, training=t, legacy=c.legacy_biases)
+        conv_norm = _conv_norm(c, t)
         if content is not None:
             content = Norm(c.norm, t, shift=c.legacy_biases)(content)
         x = noise[0] if content is None else jnp.concatenate([content, *noise], -1)
