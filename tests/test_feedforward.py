@@ -123,6 +123,54 @@ def test_every_generator_parameter_changes_the_output(small, rng):
     assert max(old[name] for name in cancelled) < 1e-5 * scale
 
 
+# Checkpoints name their arrays by the generator's module tree, which Flax names by the
+# order the modules are built in: reordering two calls renames the arrays, and every
+# checkpoint already trained stops loading ("does not fit this generator").
+TREES = Path(__file__).resolve().parent / "generator_trees.json"
+TREE_CONFIGS = {
+    "pyramid": {},
+    "pyramid, batch norm": {"norm": "batch"},
+    "pyramid, texture": {"texture": True},
+    "residual": {"kind": "residual"},
+    "residual, batch norm": {"kind": "residual", "norm": "batch"},
+    "pyramid, format 1": {"legacy_biases": True},
+    "residual, format 1": {"kind": "residual", "legacy_biases": True},
+}
+
+
+def _tree(config: GeneratorConfig) -> dict[str, list[int]]:
+    """Every variable's name and shape, of the default-sized generator (traced only)."""
+    variables = jax.eval_shape(lambda: generator.init(jax.random.key(0), config))
+    return {name: list(x.shape) for name, x in _named(variables).items()}
+
+
+def write_generator_trees():
+    """Rewrite ``TREES``: only with a new checkpoint format, whose loader maps the old
+    names (``python -m tests.test_feedforward``)."""
+    trees = {label: _tree(GeneratorConfig(**kw)) for label, kw in TREE_CONFIGS.items()}
+    lines = ",\n".join(
+        f"  {json.dumps(label)}: {{\n"
+        + ",\n".join(f"    {json.dumps(n)}: {json.dumps(s)}" for n, s in tree.items())
+        + "\n  }"
+        for label, tree in trees.items()
+    )
+    TREES.write_text("{\n" + lines + "\n}\n")
+
+
+@pytest.mark.parametrize("label", TREE_CONFIGS)
+def test_the_generators_variable_names_are_the_checkpoints(label):
+    """The names and shapes checkpoints already hold (format 2, and format 1 through
+    ``legacy_biases``) are the ones the generators build."""
+    stored = json.loads(TREES.read_text())[label]
+    built = _tree(GeneratorConfig(**TREE_CONFIGS[label]))
+    assert built == stored, (
+        f"{label}: missing {sorted(set(stored) - set(built))[:4]}, "
+        f"new {sorted(set(built) - set(stored))[:4]}, "
+        f"reshaped {[n for n in stored if n in built and built[n] != stored[n]][:4]}: "
+        "trained checkpoints would no longer load (see write_generator_trees)"
+    )
+
+
 def test_instance_norm_normalises_each_image_and_channel(rng):
     x = jnp.asarray(rng.normal(3.0, 5.0, (1, 13, 17, 4)), jnp.float32)
     norm = generator.Norm("instance", training=False)
@@ -549,3 +597,7 @@ def test_a_loss_that_overflows_stops_training_and_keeps_the_checkpoint(small, tm
     assert result.failure and "style" in result.failure and result.step == 0
     assert checkpoint.latest_step(tmp_path / "m2") is None  # Nothing non-finite is saved.
     assert checkpoint.latest_step(model) == 2
+
+
+if __name__ == "__main__":
+    write_generator_trees()
