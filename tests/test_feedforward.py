@@ -289,6 +289,72 @@ def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path):
                        model_dir=model, progress=False)  # fmt: skip
 
 
+class _InterruptWhenRead:
+    """A metric whose reading raises KeyboardInterrupt: a Ctrl-C that lands while the
+    host waits for a step it has dispatched."""
+
+    def __float__(self):
+        raise KeyboardInterrupt
+
+
+def test_an_interrupt_or_error_mid_step_keeps_every_step_computed(small, tmp_path, monkeypatch):
+    """A Ctrl-C while step 3 computes saves its state as step 3 (the state's own count),
+    and resuming from it gives the uninterrupted run; an error saves before it raises."""
+    weights, style = small
+    photos = data.Photos(data.default_photos(), size=24, batch_size=2, seed=0)
+    whole = training.train_generator(
+        style, _config(4), weights=weights, photos=photos, progress=False
+    )
+    compile_step = training.compile_step
+
+    def interrupting(*args, **kwargs):
+        step, calls = compile_step(*args, **kwargs), []
+
+        def run(*a):
+            state, metrics = step(*a)
+            calls.append(1)
+            return state, (
+                {**metrics, "total": _InterruptWhenRead()} if len(calls) == 3 else metrics
+            )
+
+        return run
+
+    monkeypatch.setattr(training, "compile_step", interrupting)
+    model = tmp_path / "model"
+    first = training.train_generator(
+        style, _config(4), weights=weights, photos=photos, model_dir=model, progress=False
+    )
+    monkeypatch.undo()
+    assert first.interrupted and first.step == 3 and checkpoint.latest_step(model) == 3
+    assert int(first.state.step) == 3
+    resumed = training.train_generator(
+        style, _config(4), weights=weights, photos=photos, model_dir=model, progress=False
+    )
+    assert resumed.resumed == 3 and resumed.step == 4
+    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+    def full_disk(step, image):
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        training.train_generator(
+            style, _config(4), weights=weights, photos=photos, model_dir=tmp_path / "m2",
+            progress=False, sample=style, save_every=2, on_sample=full_disk,
+        )  # fmt: skip
+    assert checkpoint.latest_step(tmp_path / "m2") == 2
+
+
+def test_stop_signals_wait_for_the_step_in_flight():
+    """A Ctrl-C inside ``_signals_deferred`` is raised as it ends, not inside it."""
+    reached = []
+    with pytest.raises(KeyboardInterrupt), training._signals_deferred():
+        signal.raise_signal(signal.SIGINT)
+        reached.append(True)
+    assert reached == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_training_lowers_the_style_loss_of_held_out_photos(small):
     weights, style = small
     photos = data.Photos(data.default_photos(), size=24, batch_size=2, seed=0)

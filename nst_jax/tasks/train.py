@@ -9,15 +9,20 @@ schedule (optax), the state donated. Where a ``Placement`` is given, the batch a
 sharded over its mesh and the rest replicated (data parallel): a placement decision at
 the compile point, the same step.
 
-``train_generator`` is the host loop: batches from ``data.Photos`` (decoded on a thread), progress,
-a checkpoint every ``checkpoint_every`` steps (``checkpoint.py``) and on Ctrl-C or a
-signal, resuming from the last one, and samples on a held-out photo.
+``train_generator`` is the host loop: batches from ``data.Photos`` (decoded on a thread),
+progress, a checkpoint every ``checkpoint_every`` steps (``checkpoint.py``) and on Ctrl-C,
+a signal or an error, resuming from the last one, and samples on a held-out photo. A
+checkpoint is labelled with the step count its state carries, and only a finite state
+is saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -357,9 +362,16 @@ def train_generator(
     done, interrupted, times, failure = resumed, False, [], None
     rates = schedule(config)
 
-    def save():
-        if model_dir is not None and done > 0:
-            checkpoint.save(model_dir, done, jax.device_get(state), {**meta, "step": done})
+    def save() -> int:
+        """Checkpoints the state under its own step count: an interrupt can land after a
+        step is dispatched and before the loop counts it. A state that is not finite is
+        not saved: the last checkpoint stays the last good one. Returns the step."""
+        host = jax.device_get(state)
+        step = int(host.step)
+        finite = all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host))
+        if model_dir is not None and step > 0 and finite:
+            checkpoint.save(model_dir, step, host, {**meta, "step": step})
+        return step
 
     batches = (
         photos.batches(resumed)
@@ -374,7 +386,8 @@ def train_generator(
             lr, key = jnp.float32(rates(k)), noise_key(config, k)
             if placement is not None:
                 batch, lr, key = placement.batched(batch), *placement.shared((lr, key))
-            state, metrics = step_fn(network, targets, state, batch, lr, key)
+            with _signals_deferred():  # The old state is donated: never lose both.
+                state, metrics = step_fn(network, targets, state, batch, lr, key)
             values = {name: float(v) for name, v in metrics.items()}
             if not np.isfinite(values["total"]):
                 w = config.loss.term_weights
@@ -397,12 +410,41 @@ def train_generator(
                 on_sample(done, np.asarray(image))
     except KeyboardInterrupt:
         interrupted = True
+    except BaseException:  # A bad batch, a full disk: keep what was computed, then raise.
+        with contextlib.suppress(Exception):
+            save()
+        raise
     finally:
         bar.close()
-    if model_dir is not None and failure is None and (interrupted or done % checkpoint_every):
-        save()
+    if failure is None and (interrupted or done % checkpoint_every):
+        done = save()  # Interrupted: the step in flight, if it had been dispatched.
     per_step = float(np.median(times[1:] or times or [0.0]))
     return Trained(state, done, history, per_step, interrupted, resumed, compile_seconds, failure)
+
+
+# The signals a run stops on (``cli.py`` turns SIGTERM and SIGHUP into KeyboardInterrupt).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Holds the stop signals that arrive inside the block and raises them after it, so a
+    Ctrl-C cannot land between a step taking the donated state and returning the new
+    one. Only the main thread handles signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _: held.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in held:
+            signal.raise_signal(s)
 
 
 def load_generator(model_dir: str | Path) -> tuple[GeneratorConfig, dict, dict]:
