@@ -201,6 +201,9 @@ def _feedforward():
     if F.output_dir and F.mode == "train":
         raise ValueError("--output_dir is for --mode stylize and apply, not train")
     if F.mode == "apply" and F.output_dir:
+        for name in ("output", "report", "inits", "demo", "save_every"):
+            if F[name].present:
+                raise ValueError(f"--{name} is for one content; --output_dir takes a folder")
         if not F.content:
             raise ValueError("--output_dir needs --content (a folder, glob or list)")
         return feedforward.apply_folder(
@@ -215,6 +218,8 @@ def _feedforward():
             )
         )
     if F.mode == "apply":
+        if F.inits < 1:
+            raise ValueError(f"--inits must be >= 1, got {F.inits}")
         return feedforward.apply_files(
             feedforward.ApplyJob(
                 model_dir=model,
@@ -239,6 +244,8 @@ def _feedforward():
         raise ValueError("--mode train needs --style (or --demo)")
     if F.style and len(F.style) > 1:
         raise ValueError("--mode train takes one --style")
+    if F["style_scale"].present and len(F.style_scale) > 1:
+        raise ValueError("--mode train takes one --style_scale")
     base = TrainConfig()
     given = {n: F[n].value for n in ("steps", "size", "lr", "seed", "batch_size") if F[n].present}
     loss = _config().loss

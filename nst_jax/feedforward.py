@@ -31,14 +31,20 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _check_report(report: str | None, inputs: set[Path]) -> None:
-    """Refuses a ``--report`` that is an input or cannot be written, before compute."""
+def _check_report(report: str | None, taken: set[Path]) -> None:
+    """Refuses a ``--report`` that is not a ``.json`` file that can be written, or that
+    is one of the ``taken`` paths (the inputs and the outputs), before compute."""
     if report is None:
         return
-    if Path(report).resolve() in inputs:
-        raise ValueError(f"--report {report} is an input file; refusing to overwrite it")
+    path = Path(report)
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"--report must end in .json, got {report}")
+    if path.resolve() in taken:
+        raise ValueError(f"--report {report} is an input or output file; refusing to overwrite it")
+    if path.is_dir():
+        raise ValueError(f"--report {report} is a folder")
     try:
-        check_writable(Path(report).with_suffix(".png"))
+        check_writable(path.with_suffix(".png"))
     except ValueError as e:
         raise ValueError(f"--report: {e}") from None
 
@@ -91,12 +97,12 @@ def train_files(job: TrainJob) -> TrainReport:
         raise ValueError(f"--model {model} is a file, not a folder")
     if not model.parent.is_dir():
         raise ValueError(f"--model's folder does not exist: {model.parent}")
-    check_writable(model.parent / "probe.png")
+    check_writable((model if model.is_dir() else model.parent) / "probe.png")
     demo_content, demo_style = demo_images()
     style = demo_style if job.style is None else load_image(job.style)
     paths = _training_photos(job.train_data)
     inputs = {p.resolve() for p in paths} | ({Path(job.style).resolve()} if job.style else set())
-    _check_report(job.report, inputs)
+    _check_report(job.report, inputs | ({Path(job.sample).resolve()} if job.sample else set()))
     sample = load_image(job.sample) if job.sample else demo_content
     from nst_jax.image import resize_longest
 
@@ -210,7 +216,8 @@ def apply_files(job: ApplyJob) -> ApplyReport:
     if job.content and output.resolve() == Path(job.content).resolve():
         raise ValueError(f"--output {output} is the content file; refusing to overwrite it")
     check_writable(output)
-    _check_report(job.report, {Path(job.content).resolve()} if job.content else set())
+    content_path = {Path(job.content).resolve()} if job.content else set()
+    _check_report(job.report, content_path | {output.resolve()})
     content = None
     if g.texture:
         if job.content:
@@ -268,6 +275,8 @@ def apply_folder(job: ApplyFolderJob):
     from nst_jax.folders import FolderReport, finished, output_paths, prepare_output_dir
     from nst_jax.progress import progress_bar
 
+    if job.size is not None and job.size < 16:
+        raise ValueError(f"--size must be at least 16, got {job.size}")
     t0 = time.perf_counter()
     g, variables, meta = training.load_generator(job.model_dir)
     if g.texture:

@@ -539,6 +539,17 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys):
         ([*train[:4], "--model", tmp_path / "m2", "--train_data", tmp_path / "empty*"],
          "no training images"),
         (["--mode", "train", "--content", files / "photo.png"], "needs --model"),
+        ([*train, "--style_scale", "inf"], "--style_scale must be positive and finite"),
+        ([*train, "--style_scale", "1,2"], "takes one --style_scale"),
+        ([*train, "--seed", "-1"], "--seed must be >= 0"),
+        ([*train, "--report", files / "photo.png"], "--report must end in .json"),
+        ([*folder, "--size", "8"], "--size must be at least 16"),
+        ([*folder, "--report", tmp_path / "r.json"], "--report is for one content"),
+        ([*folder, "--inits", "2"], "--inits is for one content"),
+        (["--mode", "apply", "--model", model, "--content", files / "photo.png", "--inits",
+          "0"], "--inits must be >= 1"),
+        (["--mode", "apply", "--model", model, "--content", files / "photo.png", "--report",
+          tmp_path], "--report must end in .json"),
     ]:  # fmt: skip
         code, err = _cli(capsys, *args)
         last = err.strip().splitlines()[-1]

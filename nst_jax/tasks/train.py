@@ -107,6 +107,10 @@ class TrainConfig:
             raise ValueError(f"--size must be at least 16 px to train, got {self.size}")
         if not (self.lr > 0 and np.isfinite(self.lr)):
             raise ValueError(f"--lr must be positive and finite, got {self.lr}")
+        if not (self.style_scale > 0 and np.isfinite(self.style_scale)):
+            raise ValueError(f"--style_scale must be positive and finite, got {self.style_scale}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
         if self.generator.texture and self.loss.content_layers:
             raise ValueError("a texture network trains on style alone: no content layers")
 
