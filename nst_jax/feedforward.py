@@ -192,12 +192,13 @@ class ApplyReport(NamedTuple):
     failure: str | None = None
 
 
-def _apply_settings(model, content, size, seeds, meta) -> dict:
-    """What an applied output's PNG records: enough to tell whether it is done."""
+def _apply_settings(model, content, size, seeds, meta, variables) -> dict:
+    """What an applied output's PNG records: enough to tell whether it is done, down to
+    the generator's arrays (a model folder retrained to the same step is another)."""
     return {
         "nst_jax": __version__, "mode": "apply", "model": str(model), "content": content,
         "size": size, "seeds": seeds, "generator": meta["generator"],
-        "trained_steps": meta.get("step"),
+        "trained_steps": meta.get("step"), "model_sha256": training.variables_hash(variables),
     }  # fmt: skip
 
 
@@ -236,7 +237,9 @@ def apply_files(job: ApplyJob) -> ApplyReport:
     t = time.perf_counter()
     images = training.apply_generator(variables, g, content, seeds=job.seeds, shape=shape)
     seconds = time.perf_counter() - t
-    settings = _apply_settings(job.model_dir, job.content, job.size, list(job.seeds), meta)
+    settings = _apply_settings(
+        job.model_dir, job.content, job.size, list(job.seeds), meta, variables
+    )
     if len(images) == 1:
         save_image(output, images[0], settings=settings)
     else:
@@ -286,14 +289,15 @@ def apply_folder(job: ApplyFolderJob):
     paths = output_paths(out, root, sources, [""])
     fn = jax.jit(lambda v, x, k: training.generator.apply(v, g, x, k))
     key = jax.random.key(job.seed)
-    manifest = {"settings": None, "done": [], "skipped": [], "failed": [], "interrupted": False}
+    common = _apply_settings(job.model_dir, None, job.size, [job.seed], meta, variables)
+    shared = {k: v for k, v in common.items() if k != "content"}
+    manifest = {"settings": shared, "done": [], "skipped": [], "failed": [], "interrupted": False}
     bar = progress_bar(len(sources), job.progress, label="images", unit="image")
     interrupted = False
     try:
         for e, path in paths.items():
             source = sources[e.index]
-            settings = _apply_settings(job.model_dir, str(source), job.size, [job.seed], meta)
-            manifest["settings"] = {k: v for k, v in settings.items() if k != "content"}
+            settings = {**common, "content": str(source)}
             entry = {"input": str(source), "output": str(path)}
             if not job.overwrite and finished(path, settings, None):
                 manifest["skipped"].append({**entry, "reason": "done before"})

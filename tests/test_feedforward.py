@@ -467,7 +467,7 @@ def _cli(capsys, *args):
     return code, capsys.readouterr().err
 
 
-def test_train_and_apply_from_the_command_line(files, tmp_path, capsys):
+def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypatch):
     model = tmp_path / "model"
     train = [
         "--mode", "train", "--style", files / "style.png", "--model", model,
@@ -527,6 +527,18 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys):
     code, err = _cli(capsys, *folder)
     manifest = json.loads((tmp_path / "styled" / "manifest.json").read_text())
     assert code == cli.SOME_FAILED and len(manifest["skipped"]) == 3 and not manifest["done"]
+    # The same folder and step count, other arrays (retrained, say): nothing is done before.
+    load = training.load_generator
+
+    def retrained(model_dir):
+        g, variables, meta = load(model_dir)
+        return g, {"params": _perturbed(variables["params"], size=0.01)}, meta
+
+    monkeypatch.setattr(training, "load_generator", retrained)
+    code, err = _cli(capsys, *folder)
+    monkeypatch.undo()
+    manifest = json.loads((tmp_path / "styled" / "manifest.json").read_text())
+    assert len(manifest["done"]) == 3 and not manifest["skipped"], err
     for args, match in [
         (["--mode", "apply", "--model", tmp_path / "none", "--content", files / "photo.png"],
          "no checkpoint"),

@@ -241,6 +241,17 @@ def style_hash(style: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(style, np.float32).tobytes()).hexdigest()
 
 
+def variables_hash(variables: dict) -> str:
+    """SHA-256 of a generator's arrays (names, shapes, dtypes and values): which trained
+    generator made an output, beyond its architecture and step count."""
+    digest = hashlib.sha256()
+    for path, x in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        x = np.ascontiguousarray(x)
+        digest.update(f"{jax.tree_util.keystr(path)} {x.shape} {x.dtype}".encode())
+        digest.update(x.tobytes())
+    return digest.hexdigest()
+
+
 def settings(config: TrainConfig) -> dict:
     """The training settings as JSON: what a checkpoint records and a resume must match."""
     return json_ready(dataclasses.asdict(config))
