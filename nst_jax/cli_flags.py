@@ -110,7 +110,8 @@ flags.DEFINE_integer(
     "size",
     384,
     "Longest side of the output, in pixels. The style image is resized to the same longest "
-    "side. --mode train: the side of the square training crops, 128 by default.",
+    "side. --mode train: the side of the square training crops, 128 by default. --mode "
+    "apply: the output's longest side (by default the content's own; 256 for a texture).",
 )
 flags.DEFINE_integer(
     "steps",
@@ -256,7 +257,10 @@ flags.DEFINE_integer("num_processes", None, "--distributed: how many processes."
 flags.DEFINE_integer("process_id", None, "--distributed: this process's index.")
 # Progress and records.
 flags.DEFINE_integer(
-    "save_every", 0, "Also save a snapshot every N steps (0: never), as OUTPUT_STEM.stepNNNNN.png."
+    "save_every",
+    0,
+    "Also save a snapshot every N steps (0: never), as OUTPUT_STEM.stepNNNNN.png; "
+    "--mode train: the held-out photo (--content, or the demo's) as MODEL/samples/stepNNNNNN.png.",
 )
 flags.DEFINE_string("report", None, "Write a JSON report (losses, timings, settings) here.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
