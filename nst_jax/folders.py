@@ -175,13 +175,17 @@ def _settings(job: FolderJob, source: Path, column: int, blends, sha: str) -> di
     }
 
 
-def finished(path: Path, settings: dict, steps: int) -> bool:
-    """Whether ``path`` is an output of these settings that ran all its steps."""
+def finished(path: Path, settings: dict, steps: int | None) -> bool:
+    """Whether ``path`` is an output of these settings that ran to its end: it says it
+    is ``complete`` (its steps, or the stopping rule's fewer), or, written without that
+    record, it ran all ``steps``."""
     try:
         found = read_settings(path)
     except Exception:  # noqa: BLE001 - missing, unreadable or foreign: not done.
         return False
-    return found.pop("step", None) == steps and found == json.loads(json.dumps(settings))
+    step, complete = found.pop("step", None), found.pop("complete", None)
+    ended = complete if complete is not None else step == steps
+    return ended is True and found == json.loads(json.dumps(settings))
 
 
 def _say(message: str) -> None:
@@ -249,7 +253,9 @@ def stylize_folder(job: FolderJob) -> FolderReport:
             entry = {"input": str(sources[e.index]), "output": str(paths[e])}
             if outcome.image is not None:
                 paths[e].parent.mkdir(parents=True, exist_ok=True)
-                save_image(paths[e], outcome.image, settings={**settings[e], "step": outcome.steps})
+                complete = not (outcome.failure or outcome.interrupted)
+                record = {**settings[e], "step": outcome.steps, "complete": complete}
+                save_image(paths[e], outcome.image, settings=record)
             if outcome.failure:
                 if e.column == 0 or outcome.image is not None:
                     _say(f"warning: skipping {entry['input']}: {outcome.failure}")

@@ -182,6 +182,17 @@ def test_a_folder_job_skips_a_bad_file_resumes_and_overwrites(folder, tmp_path, 
     again = json.loads((out / "manifest.json").read_text())
     assert code == cli.SOME_FAILED and not again["done"] and len(again["skipped"]) == 6
     assert again["programs_compiled"] == 0
+    # Ended by the stopping rule before --steps: done, and not done again.
+    early = _job(
+        folder, tmp_path / "early", "--steps", "60", "--stop_tol", "0.9", "--stop_window", "2"
+    )
+    code, err = _cli(capsys, *early)
+    assert code == cli.SOME_FAILED, err
+    settings = nst_jax.read_settings(tmp_path / "early" / "a.s1.png")
+    assert settings["step"] < 60 and settings["complete"] is True
+    code, err = _cli(capsys, *early)
+    again = json.loads((tmp_path / "early" / "manifest.json").read_text())
+    assert not again["done"] and len(again["skipped"]) == 6 and again["programs_compiled"] == 0
     # Other settings are other outputs' settings: redone; so is --overwrite.
     code, _ = _cli(capsys, *_job(folder, out, "--style_weight", "0.02"))
     assert len(json.loads((out / "manifest.json").read_text())["done"]) == 6
