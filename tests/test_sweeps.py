@@ -128,7 +128,7 @@ def test_grid_layout_and_labels(rng):
         nst_jax.labelled_grid(tiles, ["a"], rows)
 
 
-def test_run_grid_inversion_rows_loss_falls(small_weights, picture):
+def test_run_grid_inversion_rows_loss_falls(small_weights, picture, monkeypatch):
     config = _small(steps=6)
     rows = sweeps.inversion_rows(config, ["conv1_1", "pool3"])
     cols = sweeps.columns(rows[0][1].loss, seeds=[0, 1], tv_weights=[0.1, 1.0])
@@ -139,6 +139,19 @@ def test_run_grid_inversion_rows_loss_falls(small_weights, picture):
     for result, (_, config) in zip(grid.results, rows, strict=True):
         assert config.loss.content_loss == "normalized" and config.init == "noise"
         assert np.all(result.final["total"] < result.initial["total"])
+    # Ctrl-C while the second row sets up: the first row is kept, the grid interrupted.
+    real, calls = sweeps.run, []
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "run", interrupted_second)
+    kept = sweeps.run_grid(rows, picture, picture, cols, weights=small_weights, progress=False)
+    assert kept.interrupted and len(kept.results) == 1
+    assert np.array_equal(kept.images[0], grid.images[0]) and np.all(kept.images[1] == 1)
 
 
 def test_texture_rows_use_their_layers(small_weights, rng):

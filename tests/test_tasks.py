@@ -222,7 +222,7 @@ def test_pyramid_sizes():
         nst_jax.pyramid_sizes(64, start_size=100)
 
 
-def test_pyramid_runs_coarse_to_fine(small_weights, rng, styles):
+def test_pyramid_runs_coarse_to_fine(small_weights, rng, styles, monkeypatch):
     content = smooth_image(rng, 48, 64)
     config = Config(loss=_loss(), steps=6)
     results = nst_jax.stylize_pyramid(
@@ -245,6 +245,20 @@ def test_pyramid_runs_coarse_to_fine(small_weights, rng, styles):
         progress=False,
     )
     assert results[1].initial["style"] < single.initial["style"]
+    # Ctrl-C while the fine level sets up: the coarse level is kept, marked interrupted.
+    real, calls = nst_jax.tasks.pyramid.run, []
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nst_jax.tasks.pyramid, "run", interrupted_second)
+    kept = nst_jax.stylize_pyramid(content, styles[1], config, sizes=[32, 64], level_steps=[8, 3],
+                                   weights=small_weights, progress=False)  # fmt: skip
+    assert len(kept) == 1 and kept[0].interrupted and kept[0].steps == 8
+    assert np.array_equal(kept[0].image, results[0].image)
 
 
 def test_stylize_checks_its_inputs():

@@ -213,11 +213,13 @@ def run(
 
     image = np.clip(image, 0.0, 1.0)
     history = np.concatenate(rows) if rows else np.zeros((0, *initial.shape), np.float32)
-    if interrupted or failure:  # Skip more compute; report the last finite step's losses.
-        final = history[-1] if len(history) else initial
-    else:
-        images = jnp.asarray(image) if placement is None else placement.batched(image)
-        final = local(losses_at(network, targets, images, term_weights))
+    final = history[-1] if len(history) else initial  # The last finite step's losses.
+    if not (interrupted or failure):  # The image's own, unless stopped: skip more compute.
+        try:
+            images = jnp.asarray(image) if placement is None else placement.batched(image)
+            final = local(losses_at(network, targets, images, term_weights))
+        except KeyboardInterrupt:
+            interrupted = True
     return Result(
         image=image,
         history=_by_key(history),

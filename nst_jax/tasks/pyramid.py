@@ -105,7 +105,8 @@ def stylize_pyramid(
 
     Returns:
       One ``Result`` per level run; the last one is the output. After Ctrl-C (or a
-      failure) the list ends with the level that stopped.
+      failure) the list ends with the level that stopped, or, stopped while a level
+      was setting up, with the level before it, marked interrupted.
     """
     styles = _styles(style)
     scales = style_scales(style_scale, len(styles))
@@ -130,22 +131,28 @@ def stylize_pyramid(
             def one(step, images, losses, level=level):
                 callback(level, step, images[0], {k: float(v[0]) for k, v in losses.items()})
 
-        result = run(
-            resize(content, shape)[None],
-            scaled_styles(styles, size, scales),
-            level_config,
-            seeds=[config.seed],
-            term_weights=Terms(*(w[None] for w in term_weights_of(config))),
-            weights=weights,
-            init_images=None if start is None else resize(start, shape)[None],
-            blends=None,
-            content_masks=masks,
-            style_masks=style_masks,
-            callback=one,
-            chunk=chunk,
-            progress=named(progress, label) if len(sizes) > 1 else progress,
-            plan=plan,
-        ).element(0)
+        try:  # A signal while a later level sets up keeps the levels before it.
+            result = run(
+                resize(content, shape)[None],
+                scaled_styles(styles, size, scales),
+                level_config,
+                seeds=[config.seed],
+                term_weights=Terms(*(w[None] for w in term_weights_of(config))),
+                weights=weights,
+                init_images=None if start is None else resize(start, shape)[None],
+                blends=None,
+                content_masks=masks,
+                style_masks=style_masks,
+                callback=one,
+                chunk=chunk,
+                progress=named(progress, label) if len(sizes) > 1 else progress,
+                plan=plan,
+            ).element(0)
+        except KeyboardInterrupt:
+            if not results:
+                raise
+            results[-1] = results[-1]._replace(interrupted=True)
+            break
         results.append(result)
         if result.interrupted or result.failure:
             break

@@ -157,25 +157,31 @@ def run_grid(
     if init_image is not None:
         init_images = np.broadcast_to(resize(init_image, shape), (b, *shape, 3))
     images = np.ones((len(rows), b, *shape, 3), np.float32)
-    results = []
+    results, interrupted = [], False
     for r, ((label, config), plan) in enumerate(zip(rows, plans, strict=True)):
         named_row = f"row {r + 1}/{len(rows)}" + (f", {label}" if label else "")
-        result = run(
-            np.broadcast_to(content, (b, *content.shape)),
-            styles,
-            config,
-            seeds=cols.seeds,
-            term_weights=cols.term_weights,
-            weights=weights,
-            init_images=init_images,
-            blends=None,
-            content_masks=None,
-            style_masks=None,
-            callback=None,
-            chunk=10,
-            progress=named(progress, named_row),
-            plan=plan,
-        )
+        try:  # A signal while a later row sets up keeps the rows before it.
+            result = run(
+                np.broadcast_to(content, (b, *content.shape)),
+                styles,
+                config,
+                seeds=cols.seeds,
+                term_weights=cols.term_weights,
+                weights=weights,
+                init_images=init_images,
+                blends=None,
+                content_masks=None,
+                style_masks=None,
+                callback=None,
+                chunk=10,
+                progress=named(progress, named_row),
+                plan=plan,
+            )
+        except KeyboardInterrupt:
+            if not results:
+                raise
+            interrupted = True
+            break
         images[r] = result.image
         results.append(result)
         if result.interrupted or result.failure:
@@ -185,7 +191,7 @@ def run_grid(
         row_labels=[label for label, _ in rows],
         col_labels=cols.labels,
         results=results,
-        interrupted=bool(results) and results[-1].interrupted,
+        interrupted=interrupted or (bool(results) and results[-1].interrupted),
         failure=results[-1].failure if results else None,
     )
 
