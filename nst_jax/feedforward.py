@@ -274,8 +274,7 @@ def apply_folder(job: ApplyFolderJob):
     per image shape; a Ctrl-C or signal stops after the image in flight."""
     import jax
 
-    from nst_jax.batch import find_contents
-    from nst_jax.folders import FolderReport, finished, output_paths, prepare_output_dir
+    from nst_jax.folders import FolderReport, finished, plan_outputs
     from nst_jax.progress import progress_bar
 
     if job.size is not None and job.size < 16:
@@ -284,9 +283,7 @@ def apply_folder(job: ApplyFolderJob):
     g, variables, meta = training.load_generator(job.model_dir)
     if g.texture:
         raise ValueError(f"{job.model_dir} is a texture network: it takes no --content")
-    sources, root = find_contents(job.contents)
-    out = prepare_output_dir(job.output_dir)
-    paths = output_paths(out, root, sources, [""])
+    sources, out, paths = plan_outputs(job.contents, job.output_dir, [""], overwrite=job.overwrite)
     fn = jax.jit(lambda v, x, k: training.generator.apply(v, g, x, k))
     key = jax.random.key(job.seed)
     common = _apply_settings(job.model_dir, None, job.size, [job.seed], meta, variables)

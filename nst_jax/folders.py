@@ -146,11 +146,60 @@ def output_paths(
             paths[taken[path]] = _with_suffix(paths[taken[path]], sources[taken[path].index])
             paths[e] = _with_suffix(path, sources[e.index])
         taken[path] = e
+    seen: dict[Path, Element] = {}
+    for e, path in paths.items():  # Renamed, two can still meet (a/x.jpg and b/x.jpg).
+        if path in seen:
+            other = sources[seen[path].index]
+            raise ValueError(
+                f"{sources[e.index]} and {other} would both be written to {path}; rename one"
+                + (" (or the styles, whose names label the outputs)" if len(labels) > 1 else "")
+            )
+        seen[path] = e
     inputs = {p.resolve() for p in sources}
     for path in paths.values():
         if path.resolve() in inputs:
             raise ValueError(f"{path} is an input file; refusing to overwrite it (--output_dir)")
     return paths
+
+
+def plan_outputs(
+    contents: str, output_dir: str | Path, labels: Sequence[str], *, protected=(), overwrite=False
+) -> tuple[list[Path], Path, dict[Element, Path]]:
+    """A folder job's files, all checked before any compute: ``(sources, output_dir,
+    paths)``. The contents (``find_contents``) leave out an output folder inside their
+    own (the outputs of an earlier run); the output folder is made; each element gets
+    its ``output_paths`` path, none of which may be an input, one of the ``protected``
+    files (the styles), or, without ``overwrite``, a file that is not an nst_jax output.
+
+    Raises:
+      ValueError: any of those.
+    """
+    sources, root = find_contents(contents)
+    out = Path(output_dir)
+    inside = out.resolve() != root.resolve() and out.resolve().is_relative_to(root.resolve())
+    if inside:
+        sources = [p for p in sources if not p.resolve().is_relative_to(out.resolve())]
+        if not sources:
+            raise ValueError(f"no images found in {contents} outside --output_dir {out}")
+    out = prepare_output_dir(out)
+    paths = output_paths(out, root, sources, labels)
+    kept = {Path(p).resolve() for p in protected}
+    for path in paths.values():
+        if path.resolve() in kept:
+            raise ValueError(f"{path} is an input file; refusing to overwrite it (--output_dir)")
+        if not overwrite and path.exists() and not _is_output(path):
+            raise ValueError(
+                f"{path} exists and is not an nst_jax output; refusing to overwrite it"
+                " (move it, or give --overwrite)"
+            )
+    return sources, out, paths
+
+
+def _is_output(path: Path) -> bool:
+    try:
+        return isinstance(read_settings(path), dict)
+    except Exception:  # noqa: BLE001 - unreadable or foreign.
+        return False
 
 
 def _with_suffix(path: Path, source: Path) -> Path:
@@ -201,17 +250,13 @@ def stylize_folder(job: FolderJob) -> FolderReport:
     """
     t0 = time.perf_counter()
     compiled_before = programs.compiled_programs
-    sources, root = find_contents(job.contents)
-    out = prepare_output_dir(job.output_dir)
-    inputs = {p.resolve() for p in [*sources, *map(Path, job.styles)]}
     blends, labels = _columns(job)
+    sources, out, paths = plan_outputs(
+        job.contents, job.output_dir, labels, protected=job.styles, overwrite=job.overwrite
+    )
     weights = load_weights(job.weights, progress=job.progress)
     styles = [load_image(p) for p in job.styles]
     elements = [Element(i, c) for i in range(len(sources)) for c in range(len(labels))]
-    paths = output_paths(out, root, sources, labels)
-    for path in paths.values():
-        if path.resolve() in inputs:
-            raise ValueError(f"{path} is an input file; refusing to overwrite it (--output_dir)")
     settings = {
         e: _settings(job, sources[e.index], e.column, blends, weights.sha256) for e in elements
     }

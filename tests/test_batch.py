@@ -6,6 +6,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -244,6 +245,31 @@ def test_folder_flags_that_make_no_sense_are_refused(folder, tmp_path, capsys):
     one_style[3] = folder / "s1.png"  # One style: outputs named as the inputs are.
     code, err = _cli(capsys, *one_style)
     assert code == 2 and "is an input file" in err, err
+    # Two styles of one name label their outputs alike: refused, nothing overwritten.
+    (tmp_path / "other").mkdir()
+    shutil.copy(folder / "s1.png", tmp_path / "other" / "s1.png")
+    same_names = _job(folder, out)
+    same_names[3] = f"{folder / 's1.png'},{tmp_path / 'other' / 's1.png'}"
+    code, err = _cli(capsys, *same_names)
+    assert code == 2 and "would both be written to" in err, err
+    # A file of the user's where an output would go is not replaced without --overwrite.
+    Image.new("RGB", (4, 4)).save(out / "a.s1.png")
+    code, err = _cli(capsys, *_job(folder, out))
+    assert code == 2 and "is not an nst_jax output" in err, err
+    assert Image.open(out / "a.s1.png").size == (4, 4)
+
+
+def test_an_output_folder_inside_the_contents_is_not_read_as_contents(folder, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    shutil.copytree(folder / "photos", photos)
+    job = _job(folder, photos / "styled")
+    job[1] = photos
+    code, err = _cli(capsys, *job)
+    manifest = json.loads((photos / "styled" / "manifest.json").read_text())
+    assert code == cli.SOME_FAILED and len(manifest["done"]) == 6, err
+    code, err = _cli(capsys, *job)  # The outputs are not new contents: all done before.
+    manifest = json.loads((photos / "styled" / "manifest.json").read_text())
+    assert code == cli.SOME_FAILED and len(manifest["skipped"]) == 6 and not manifest["done"], err
 
 
 def test_two_processes_split_a_folder(folder, tmp_path):
