@@ -77,6 +77,11 @@ def _config() -> Config:
         mmd_samples=F.mmd_samples,
         style_norm=F.style_norm,
     )
+    if F.mode != "invert" and loss.style_weight and not loss.style_on:
+        raise ValueError("no style layers (--style_layers is empty): give layers, or --mode invert")
+    weights = [w for n, _ in loss.style_loss for _, w in loss.statistic_layers(n)]
+    if F.mode != "invert" and loss.style_weight and not any(weights):
+        raise ValueError("--style_layer_weights are all 0: the style would count for nothing")
     config = Config(
         loss=loss,
         net=NetConfig(pooling=F.pooling, convolution=F.convolution, remat=F.remat),
@@ -292,6 +297,19 @@ def _interrupted() -> int:
     return 128 + (_signals[-1] if _signals else int(signal.SIGINT))
 
 
+def _refuse_flags_that_do_nothing() -> None:
+    """A flag given where it does nothing is refused: a user who sets it expects it to."""
+    joined = F.distributed or F.coordinator or nst_jax.batch.in_cluster()
+    for name in ("num_processes", "process_id"):
+        if F[name].present and not joined:
+            raise ValueError(f"--{name} goes with --distributed (and --coordinator)")
+    if F.output_dir:
+        return
+    for name in ("crop", "blends", "overwrite", *(("batch_size", "devices") * (F.mode != "train"))):
+        if F[name].present:
+            raise ValueError(f"--{name} is for folder jobs (--output_dir)")
+
+
 def main(argv: list[str]) -> int:
     """Runs the command ``argv`` (flags already parsed); returns the exit code."""
     logging.set_verbosity(logging.WARNING)  # JAX logs backend probing at INFO under absl.
@@ -299,6 +317,7 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"unexpected argument {argv[1]!r} (flags look like --name=value)")
     if F.compilation_cache:
         nst_jax.solve.enable_compilation_cache()
+    _refuse_flags_that_do_nothing()
     if F.distributed or F.coordinator or nst_jax.batch.in_cluster():
         nst_jax.batch.connect(
             coordinator=F.coordinator, num_processes=F.num_processes, process_id=F.process_id

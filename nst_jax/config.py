@@ -12,6 +12,9 @@ OPTIMIZERS = ("adam", "lbfgs")
 INIT_KINDS = ("content", "noise", "style")
 LINESEARCHES = ("zoom", "backtracking")
 PRESERVE_COLOR = ("none", "luminance", "histogram")
+# Seeds are non-negative and leave int32 room for what jobs add to them (an image's
+# index in a folder, a step in training).
+SEED_LIMIT = 2**31
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +80,8 @@ class Config:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed must be in [0, 2^31), got {self.seed}")
         if self.stop_window < 1:
             raise ValueError(f"stop_window must be >= 1, got {self.stop_window}")
         if self.init not in INIT_KINDS:

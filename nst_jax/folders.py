@@ -26,6 +26,8 @@ from nst_jax.image import check_writable, load_image, read_settings, save_image
 from nst_jax.nets.weights import load_weights
 from nst_jax.solve import programs
 from nst_jax.solve.placement import Placement, mesh_of
+from nst_jax.tasks.pyramid import style_scales
+from nst_jax.tasks.stylize import MIN_SIDE
 from nst_jax.version import __version__
 
 
@@ -81,10 +83,18 @@ class FolderJob:
     progress: bool = True
 
     def __post_init__(self):
-        if self.size <= 0:
-            raise ValueError(f"--size must be positive, got {self.size}")
+        if self.size < MIN_SIDE:
+            raise ValueError(f"--size must be at least {MIN_SIDE}, got {self.size}")
+        if self.crop is not None and min(self.crop) < MIN_SIDE:
+            raise ValueError(f"--crop must be at least {MIN_SIDE}x{MIN_SIDE}, got {self.crop}")
         if not self.styles:
             raise ValueError("a folder job needs --style")
+        style_scales(self.style_scale, len(self.styles))
+        blend = self.config.loss.style_blend
+        if blend is not None and len(blend) != len(self.styles):
+            raise ValueError(
+                f"{len(blend)} --style_blend weights for {len(self.styles)} style images"
+            )
         for blend in self.blends or ():
             if len(blend) != len(self.styles) or any(
                 not (w >= 0 and math.isfinite(w)) for w in blend

@@ -196,7 +196,8 @@ class LossConfig:
         """``w_l`` per style layer; equal and summing to 1 unless given."""
         if self.style_layer_weights is not None:
             return self.style_layer_weights
-        return (1.0 / len(self.style_layers),) * len(self.style_layers)
+        n = len(self.style_layers)
+        return (1.0 / n,) * n if n else ()
 
     def statistic_layers(self, name: str) -> tuple[tuple[str, float], ...]:
         """``((layer, w_l), ...)`` that the statistic ``name`` uses."""

@@ -234,6 +234,10 @@ def test_folder_flags_that_make_no_sense_are_refused(folder, tmp_path, capsys):
         (["--blends", "1,x"], "bad --blends"),
         (["--blends", "1,0,0"], "needs 2 finite weights"),
         (["--crop", "12"], "bad --crop"),
+        (["--crop", "8x8"], "--crop must be at least 16x16"),
+        (["--size", "8"], "--size must be at least 16"),
+        (["--style_scale", "0"], "style_scale needs one positive value"),
+        (["--style_blend", "1,2,3"], "3 --style_blend weights for 2 style images"),
         (["--batch_size", "3", "--devices", "1"], None),
     ]:
         code, err = _cli(capsys, *_job(folder, out, *extra))

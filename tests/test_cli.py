@@ -149,6 +149,14 @@ BAD_INPUTS = [
     (["--pyramid", "9"], "go below 16 px"),
     (["--start_size", "16", "--level_steps", "1"], "--level_steps has 1 values for 2"),
     (["--content_masks", "{d}/missing.png"], "image not found"),
+    (["--style_layers="], "no style layers"),
+    (["--style_layer_weights", "0,0,0,0,0"], "are all 0"),
+    (["--seed", "9223372036854775808"], "seed must be in [0, 2^31)"),
+    (["--seed=-1"], "seed must be in [0, 2^31)"),
+    (["--num_processes", "2", "--process_id", "0"], "--num_processes goes with --distributed"),
+    (["--crop", "32x32"], "--crop is for folder jobs"),
+    (["--overwrite"], "--overwrite is for folder jobs"),
+    (["--batch_size", "2"], "--batch_size is for folder jobs"),
 ]
 
 

@@ -553,7 +553,7 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypa
         (["--mode", "train", "--content", files / "photo.png"], "needs --model"),
         ([*train, "--style_scale", "inf"], "--style_scale must be positive and finite"),
         ([*train, "--style_scale", "1,2"], "takes one --style_scale"),
-        ([*train, "--seed", "-1"], "--seed must be >= 0"),
+        ([*train, "--seed", "-1"], "seed must be in [0, 2^31)"),
         ([*train, "--report", files / "photo.png"], "--report must end in .json"),
         ([*folder, "--size", "8"], "--size must be at least 16"),
         ([*folder, "--report", tmp_path / "r.json"], "--report is for one content"),

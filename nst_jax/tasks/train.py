@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 from nst_jax import checkpoint
-from nst_jax.config import Config
+from nst_jax.config import SEED_LIMIT, Config
 from nst_jax.data import Photos
 from nst_jax.image import resize_longest
 from nst_jax.nets import generator
@@ -109,8 +109,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive and finite, got {self.lr}")
         if not (self.style_scale > 0 and np.isfinite(self.style_scale)):
             raise ValueError(f"--style_scale must be positive and finite, got {self.style_scale}")
-        if self.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"seed must be in [0, 2^31), got {self.seed}")
         if self.generator.texture and self.loss.content_layers:
             raise ValueError("a texture network trains on style alone: no content layers")
 
