@@ -16,21 +16,32 @@ def _umask() -> int:
     return mask
 
 
+# Read once, at import: setting the umask to read it is process-wide, and a file another
+# thread made in that moment (a checkpoint, a compile-cache entry) would get mode 0666.
+UMASK = _umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yields a temporary path in ``path``'s folder; on success it replaces ``path``.
 
     Readers never see a half-written file, and a failure or Ctrl-C leaves any earlier
-    version of ``path`` untouched. The file gets the usual permissions (0666 & ~umask)
-    rather than mkstemp's 0600.
+    version of ``path`` untouched. The data reach the disk before the rename, so a crash
+    leaves the old file or the new one, never an empty one. A symbolic link is written
+    through (its target is replaced; the link stays). The file gets the usual
+    permissions (0666 & ~umask) rather than mkstemp's 0600.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

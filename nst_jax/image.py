@@ -36,15 +36,18 @@ DEMO_PAINTING = "starry_night.jpg"  # In nst_jax/assets/: the demo's style.
 LUMA = (0.299, 0.587, 0.114)  # Y of YIQ / YUV (Rec. 601): how masks read colour files.
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Any PIL mode -> float32 RGB in [0, 1]. Transparency is composited over white."""
+def _to_rgb(img: Image.Image, file_format: str | None = None) -> np.ndarray:
+    """Any PIL mode -> float32 RGB in [0, 1]. Transparency is composited over white.
+    ``file_format``: Pillow's name for the file's format; a 16-bit PGM opens as mode
+    ``I``, scaled to 16 bits whatever its pixels."""
     mode = img.mode
     if mode.startswith("I") or mode == "F":
         # 16/32-bit integer and float greyscale: keep the precision Pillow's 8-bit
         # conversion would throw away.
         a = np.asarray(img, dtype=np.float32)
         peak = float(a.max(initial=0.0))
-        if mode.startswith("I;16") or (mode == "I" and peak > 255):
+        sixteen = mode.startswith("I;16") or (mode == "I" and file_format == "PPM")
+        if sixteen or (mode == "I" and peak > 255):
             top = 65535.0
         elif mode == "I":
             top = 255.0
@@ -136,7 +139,7 @@ def load_image(
                 scale = at_least / max(w, h)
                 img.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
             img.load()
-            array = _to_rgb(_upright(img))
+            array = _to_rgb(_upright(img), img.format)
         except Exception as e:  # noqa: BLE001 - a corrupt file fails in many ways.
             raise ValueError(f"not a readable image: {path} ({e.__class__.__name__})") from None
         if any("runcated" in str(w.message) for w in warned):
@@ -349,9 +352,17 @@ def labelled_grid(
 
 
 def read_settings(path: str | os.PathLike) -> dict[str, Any]:
-    """The settings that ``save_image`` stored in a PNG's text chunk."""
+    """The settings that ``save_image`` stored in a PNG's text chunk, read from the
+    header alone (no pixels are decoded: a folder job reads every output's on a rerun).
+
+    Raises:
+      ValueError: the file holds no such settings.
+    """
     with Image.open(path) as img:
-        return json.loads(img.text[PNG_SETTINGS_KEY])
+        text = img.info.get(PNG_SETTINGS_KEY)
+    if not isinstance(text, str):
+        raise ValueError(f"{path} holds no nst_jax settings")
+    return json.loads(text)
 
 
 def demo_images() -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 import nst_jax
 from nst_jax import image as im
@@ -176,3 +176,37 @@ def test_16bit_colour_pngs_come_through_at_8_bits(tmp_path):
     path.write_bytes(png_header(2, 1, depth=16, data=rows))
     x = nst_jax.load_image(path)
     np.testing.assert_allclose(x[0], values[0] / 65535, atol=1 / 255)
+
+
+def test_16bit_pgms_keep_their_scale(tmp_path):
+    """Pillow opens a 16-bit PGM as mode I, scaled to 16 bits: a dark one stays dark."""
+    path = tmp_path / "dark.pgm"
+    path.write_bytes(b"P5\n4 3\n65535\n" + np.full((3, 4), 200, ">u2").tobytes())
+    np.testing.assert_allclose(nst_jax.load_image(path), 200 / 65535, atol=1e-6)
+
+
+def test_settings_are_read_from_the_header_alone(tmp_path, monkeypatch):
+    path = nst_jax.save_image(tmp_path / "o.png", np.zeros((8, 8, 3), np.float32),
+                              settings={"style": "café.jpg"})  # fmt: skip
+    nst_jax.save_image(tmp_path / "o.jpg", np.zeros((8, 8, 3), np.float32))
+
+    def no_pixels(self):
+        raise AssertionError("decoded the pixels")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_pixels)
+    assert nst_jax.read_settings(path) == {"style": "café.jpg"}
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="holds no nst_jax settings"):
+        nst_jax.read_settings(tmp_path / "o.jpg")
+
+
+def test_writes_go_through_a_symbolic_link_and_keep_the_usual_mode(tmp_path):
+    target = nst_jax.save_image(tmp_path / "real.png", np.zeros((4, 4, 3), np.float32))
+    (tmp_path / "link.png").symlink_to(target)
+    nst_jax.save_image(tmp_path / "link.png", np.ones((4, 4, 3), np.float32))
+    assert (tmp_path / "link.png").is_symlink()
+    assert nst_jax.load_image(target).min() == 1.0
+    from nst_jax import atomic
+
+    assert target.stat().st_mode & 0o777 == 0o666 & ~atomic.UMASK
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.png", "real.png"]
