@@ -95,7 +95,8 @@ class LossConfig:
         ``style_layers`` for that statistic (equal layer weights).
       mmd_c: the polynomial kernel's offset c in ``(xᵀy + c)^d``.
       mmd_degree: the polynomial kernel's degree d; 2 is computed exactly, others from
-        sampled positions like the Gaussian kernel.
+        sampled positions like the Gaussian kernel, relative to a zero output's loss
+        under either ``style_norm`` (``statistics.scale``).
       mmd_sigma: Gaussian kernel bandwidth; 0 picks the median heuristic on the style.
       mmd_samples: positions sampled per layer and step for the pairwise (Gaussian, or
         polynomial d ≠ 2) kernels.

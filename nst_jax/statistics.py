@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
 STATISTICS = ("gram", "mmd_poly", "mmd_linear", "mmd_gauss", "meanstd", "histogram")
 # Under ``style_norm="gatys"``, each statistic's loss is multiplied by its scale so that a
-# mix weight of 1 pulls about as hard as the Gram loss does. mmd_poly is exactly 4 N² times
-# the Gram loss (Li et al. 2017), so its scale is exact (it is divided by 4 N² per layer);
+# mix weight of 1 pulls about as hard as the Gram loss does. mmd_poly of degree 2 is
+# exactly 4 N² times the Gram loss (Li et al. 2017), so its scale is exact (it is divided
+# by 4 N² per layer); other degrees have no such relation and, under either norm, are
+# relative to a zero output (``scale``), as the moment statistics are under "relative";
 # the others were calibrated by benchmarks/calibrate.py --style_norm gatys (on the earlier
 # demo pair, average pooling: results/calibrate_gatys.md): the ratio of the Gram loss to
 # theirs at the content image.
@@ -188,8 +190,14 @@ def sampled_target(ys: jax.Array, loss: LossConfig, stat: str):
             d2 = losses.squared_distances(ys, ys)
             sigma = jnp.sqrt(jnp.maximum(jnp.median(d2) / 2.0, 1e-12))
         return {"samples": ys, "sigma": sigma, "kyy": losses.gaussian_kernel_mean(ys, ys, sigma)}
-    kyy = losses.poly_kernel_mean(ys, ys, c=loss.mmd_c, degree=loss.mmd_degree)
-    return {"samples": ys, "kyy": kyy}
+    # Degree d ≠ 2: (xᵀy + c)^d of raw VGG features reaches 1e15 at d = 3 and overflows
+    # float32 by d ≈ 6. The features are divided by s, the style positions' RMS norm, and
+    # c by s²: the kernel is s^(2d) times smaller, exactly, and ``scale`` divides it by its
+    # value at a zero output, in which s^(2d) cancels.
+    s2 = jnp.maximum(jnp.mean(jnp.sum(jnp.square(ys), axis=-1)), jnp.finfo(jnp.float32).tiny)
+    ys = ys / jnp.sqrt(s2)
+    kyy = losses.poly_kernel_mean(ys, ys, c=loss.mmd_c / s2, degree=loss.mmd_degree)
+    return {"samples": ys, "kyy": kyy, "s2": s2}
 
 
 def feature_distance(stat: str, f: jax.Array, target, loss: LossConfig, key: jax.Array):
@@ -197,14 +205,14 @@ def feature_distance(stat: str, f: jax.Array, target, loss: LossConfig, key: jax
     ``[h, w, c]``."""
     if stat == "histogram":
         return histogram.histogram_loss(f, target)
-    n = f.shape[-1]
     x = sample_rows(flat(f), loss.mmd_samples, key)
     if stat == "mmd_gauss":
         return losses.mmd2_gaussian(x, target["samples"], target["sigma"], kyy=target["kyy"])
-    value = losses.mmd2_poly(
-        x, target["samples"], c=loss.mmd_c, degree=loss.mmd_degree, kyy=target["kyy"]
+    s2 = target["s2"]  # The style's scale (``sampled_target``).
+    c = loss.mmd_c / s2
+    return losses.mmd2_poly(
+        x / jnp.sqrt(s2), target["samples"], c=c, degree=loss.mmd_degree, kyy=target["kyy"]
     )
-    return value / (4.0 * n * n)
 
 
 def mix_targets(targets: Sequence[Any], blend: jax.Array) -> Any:
@@ -223,6 +231,9 @@ def mix_targets(targets: Sequence[Any], blend: jax.Array) -> Any:
 def scale(stat: str, target, loss: LossConfig) -> jax.Array:
     """What the statistic's distance from ``target`` is multiplied by (``style_norm``)."""
     m = moment(stat, loss)
+    if stat == "mmd_poly" and m is None:  # Degree ≠ 2, either norm: relative to a zero output.
+        zero = target["kyy"] - (loss.mmd_c / target["s2"]) ** loss.mmd_degree
+        return 1.0 / jnp.maximum(zero, jnp.finfo(jnp.float32).tiny)
     if loss.style_norm == "gatys":
         return jnp.float32(SCALES[stat])
     if m is None:

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from nst_jax import histogram, losses
+import nst_jax
+from nst_jax import histogram, losses, statistics
 
 
 def np_gram(f):
@@ -278,6 +279,26 @@ def test_mmd_poly_sampled_matches_pairwise(rng):
     expected = _pairwise_mmd2(x, y, lambda a, b: (a @ b.T + 0.5) ** 3)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     np.testing.assert_allclose(losses.mmd2_poly(x, x, degree=3), 0.0, atol=1e-3)
+
+
+def test_sampled_polynomial_mmd_is_relative_to_a_zero_output(rng):
+    """Degree ≠ 2 at VGG-like magnitudes: finite and about 1 (the raw kernel reached 1e15
+    at d = 3 and overflows float32 by d ≈ 6), the same for features scaled alike (c = 0),
+    exactly 1 for a zero output."""
+    loss = nst_jax.LossConfig(style_loss=(("mmd_poly", 1.0),), mmd_degree=6, mmd_samples=64)
+    y = rng.random((64, 16)).astype(np.float32) * 300
+    f = (rng.random((8, 8, 16)) ** 2).astype(np.float32) * 300
+
+    def relative(f, y):
+        target = statistics.sampled_target(jnp.asarray(y), loss, "mmd_poly")
+        value = statistics.feature_distance("mmd_poly", jnp.asarray(f), target, loss,
+                                            jax.random.key(0))  # fmt: skip
+        return float(value * statistics.scale("mmd_poly", target, loss))
+
+    a = relative(f, y)
+    assert np.isfinite(a) and 0.01 < a < 10, a
+    np.testing.assert_allclose(relative(10 * f, 10 * y), a, rtol=1e-4)
+    np.testing.assert_allclose(relative(np.zeros_like(f), y), 1.0, rtol=1e-5)
 
 
 def test_masked_gram_is_the_gram_of_the_region(rng):
