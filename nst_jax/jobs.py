@@ -222,22 +222,14 @@ def _load_masks(inputs: Inputs, n: int, content_shape, headers: dict, size: int)
     """``(content masks at their files' sizes, style masks or None)``, or ``(None, None)``.
 
     A content mask of another size than the content gets a note (it is resized); a
-    style mask that is all black gets a warning (that style would count nowhere)."""
+    style mask that is all black is refused (its style would have no statistics), and
+    a faint one (no pixel above 0.5) gets a warning."""
     if not inputs.content_masks:
         return None, None
     if len(inputs.content_masks) != n:
         raise ValueError(
             f"{len(inputs.content_masks)} --content_masks for {n} styles; give one each"
         )
-    masks = []
-    for path in inputs.content_masks:
-        if headers[path] != tuple(content_shape):
-            h, w = headers[path]
-            _say(
-                f"note: resizing mask {path} from {w}x{h} to the content's "
-                f"{content_shape[1]}x{content_shape[0]}"
-            )
-        masks.append(load_mask(path, at_least=size))
     style_masks = None
     if inputs.style_masks:
         if len(inputs.style_masks) != n:
@@ -248,8 +240,21 @@ def _load_masks(inputs: Inputs, n: int, content_shape, headers: dict, size: int)
             None if p == "-" else load_mask(p, at_least=size) for p in inputs.style_masks
         ]
         for i, (path, mask) in enumerate(zip(inputs.style_masks, style_masks, strict=True)):
+            if mask is not None and float(mask.sum()) < 1.0:  # Its targets would be zeros.
+                raise ValueError(
+                    f"style mask {path} is empty: style {i + 1} would have no statistics"
+                )
             if mask is not None and mask.max() < 0.5:
-                _say(f"warning: style mask {path} is empty; style {i + 1} gets no statistics")
+                _say(f"warning: style mask {path} is faint (no pixel above 0.5)")
+    masks = []
+    for path in inputs.content_masks:
+        if headers[path] != tuple(content_shape):
+            h, w = headers[path]
+            _say(
+                f"note: resizing mask {path} from {w}x{h} to the content's "
+                f"{content_shape[1]}x{content_shape[0]}"
+            )
+        masks.append(load_mask(path, at_least=size))
     return masks, style_masks
 
 

@@ -149,6 +149,7 @@ BAD_INPUTS = [
     (["--pyramid", "9"], "go below 16 px"),
     (["--start_size", "16", "--level_steps", "1"], "--level_steps has 1 values for 2"),
     (["--content_masks", "{d}/missing.png"], "image not found"),
+    (["--content_masks", "{d}/mask.png", "--style_masks", "{d}/black.png"], "black.png is empty"),
     (["--style_layers="], "no style layers"),
     (["--style_layer_weights", "0,0,0,0,0"], "are all 0"),
     (["--seed", "9223372036854775808"], "seed must be in [0, 2^31)"),
@@ -503,18 +504,19 @@ def test_masks_blend_colour_and_pyramid(command, images, tmp_path, real_weights)
 
 
 def test_notes_and_warnings_for_what_is_allowed_but_odd(command, images, tmp_path):
-    """A start of another shape is stretched, with a note; an all-black style mask leaves
-    its style nowhere to count, with a warning. The run goes on (no steps: no compiling
-    of a step)."""
+    """A start of another shape is stretched, with a note; a faint style mask (no pixel
+    above 0.5) gets a warning. The run goes on (no steps: no compiling of a step). An
+    all-black one would leave its style no statistics: refused (``BAD_INPUTS``)."""
+    nst_jax.save_image(tmp_path / "faint.png", np.full((50, 50, 3), 0.3, np.float32))
     result = command(
         "--content", images / "content.png", "--style", images / "style.png",
-        "--content_masks", images / "mask.png", "--style_masks", images / "black.png",
+        "--content_masks", images / "mask.png", "--style_masks", tmp_path / "faint.png",
         "--init", images / "wide.png", "--steps", "0", "--size", "32", "--output",
         tmp_path / "out.png", "--style_layers", "conv1_1", "--content_layers", "conv1_2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"note: stretching --init {images / 'wide.png'} from 80x4" in result.stderr
-    assert f"warning: style mask {images / 'black.png'} is empty" in result.stderr
+    assert f"warning: style mask {tmp_path / 'faint.png'} is faint" in result.stderr
 
 
 def test_the_package_runs_as_a_module():

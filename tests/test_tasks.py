@@ -179,6 +179,10 @@ def test_each_region_moves_towards_its_own_style(small_weights, small_net, rng, 
         nst_jax.stylize(
             content, list(styles), Config(steps=1), style_masks=[None, None], weights=small_weights
         )
+    empty = np.zeros(styles[1].shape[:2], np.float32)  # Its targets would be zeros.
+    with pytest.raises(ValueError, match="style mask 2 is empty"):
+        nst_jax.stylize(content, list(styles), Config(steps=1), content_masks=masks,
+                        style_masks=[None, empty], weights=small_weights)  # fmt: skip
 
 
 def test_luminance_transfer_keeps_the_content_chroma(small_weights, rng, styles):

@@ -70,6 +70,9 @@ def _masks(content_masks, style_masks, styles, shape):
             None if m is None else resize_mask(m, s.shape[:2])
             for m, s in zip(style_masks, styles, strict=True)
         )
+        for i, m in enumerate(style_masks):
+            if m is not None and float(np.sum(m)) < 1.0:  # Its statistics would be zeros.
+                raise ValueError(f"style mask {i + 1} is empty: it selects none of its style")
     return content_masks, style_masks
 
 
