@@ -187,7 +187,12 @@ def gram(features: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
     Dividing by ``M`` makes ``G`` an average, comparable across image sizes. With a
     ``mask`` (a soft mask ``m``, Gatys et al. 2017) it is the weighted average
     ``Σ_i m_i f_i f_iᵀ / Σ_i m_i``: for a binary mask, the Gram matrix of the masked
-    positions normalised by their number ``M_l``.
+    positions normalised by their number ``M_l``, as in the paper. For a soft mask the
+    paper's guided Gram ``(T ∘ F)ᵀ(T ∘ F)`` weighs a position by ``m_i²``; this weighs
+    it by ``m_i``, deliberately: a weighted mean of ``f_i f_iᵀ``, so that the average-pooled
+    masks at each layer, fractional along every region's edge, count each position by
+    the share of it inside the region, and the Gram matrix of the features stays that
+    of a distribution (the mean, ``sum / Σ m``, is weighted alike).
 
     Args:
       features: ``[H, W, C]``.
