@@ -67,6 +67,36 @@ def test_vmapped_transfer_equals_the_driver_run(small_weights, rng):
         np.testing.assert_allclose(result.history["total"], hist[0, :, 0], rtol=1e-4)
 
 
+def _convolutions_outside_branches(jaxpr) -> int:
+    """Convolutions a program always runs: not those inside a ``cond`` or a ``while``."""
+    from jax.extend.core import jaxprs_in_params
+
+    n = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            n += 1
+        elif eqn.primitive.name not in ("cond", "while"):
+            n += sum(_convolutions_outside_branches(j) for j in jaxprs_in_params(eqn.params))
+    return n
+
+
+def test_a_batched_lbfgs_step_reuses_the_line_searchs_gradient(small_weights):
+    """Beyond its line search, a batched L-BFGS step runs one forward pass (the terms it
+    records): the value and gradient stored at the accepted point are reused behind a
+    ``cond`` on one predicate for the batch. A predicate per element made it a
+    ``select``, which ran a forward and backward pass every step and threw them away."""
+    loss = shallow()
+    cfg = Config(loss=loss, optimizer="lbfgs", net=NetConfig(convolution="direct"))
+    network = nst_jax.prepare(small_weights, cfg.net)
+    targets, state, weights = solve.programs.step_shapes(network, (24, 24), cfg, batch=2)
+    step = jax.make_jaxpr(solve.programs.batched_step(cfg))(network, targets, state, weights)
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), targets)
+    image = jax.ShapeDtypeStruct((24, 24, 3), np.float32)
+    forward = jax.make_jaxpr(lambda n, x, t: nst_jax.objective.loss_terms(n, x, t, loss))
+    expected = _convolutions_outside_branches(forward(network, image, one).jaxpr)
+    assert _convolutions_outside_branches(step.jaxpr) == expected > 0
+
+
 def test_initialisations(pair):
     content, style = pair
     key = jax.random.key(3)

@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from nst_jax.config import Config
 from nst_jax.nets.network import Network
@@ -63,9 +64,19 @@ def batched_setup(config: Config, *, init_images: bool, blends: bool) -> Callabl
 
 def batched_step(config: Config) -> Callable:
     """``solver.step`` vmapped over a batch: ``(network, targets [B], state [B],
-    term_weights [B]) -> (state [B], losses [B, 5])``."""
+    term_weights [B]) -> (state [B], losses [B, 5])``. L-BFGS's "nothing stored yet" is
+    one scalar for the batch (its elements start and step together), so that its
+    ``cond`` stays a branch under ``vmap`` (``solver.step``)."""
     fn = functools.partial(solver.step, config=config, optimizer=solver.make_optimizer(config))
-    return jax.vmap(fn, in_axes=(None, 0, 0, 0))
+    run = jax.vmap(fn, in_axes=(None, 0, 0, 0, None))
+
+    def step(network, targets, state, term_weights):
+        first = None
+        if config.optimizer == "lbfgs":
+            first = ~jnp.all(jnp.isfinite(optax.tree.get(state.opt_state, "value")))
+        return run(network, targets, state, term_weights, first)
+
+    return step
 
 
 def batched_losses(config: Config) -> Callable:

@@ -120,6 +120,7 @@ def step(
     targets: Targets,
     state: State,
     term_weights: Terms,
+    first: jax.Array | None = None,
     *,
     config: Config,
     optimizer: optax.GradientTransformationExtraArgs,
@@ -130,6 +131,12 @@ def step(
     sweep them. ``config`` and ``optimizer`` are static. Adam draws fresh MMD sample
     positions every step; L-BFGS keeps one key for the whole run, since its line search
     and curvature pairs need one deterministic objective.
+
+    L-BFGS reuses the value and gradient its line search found at the accepted point,
+    and computes them only where none is stored yet: where ``first`` (a scalar; by
+    default, whether this state has none). A batch passes one ``first`` for all
+    (``batched_step``): a predicate with a batch axis would turn the ``cond`` into a
+    ``select``, which runs both branches, a forward and backward pass thrown away.
     """
     if config.optimizer == "adam":
         key, sub = jax.random.split(state.key)
@@ -153,9 +160,12 @@ def step(
         def value_fn(x):
             return value_and_terms(x)[0]
 
-        # The line search already evaluated value and gradient at the accepted point;
-        # reuse them instead of a second forward/backward pass.
-        value, grad = optax.value_and_grad_from_state(value_fn)(state.image, state=state.opt_state)
+        stored = (optax.tree.get(state.opt_state, "value"), optax.tree.get(state.opt_state, "grad"))
+        if first is None:
+            first = ~jnp.isfinite(stored[0])
+        value, grad = jax.lax.cond(
+            first, lambda: jax.value_and_grad(value_fn)(state.image), lambda: stored
+        )
         terms = objective.loss_terms(
             network, jax.lax.stop_gradient(state.image), targets, config.loss, key=sub
         )
