@@ -232,8 +232,9 @@ def transfer(
     term_weights = term_weights_of(config, term_weights)
     optimizer = make_optimizer(config)
 
-    def body(state, _):
-        return step(network, targets, state, term_weights, config=config, optimizer=optimizer)
+    def body(state, i):  # i == 0: L-BFGS has no stored gradient (unbatched: see step).
+        return step(network, targets, state, term_weights, i == 0, config=config,
+                    optimizer=optimizer)  # fmt: skip
 
-    state, history = jax.lax.scan(body, state, length=config.steps)
+    state, history = jax.lax.scan(body, state, jnp.arange(config.steps))
     return jnp.clip(state.image, 0.0, 1.0), history
