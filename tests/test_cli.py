@@ -224,15 +224,12 @@ def test_full_run_writes_image_report_and_snapshots(images, tmp_path, real_weigh
     assert one["steps"] == 6 and len(tile["history"]["total"]) == 6
     assert tile["final_losses"]["style"] < tile["initial_losses"]["style"]
     assert data["content_size"] == [48, 64] and data["style_sizes"] == [[64, 64]]
-    assert one["seconds_per_step"] > 0 and one["compile_seconds"] > 0
     assert not one["converged"]  # A window longer than the run never closes.
-    timings = data["timings"]
+    timings = data["timings"]  # Recorded, not judged: every part there, none negative,
     assert set(timings) == {"imports_s", "inputs_s", "weights_s", "setup_and_compile_s",
                             "steps_s", "other_s"}  # fmt: skip
-    assert timings["imports_s"] > 0.1 and timings["setup_and_compile_s"] > 0.5
-    assert timings["steps_s"] > 0 and sum(timings.values()) - timings["imports_s"] <= (
-        data["wall_seconds"] + 1e-3
-    )
+    assert all(np.isfinite(t) and t >= 0 for t in [*timings.values(), one["seconds_per_step"]])
+    assert sum(timings.values()) - timings["imports_s"] <= data["wall_seconds"] + 1e-3  # in sum.
     assert one["convolution"] == "direct"  # "auto" below 128 px.
     assert data["weights_sha256"] == real_weights.sha256 and not data["interrupted"]
     assert data["flags"]["size"] == 64 and data["flags"]["save_every"] == 3
@@ -481,12 +478,16 @@ def test_masks_blend_colour_and_pyramid(command, images, tmp_path, real_weights)
     result = command(
         *base, "--style", two, "--style_blend", "0.7,0.3", "--style_scale", "0.5,1",
         "--preserve_color", "luminance", "--output", out, "--steps", "0",
+        "--report", tmp_path / "blend.json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     settings = nst_jax.read_settings(out)
     assert settings["config"]["loss"]["style_blend"] == [0.7, 0.3]
     assert settings["config"]["preserve_color"] == "luminance"
     assert settings["style_scale"] == [0.5, 1.0]
+    # Each style at its scale times the output's 40 px: the 50 px square at 20, the
+    # 80x60 photo at 40.
+    assert json.loads((tmp_path / "blend.json").read_text())["style_sizes"] == [[20, 20], [30, 40]]
     out = tmp_path / "pyramid.png"
     result = command(
         "--content", images / "content.png", "--style", images / "style.png", "--size", "64",

@@ -345,6 +345,16 @@ def test_an_interrupt_or_error_mid_step_keeps_every_step_computed(small, tmp_pat
     assert checkpoint.latest_step(tmp_path / "m2") == 2
 
 
+def test_the_last_two_checkpoints_are_kept(small, tmp_path):
+    weights, style = small
+    photos = data.Photos(data.default_photos(), size=24, batch_size=2, seed=0)
+    model = tmp_path / "m"
+    training.train_generator(style, _config(6), weights=weights, photos=photos,
+                             model_dir=model, checkpoint_every=2, progress=False)  # fmt: skip
+    steps = sorted(int(p.name) for p in model.iterdir() if p.name.isdigit())
+    assert steps == [4, 6] and checkpoint.latest_step(model) == 6
+
+
 def test_stop_signals_wait_for_the_step_in_flight():
     """A Ctrl-C inside ``_signals_deferred`` is raised as it ends, not inside it."""
     reached = []

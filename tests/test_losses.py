@@ -217,6 +217,9 @@ def test_style_quantiles_resample_to_output_size(rng):
     q = np.asarray(histogram.style_quantiles(s, 37))
     assert q.shape == (37, 2)
     assert np.all(np.diff(q, axis=0) >= 0)
+    # The style's quantiles at 37 evenly spaced levels, interpolated linearly.
+    expected = np.quantile(s.reshape(-1, 2), np.linspace(0, 1, 37), axis=0)
+    np.testing.assert_allclose(q, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(q[0], s.reshape(-1, 2).min(0))
     np.testing.assert_allclose(q[-1], s.reshape(-1, 2).max(0))
 

@@ -144,8 +144,13 @@ def test_layer_masks_follow_the_feature_shapes(small_net, shape):
         m = statistics.layer_masks(jnp.asarray(masks), layer)
         assert m.shape == (2, *f.shape[:2]), layer
         np.testing.assert_allclose(m[0], 1.0)
-    # Area averaging: the half mask stays a half on average.
-    assert abs(float(statistics.layer_masks(jnp.asarray(masks), "conv3_1")[1].mean()) - 0.5) < 0.1
+    # Area averaging, as VGG's pooling (2x2, twice, flooring): a soft mask at conv3_1 is
+    # its 4x4 block means.
+    soft = np.random.default_rng(0).random((2, *shape)).astype(np.float32)
+    h, w = shape[0] // 2 // 2, shape[1] // 2 // 2
+    blocks = soft[:, : 4 * h, : 4 * w].reshape(2, h, 4, w, 4).mean(axis=(2, 4))
+    got = statistics.layer_masks(jnp.asarray(soft), "conv3_1")
+    np.testing.assert_allclose(got, blocks, rtol=1e-5, atol=1e-6)
 
 
 def test_mask_errors_and_warnings(small_net, styles):

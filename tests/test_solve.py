@@ -36,7 +36,6 @@ def test_losses_fall_and_image_stays_in_range(small_weights, pair, optimizer):
     assert result.image.shape == content.shape
     assert 0.0 <= result.image.min() and result.image.max() <= 1.0
     assert not np.allclose(result.image, content)
-    assert result.seconds_per_step > 0 and result.compile_seconds > 0
     # The history starts at the content, and its total is the weighted sum of its terms.
     assert result.history["content"][0] == pytest.approx(0.0, abs=1e-6)
     assert result.history["content"][-1] > 0.0

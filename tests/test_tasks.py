@@ -2,6 +2,7 @@
 inversion; small random networks throughout."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -183,6 +184,20 @@ def test_each_region_moves_towards_its_own_style(small_weights, small_net, rng, 
     with pytest.raises(ValueError, match="style mask 2 is empty"):
         nst_jax.stylize(content, list(styles), Config(steps=1), content_masks=masks,
                         style_masks=[None, empty], weights=small_weights)  # fmt: skip
+
+
+def test_histogram_colour_preservation_recolours_the_style_first(small_weights, rng, styles):
+    """``preserve_color="histogram"`` is the run on the style recoloured to the content's
+    colours (``color.match_color``): the same targets, the same losses."""
+    content = 0.25 + 0.5 * smooth_image(rng, 32, 40)
+    config = Config(loss=_loss(), steps=2, preserve_color="histogram")
+    run = functools.partial(nst_jax.stylize, weights=small_weights, progress=False)
+    kept = run(content, styles[1], config)
+    by_hand = run(content, nst_jax.color.match_color(styles[1], content),
+                  dataclasses.replace(config, preserve_color="none"))  # fmt: skip
+    plain = run(content, styles[1], dataclasses.replace(config, preserve_color="none"))
+    np.testing.assert_allclose(kept.history["style"], by_hand.history["style"], rtol=1e-4)
+    assert abs(kept.initial["style"] - plain.initial["style"]) > 1e-3 * plain.initial["style"]
 
 
 def test_luminance_transfer_keeps_the_content_chroma(small_weights, rng, styles):

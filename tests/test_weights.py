@@ -81,7 +81,9 @@ def test_torch_state_dict_layout(rng):
         state[f"features.{idx}.weight"] = np.transpose(params[name]["kernel"], (3, 2, 0, 1))
         state[f"features.{idx}.bias"] = params[name]["bias"]
     got = wl.params_from_torch_state(state)
-    np.testing.assert_array_equal(got["conv3_2"]["kernel"], params["conv3_2"]["kernel"])
+    for name in LAYERS:  # Every layer where torchvision has it (a swap of two would show).
+        np.testing.assert_array_equal(got[name]["kernel"], params[name]["kernel"], err_msg=name)
+        np.testing.assert_array_equal(got[name]["bias"], params[name]["bias"], err_msg=name)
     # Same function either way: a torch-layout conv equals the Flax-layout conv.
     x = rng.random((8, 8, 3)).astype(np.float32)
     a, b = (
