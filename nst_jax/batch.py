@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nst_jax import memory
 from nst_jax.config import Config
 from nst_jax.image import (
     image_size,
@@ -68,8 +69,10 @@ def connect(
 
 def in_cluster() -> bool:
     """Whether the environment says this process is one of several that JAX can join
-    without being told how: a SLURM job of several tasks, or a TPU pod slice."""
-    slurm = int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
+    without being told how: a SLURM job step of several tasks (``srun``; not a shell of
+    an ``salloc -n4`` or ``sbatch -n4`` allocation, where one process runs), or a TPU
+    pod slice."""
+    slurm = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1
     pod = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
     return slurm or pod
 
@@ -380,11 +383,14 @@ def _default_batch(config, shapes, columns, devices, widths, todo) -> int:
     need = max(counts.values()) if todo is None else max(1, min(len(todo), max(counts.values())))
     per_device = max(1, min(PER_DEVICE, math.ceil(need / devices)))
     largest = max(counts, key=lambda s: s[0] * s[1])
+    cpu = jax.default_backend() == "cpu"
     while per_device > 1:
-        cpu = jax.default_backend() == "cpu"
-        try:
-            policy.plan(config, largest, per_device * (devices if cpu else 1), widths=widths)
-            break
+        b = per_device * (devices if cpu else 1)
+        try:  # ``plan`` refuses only what surely won't fit; a default must surely fit.
+            net = policy.plan(config, largest, b, widths=widths).net
+            if memory.fits(b * memory.estimate_bytes(largest, config.loss, net, widths=widths)):
+                break
         except ValueError:
-            per_device -= 1
+            pass
+        per_device -= 1
     return per_device * devices

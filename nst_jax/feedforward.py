@@ -90,6 +90,10 @@ def _training_photos(spec: str | None) -> list[Path]:
 
 def train_files(job: TrainJob) -> TrainReport:
     """Runs a ``TrainJob``; see the module docstring."""
+    import jax
+
+    if jax.process_count() > 1:  # Every process would draw the same batches into one folder.
+        raise ValueError("--mode train runs in one process, data parallel over its devices")
     if job.checkpoint_every < 1 or job.save_every < 0:
         raise ValueError("--checkpoint_every must be at least 1 and --save_every at least 0")
     model = Path(job.model_dir)
@@ -121,8 +125,6 @@ def train_files(job: TrainJob) -> TrainReport:
         save_image(samples / f"step{step:06d}.png", image, settings={"step": step})
 
     placement = None
-    import jax
-
     if (job.devices or jax.local_device_count()) > 1:
         from nst_jax.solve.placement import Placement, mesh_of
 

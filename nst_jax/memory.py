@@ -22,8 +22,10 @@ from nst_jax.statistics import feature_layers
 
 
 def available_bytes(device: jax.Device | None = None) -> int | None:
-    """Free memory on ``device``: MemAvailable on CPU, the allocator's headroom on GPU/TPU."""
-    device = device or jax.devices()[0]
+    """Free memory on ``device`` (this process's first by default: in a multi-host run
+    another process's devices have no statistics here): MemAvailable on CPU, the
+    allocator's headroom on GPU/TPU."""
+    device = device or jax.local_devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
         limit = stats.get("bytes_limit")

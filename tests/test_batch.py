@@ -48,6 +48,19 @@ def test_batches_group_by_shape_pad_and_split_evenly():
     ]
 
 
+def test_a_cluster_is_a_slurm_step_of_several_tasks_or_a_tpu_pod(monkeypatch):
+    for name in ("SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(name, raising=False)
+    assert not nst_jax.batch.in_cluster()
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # A shell in an salloc -n4: one process.
+    assert not nst_jax.batch.in_cluster()
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")  # srun -n4: four.
+    assert nst_jax.batch.in_cluster()
+    monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0,w1")
+    assert nst_jax.batch.in_cluster()
+
+
 def test_contents_come_from_folders_globs_and_lists(tmp_path):
     for name in ("a.png", "sub/b.jpg", "sub/deeper/c.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

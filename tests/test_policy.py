@@ -38,3 +38,16 @@ def test_a_plan_that_cannot_fit_is_refused_before_anything_runs(monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: 2**30)
     with pytest.raises(ValueError, match="largest size that fits"):
         policy.plan(Config(loss=LossConfig()), (4000, 6000))
+
+
+def test_a_folder_jobs_default_batch_surely_fits(monkeypatch):
+    """The default batch is one the estimate fits, not merely one ``plan`` does not
+    refuse (``plan`` refuses what surely won't fit: at ``memory.SURELY`` of it)."""
+    from nst_jax import batch
+
+    config = Config(net=NetConfig(convolution="direct"))
+    shape = (256, 384)
+    one = memory.estimate_bytes(shape, config.loss, config.net)
+    monkeypatch.setattr(memory, "available_bytes", lambda: int(3 * one / 0.9) + 1)
+    policy.plan(config, shape, 4)  # Not refused at 4 (2.2 of the 3 that fit),
+    assert batch._default_batch(config, [shape] * 8, 1, 1, memory.WIDTHS, None) == 3  # but 3.
