@@ -131,6 +131,13 @@ class Photos:
                 self._bad.add(path)
                 print(f"warning: skipping training file {path}: {e}", file=sys.stderr)
             return None
+        # Kept at no more than four times the short side a sample spans: a 12 MP PNG is
+        # 137 MiB as float32, and the cache holds 64. (JPEGs decode smaller already; at
+        # the defaults, every default photo is kept as it is.)
+        keep = 4 * math.ceil(self.size * self.scales[1])
+        if min(image.shape[:2]) > keep:
+            k = keep / min(image.shape[:2])
+            image = resize(image, (round(image.shape[0] * k), round(image.shape[1] * k)))
         self._decoded[path] = image
         while len(self._decoded) > _CACHE:
             self._decoded.popitem(last=False)

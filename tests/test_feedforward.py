@@ -220,6 +220,16 @@ def test_photos_are_deterministic_augmented_crops(tmp_path, capsys):
         data.check_photos([tmp_path / "bad.jpg"], warn=lambda m: None)
 
 
+def test_large_photos_are_kept_at_four_times_what_a_sample_spans(tmp_path):
+    """A sample spans at most 2 crops of 24 px of a photo's short side: a 600x800 PNG is
+    kept at a short side of 192, a 150x170 one as it is."""
+    big = nst_jax.save_image(tmp_path / "big.png", smooth_image(np.random.default_rng(0), 600, 800))
+    small = nst_jax.save_image(tmp_path / "small.png", np.full((150, 170, 3), 0.5, np.float32))
+    photos = data.Photos([big, small], size=24, batch_size=2, seed=0)
+    assert photos._photo(big).shape == (192, 256, 3)
+    assert photos._photo(small).shape == (150, 170, 3)
+
+
 def test_photo_scales_set_how_much_of_a_photo_a_crop_holds(tmp_path):
     """At scale 1 a crop spans the photo's whole short side; zoomed in 3x, many crops
     fall inside one half of a photo whose top and bottom halves differ."""
