@@ -15,6 +15,7 @@ they compile and run the same programs. The folder job behind ``--output_dir`` i
 from __future__ import annotations
 
 import glob as globbing
+import hashlib
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -75,6 +76,21 @@ def in_cluster() -> bool:
     slurm = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1
     pod = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
     return slurm or pod
+
+
+def _check_agreement(contents: Sequence, shapes: Sequence) -> None:
+    """Refuses, on every process at once, a work list the processes do not all see: each
+    read the files itself, and a file added, changed or unreadable on one host would
+    have them split different lists (images run twice, or never)."""
+    seen = [(str(c) if isinstance(c, (str, os.PathLike)) else np.shape(c), s)
+            for c, s in zip(contents, shapes, strict=True)]  # fmt: skip
+    digest = np.frombuffer(hashlib.sha256(repr(seen).encode()).digest(), np.uint8)
+    everyone = _gather(digest)
+    if not np.all(everyone == everyone[0]):
+        raise ValueError(
+            "the processes see different contents (a file added, changed or unreadable on"
+            " some hosts); make the folder the same on every host and run again"
+        )
 
 
 def _gather(values: np.ndarray) -> np.ndarray:
@@ -285,11 +301,13 @@ def stylize_many(
         for c in range(columns):
             if process == 0 and (todo is None or Element(i, c) in todo):
                 yield Outcome(Element(i, c), None, None, 0, failed[i])
+    _check_agreement(contents, shapes)
     weights = weights or load_weights(progress=progress)
     widths = widths_of(weights.params)
     pending = [s for s in shapes if s is not None]
-    if batch_size is None:
+    if batch_size is None:  # Each host's own memory decides; the smallest choice counts.
         batch_size = _default_batch(config, pending, columns, devices, widths, todo)
+        batch_size = int(_gather(np.array([batch_size], np.int64)).min())
     if batch_size < 1 or batch_size % devices:
         raise ValueError(
             f"--batch_size must be a multiple of the {devices} devices, got {batch_size}"

@@ -61,6 +61,22 @@ def test_a_cluster_is_a_slurm_step_of_several_tasks_or_a_tpu_pod(monkeypatch):
     assert nst_jax.batch.in_cluster()
 
 
+def test_processes_that_see_different_contents_are_refused(monkeypatch, tmp_path):
+    """Each host reads the folder itself; where one could not read a file another could,
+    every process refuses (before the weights load), rather than split different lists."""
+    from nst_jax import batch
+
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    mine, theirs = [(32, 40), (40, 32)], [(32, 40), None]  # b.png unreadable there.
+    sent = []
+    monkeypatch.setattr(batch, "_gather", lambda v: (sent.append(v), v[None])[1])
+    batch._check_agreement(paths, theirs)  # What the other host sends.
+    monkeypatch.setattr(batch, "_gather", lambda v: np.stack([v, sent[0]]))
+    with pytest.raises(ValueError, match="the processes see different contents"):
+        batch._check_agreement(paths, mine)
+    batch._check_agreement(paths, theirs)  # The same view on both: agreed.
+
+
 def test_contents_come_from_folders_globs_and_lists(tmp_path):
     for name in ("a.png", "sub/b.jpg", "sub/deeper/c.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
