@@ -125,7 +125,12 @@ class Photos:
             self._decoded.move_to_end(path)
             return self._decoded[path]
         try:
-            image = load_image(path, at_least=math.ceil(2 * self.size * self.scales[1]))
+            # Decoded (a JPEG at a reduced scale) with a short side of at least what a
+            # sample spans, and a long side of twice that: wider photos need more.
+            span = self.size * self.scales[1]
+            h, w = image_size(path)
+            at_least = math.ceil(max(2 * span, span * max(h, w) / max(min(h, w), 1)))
+            image = load_image(path, at_least=at_least)
         except ValueError as e:
             if path not in self._bad:
                 self._bad.add(path)

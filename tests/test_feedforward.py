@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 import nst_jax
 from nst_jax import checkpoint, cli, data
@@ -228,6 +229,10 @@ def test_large_photos_are_kept_at_four_times_what_a_sample_spans(tmp_path):
     photos = data.Photos([big, small], size=24, batch_size=2, seed=0)
     assert photos._photo(big).shape == (192, 256, 3)
     assert photos._photo(small).shape == (150, 170, 3)
+    # A JPEG five times as wide as high decodes small, but not below a sample's 48 px.
+    wide = tmp_path / "wide.jpg"
+    Image.fromarray(np.full((200, 1000, 3), 128, np.uint8)).save(wide)
+    assert min(photos._photo(wide).shape[:2]) >= 48
 
 
 def test_photo_scales_set_how_much_of_a_photo_a_crop_holds(tmp_path):
