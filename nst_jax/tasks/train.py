@@ -452,10 +452,29 @@ def _signals_deferred():
         yield
         return
     held: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, _: held.append(signum)) for s in STOP_SIGNALS}
+    previous: dict[int, Any] = {}
+    active = True
+
+    def hold(signum, frame):
+        if active:
+            held.append(signum)
+            return
+        # Still installed after the block (a signal cut its swapping short): act as
+        # the handler it replaced, so no stop signal is ever lost for good.
+        handler = previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
     try:
+        for s in STOP_SIGNALS:
+            if signal.getsignal(s) is not None:  # None: not Python's to swap.
+                previous[s] = signal.signal(s, hold)
         yield
     finally:
+        active = False
         for s, handler in previous.items():
             signal.signal(s, handler)
         for s in held:
