@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,19 +78,31 @@ def in_cluster() -> bool:
     return slurm or pod
 
 
-def _check_agreement(contents: Sequence, shapes: Sequence) -> None:
-    """Refuses, on every process at once, a work list the processes do not all see: each
-    read the files itself, and a file added, changed or unreadable on one host would
+def agree(view: Any, problem: str | None = None) -> None:
+    """A collective every process calls with its ``view`` of the work (anything with a
+    stable ``repr``), or the ``problem`` that stopped it: all raise together where one
+    has a problem or the views differ, and none is left waiting for the others.
+
+    Each host reads the files itself: a file added, changed or unreadable on one would
     have them split different lists (images run twice, or never)."""
-    seen = [(str(c) if isinstance(c, (str, os.PathLike)) else np.shape(c), s)
-            for c, s in zip(contents, shapes, strict=True)]  # fmt: skip
-    digest = np.frombuffer(hashlib.sha256(repr(seen).encode()).digest(), np.uint8)
-    everyone = _gather(digest)
+    digest = np.frombuffer(hashlib.sha256(repr(view).encode()).digest(), np.uint8)
+    everyone = _gather(np.append(digest, np.uint8(problem is not None)))
+    if problem is not None:
+        raise ValueError(problem)
+    if everyone[:, -1].any():
+        raise ValueError("another process refused this job (its own error says why)")
     if not np.all(everyone == everyone[0]):
         raise ValueError(
             "the processes see different contents (a file added, changed or unreadable on"
             " some hosts); make the folder the same on every host and run again"
         )
+
+
+def _check_agreement(contents: Sequence, shapes: Sequence) -> None:
+    """``agree`` on the contents and the shapes each process read from them."""
+    seen = [(str(c) if isinstance(c, (str, os.PathLike)) else np.shape(c), s)
+            for c, s in zip(contents, shapes, strict=True)]  # fmt: skip
+    agree(seen)
 
 
 def _gather(values: np.ndarray) -> np.ndarray:

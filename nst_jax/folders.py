@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 
 from nst_jax.atomic import write_json
-from nst_jax.batch import Element, _gather, find_contents, stylize_many
+from nst_jax.batch import Element, _gather, agree, find_contents, stylize_many
 from nst_jax.config import Config
 from nst_jax.image import check_writable, load_image, read_settings, save_image
 from nst_jax.nets.weights import load_weights
@@ -191,6 +192,8 @@ def plan_outputs(
         sources = [p for p in sources if not p.resolve().is_relative_to(out.resolve())]
         if not sources:
             raise ValueError(f"no images found in {contents} outside --output_dir {out}")
+        if not Path(contents).exists():  # A glob: its root was the earlier outputs' too.
+            root = Path(os.path.commonpath([p.parent for p in sources]))
     out = prepare_output_dir(out)
     paths = output_paths(out, root, sources, labels)
     kept = {Path(p).resolve() for p in protected}
@@ -261,9 +264,13 @@ def stylize_folder(job: FolderJob) -> FolderReport:
     t0 = time.perf_counter()
     compiled_before = programs.compiled_programs
     blends, labels = _columns(job)
-    sources, out, paths = plan_outputs(
-        job.contents, job.output_dir, labels, protected=job.styles, overwrite=job.overwrite
-    )
+    try:
+        sources, out, paths = plan_outputs(
+            job.contents, job.output_dir, labels, protected=job.styles, overwrite=job.overwrite
+        )
+    except ValueError as e:  # Every process refuses, or none does (``agree``).
+        agree(None, str(e))
+    agree([str(p) for p in sources])
     weights = load_weights(job.weights, progress=job.progress)
     styles = [load_image(p) for p in job.styles]
     elements = [Element(i, c) for i in range(len(sources)) for c in range(len(labels))]

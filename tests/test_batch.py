@@ -63,17 +63,22 @@ def test_a_cluster_is_a_slurm_step_of_several_tasks_or_a_tpu_pod(monkeypatch):
 
 def test_processes_that_see_different_contents_are_refused(monkeypatch, tmp_path):
     """Each host reads the folder itself; where one could not read a file another could,
-    every process refuses (before the weights load), rather than split different lists."""
+    or one refused the job, every process refuses, rather than split different lists or
+    wait for the others. (A second process is played by what it sends.)"""
     from nst_jax import batch
 
     paths = [tmp_path / "a.png", tmp_path / "b.png"]
     mine, theirs = [(32, 40), (40, 32)], [(32, 40), None]  # b.png unreadable there.
     sent = []
     monkeypatch.setattr(batch, "_gather", lambda v: (sent.append(v), v[None])[1])
-    batch._check_agreement(paths, theirs)  # What the other host sends.
+    batch._check_agreement(paths, theirs)  # What the other host sends; or, had it
+    with pytest.raises(ValueError, match="no images found"):  # refused, this, as it
+        batch.agree(None, "no images found")  # raises its own error;
+    for other, match in [(sent[0], "see different contents"), (sent[1], "another process")]:
+        monkeypatch.setattr(batch, "_gather", lambda v, other=other: np.stack([v, other]))
+        with pytest.raises(ValueError, match=match):  # and so does this host.
+            batch._check_agreement(paths, mine)
     monkeypatch.setattr(batch, "_gather", lambda v: np.stack([v, sent[0]]))
-    with pytest.raises(ValueError, match="the processes see different contents"):
-        batch._check_agreement(paths, mine)
     batch._check_agreement(paths, theirs)  # The same view on both: agreed.
 
 
@@ -303,6 +308,15 @@ def test_an_output_folder_inside_the_contents_is_not_read_as_contents(folder, tm
     code, err = _cli(capsys, *job)  # The outputs are not new contents: all done before.
     manifest = json.loads((photos / "styled" / "manifest.json").read_text())
     assert code == cli.SOME_FAILED and len(manifest["skipped"]) == 6 and not manifest["done"], err
+    # A glob that matches the earlier outputs too: they do not move the outputs' root.
+    shutil.rmtree(photos / "styled")
+    job = _job(folder, photos / "out")
+    job[1] = f"{photos}/*/*.png"  # trip/c.png now; out/c.s1.png, out/c.s2.png next time.
+    for run in range(2):
+        code, err = _cli(capsys, *job)
+        manifest = json.loads((photos / "out" / "manifest.json").read_text())
+        assert code == 0 and len(manifest["skipped" if run else "done"]) == 2, err
+    assert sorted(p.name for p in (photos / "out").glob("*.png")) == ["c.s1.png", "c.s2.png"]
 
 
 def test_two_processes_split_a_folder(folder, tmp_path):
