@@ -200,6 +200,8 @@ def _feedforward():
     from nst_jax import feedforward
     from nst_jax.tasks.train import TrainConfig
 
+    if not 0 <= F.seed < nst_jax.config.SEED_LIMIT:
+        raise ValueError(f"seed must be in [0, 2^31), got {F.seed}")
     model = F.model or (feedforward.DEMO_MODEL if F.demo else None)
     if not model:
         raise ValueError(f"--mode {F.mode} needs --model DIR")
@@ -303,6 +305,10 @@ def _refuse_flags_that_do_nothing() -> None:
     for name in ("num_processes", "process_id"):
         if F[name].present and not joined:
             raise ValueError(f"--{name} goes with --distributed (and --coordinator)")
+    if F.output_dir and F.mode == "apply":  # A generator's folder job: one pass each.
+        for name in ("crop", "blends", "batch_size", "devices"):
+            if F[name].present:
+                raise ValueError(f"--{name} is for --mode stylize folder jobs")
     if F.output_dir:
         return
     for name in ("crop", "blends", "overwrite", *(("batch_size", "devices") * (F.mode != "train"))):

@@ -116,22 +116,22 @@ def stylize_pyramid(
     widths = WIDTHS if weights is None else widths_of(weights.params)
     results: list[Result] = []
     for level, (size, n) in enumerate(zip(sizes, steps, strict=True)):
-        shape = resized_shape(content.shape[:2], size)
-        level_config = dataclasses.replace(config, steps=n)
-        plan = policy.plan(level_config, shape, widths=widths)  # Before resizing.
-        weights = weights or load_weights(progress=bool(progress))
-        start = results[-1].image if results else init_image
-        masks = None
-        if content_masks is not None:
-            masks = np.stack([resize_mask(m, shape) for m in content_masks])
-        label = f"level {level + 1}/{len(sizes)}, {shape[1]}x{shape[0]}"
-        one = None
-        if callback is not None:
-
-            def one(step, images, losses, level=level):
-                callback(level, step, images[0], {k: float(v[0]) for k, v in losses.items()})
-
         try:  # A signal while a later level sets up keeps the levels before it.
+            shape = resized_shape(content.shape[:2], size)
+            level_config = dataclasses.replace(config, steps=n)
+            plan = policy.plan(level_config, shape, widths=widths)  # Before resizing.
+            weights = weights or load_weights(progress=bool(progress))
+            start = results[-1].image if results else init_image
+            masks = None
+            if content_masks is not None:
+                masks = np.stack([resize_mask(m, shape) for m in content_masks])
+            label = f"level {level + 1}/{len(sizes)}, {shape[1]}x{shape[0]}"
+            one = None
+            if callback is not None:
+
+                def one(step, images, losses, level=level):
+                    callback(level, step, images[0], {k: float(v[0]) for k, v in losses.items()})
+
             result = run(
                 resize(content, shape)[None],
                 scaled_styles(styles, size, scales),
