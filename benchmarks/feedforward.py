@@ -44,6 +44,7 @@ from common import bench_weights, save, table
 import nst_jax
 from nst_jax.nets import generator
 from nst_jax.tasks import train as training
+from nst_jax.tasks import trained
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,9 +164,9 @@ def contrast(network, content, models) -> tuple[str, dict]:
     loss = nst_jax.LossConfig()
     rows, tiles, labels, data = [], [], [], {}
     for model in models:
-        g, variables, _ = training.load_generator(model)
-        a = training.apply_generator(variables, g, content)[0]
-        b = training.apply_generator(variables, g, low)[0]
+        g, variables, _ = trained.load_generator(model)
+        a = trained.apply_generator(variables, g, content)[0]
+        b = trained.apply_generator(variables, g, low)[0]
         gap = scores(network, b, a, a, loss)["style"] / max(
             scores(network, content, a, a, loss)["style"], 1e-12
         )
@@ -223,12 +224,12 @@ def main() -> None:
     content_full, style_full = nst_jax.demo_images()
     content = nst_jax.resize_longest(content_full, args.size)
     style = nst_jax.resize_longest(style_full, args.size)
-    g, variables, meta = training.load_generator(args.model)
+    g, variables, meta = trained.load_generator(args.model)
     t = time.perf_counter()
     optimised = nst_jax.stylize(content, style, nst_jax.Config(), weights=weights, progress=False)
     stylize_wall = time.perf_counter() - t
     stylize_steps = optimised.seconds_per_step * optimised.steps
-    fed = training.apply_generator(variables, g, content)[0]
+    fed = trained.apply_generator(variables, g, content)[0]
 
     # One forward pass, JAX against PyTorch, at three sizes.
     apply_rows, apply_data = [], {}

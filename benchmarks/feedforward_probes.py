@@ -59,7 +59,7 @@ import nst_jax
 from nst_jax.checkpoint import latest_step as checkpoint_step
 from nst_jax.data import Photos, default_photos
 from nst_jax.nets.generator import GeneratorConfig
-from nst_jax.tasks import policy
+from nst_jax.tasks import policy, trained
 from nst_jax.tasks import train as training
 
 EXTRA = ("generator", "loss", "photos", "scales", "fixed")  # Keys that are not TrainConfig fields.
@@ -127,7 +127,7 @@ def probe(name: str, changes: dict, steps: int, save: str | None = None) -> dict
         state, history = trained.state, trained.history
         per_step, compile_s = trained.seconds_per_step, trained.compile_seconds
     wall = time.perf_counter() - t
-    variables = training._variables(state.params, state.batch_stats)
+    variables = training.generator_variables(state.params, state.batch_stats)
     last = history[-20:]
     return {
         "name": name, "changes": changes, "steps": steps,
@@ -147,7 +147,7 @@ def score(weights, g: GeneratorConfig, variables: dict, save: str | None) -> dic
     content_full, style_full = nst_jax.demo_images()
     content = nst_jax.resize_longest(content_full, 256)
     style = nst_jax.resize_longest(style_full, 256)
-    output = training.apply_generator(variables, g, content)[0]
+    output = trained.apply_generator(variables, g, content)[0]
     if save:
         nst_jax.save_image(save, output)
     network = nst_jax.prepare(weights, nst_jax.NetConfig(convolution="direct"))
@@ -162,7 +162,7 @@ def score(weights, g: GeneratorConfig, variables: dict, save: str | None) -> dic
 
 def score_model(name: str, model: str, save: str | None) -> dict:
     """``score`` of the generator in ``model``, with the training settings it records."""
-    g, variables, meta = training.load_generator(model)
+    g, variables, meta = trained.load_generator(model)
     train = meta["train"]
     return {
         "name": name, "model": model, "steps": checkpoint_step(model),

@@ -62,7 +62,8 @@ from nst_jax.tasks.invert import invert
 from nst_jax.tasks.pyramid import pyramid_sizes, stylize_pyramid
 from nst_jax.tasks.stylize import stylize, stylize_batch
 from nst_jax.tasks.texture import synthesize
-from nst_jax.tasks.train import TrainConfig, apply_generator, load_generator, train_generator
+from nst_jax.tasks.train import TrainConfig, train_generator
+from nst_jax.tasks.trained import apply_generator, load_generator
 from nst_jax.version import __version__
 
 __all__ = [

@@ -22,6 +22,7 @@ from nst_jax.data import Photos, check_photos, default_photos
 from nst_jax.image import check_writable, demo_images, labelled_grid, load_image, save_image
 from nst_jax.nets.weights import load_weights
 from nst_jax.tasks import train as training
+from nst_jax.tasks import trained
 from nst_jax.version import __version__
 
 DEMO_MODEL = "demo_model"
@@ -200,7 +201,7 @@ def _apply_settings(model, content, size, seeds, meta, variables) -> dict:
     return {
         "nst_jax": __version__, "mode": "apply", "model": str(model), "content": content,
         "size": size, "seeds": seeds, "generator": meta["generator"],
-        "trained_steps": meta.get("step"), "model_sha256": training.variables_hash(variables),
+        "trained_steps": meta.get("step"), "model_sha256": trained.variables_hash(variables),
     }  # fmt: skip
 
 
@@ -208,7 +209,7 @@ def apply_files(job: ApplyJob) -> ApplyReport:
     """Runs an ``ApplyJob``."""
     if job.size is not None and job.size < 16:
         raise ValueError(f"--size must be at least 16, got {job.size}")
-    g, variables, meta = training.load_generator(job.model_dir)
+    g, variables, meta = trained.load_generator(job.model_dir)
     for name, value in job.expect:
         if getattr(g, name) != value:
             raise ValueError(
@@ -237,7 +238,7 @@ def apply_files(job: ApplyJob) -> ApplyReport:
             content = resize_longest(content, job.size)
         shape = content.shape[:2]
     t = time.perf_counter()
-    images = training.apply_generator(variables, g, content, seeds=job.seeds, shape=shape)
+    images = trained.apply_generator(variables, g, content, seeds=job.seeds, shape=shape)
     seconds = time.perf_counter() - t
     settings = _apply_settings(
         job.model_dir, job.content, job.size, list(job.seeds), meta, variables
@@ -282,7 +283,7 @@ def apply_folder(job: ApplyFolderJob):
     if job.size is not None and job.size < 16:
         raise ValueError(f"--size must be at least 16, got {job.size}")
     t0 = time.perf_counter()
-    g, variables, meta = training.load_generator(job.model_dir)
+    g, variables, meta = trained.load_generator(job.model_dir)
     if g.texture:
         raise ValueError(f"{job.model_dir} is a texture network: it takes no --content")
     sources, out, paths = plan_outputs(job.contents, job.output_dir, [""], overwrite=job.overwrite)

@@ -19,10 +19,11 @@ import pytest
 from PIL import Image
 
 import nst_jax
-from nst_jax import checkpoint, cli, data
+from nst_jax import checkpoint, cli, data, signals
 from nst_jax.nets import generator
 from nst_jax.nets.generator import GeneratorConfig
 from nst_jax.tasks import train as training
+from nst_jax.tasks import trained
 
 from .conftest import SMALL_WIDTHS, smooth_image
 
@@ -289,11 +290,11 @@ def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path):
     for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert [h["total"] for h in whole.history[2:]] == [h["total"] for h in resumed.history]
-    g, variables, meta = training.load_generator(model)
+    g, variables, meta = trained.load_generator(model)
     assert g == GeneratorConfig(**TINY) and meta["step"] == 4
     content = smooth_image(np.random.default_rng(2), 30, 20)
-    from_disk = training.apply_generator(variables, g, content, seeds=(0, 1))
-    in_memory = training.apply_generator({"params": whole.state.params}, g, content, seeds=(0, 1))
+    from_disk = trained.apply_generator(variables, g, content, seeds=(0, 1))
+    in_memory = trained.apply_generator({"params": whole.state.params}, g, content, seeds=(0, 1))
     assert from_disk.shape == (2, 30, 20, 3) and np.array_equal(from_disk, in_memory)
     # A longer run of other settings must not resume from this one.
     with pytest.raises(ValueError, match=r"other train settings \(lr: .* there, 0.5 now\)"):
@@ -373,7 +374,7 @@ def test_the_last_two_checkpoints_are_kept(small, tmp_path):
 def test_stop_signals_wait_for_the_step_in_flight():
     """A Ctrl-C inside ``_signals_deferred`` is raised as it ends, not inside it."""
     reached = []
-    with pytest.raises(KeyboardInterrupt), training._signals_deferred():
+    with pytest.raises(KeyboardInterrupt), signals.deferred():
         signal.raise_signal(signal.SIGINT)
         reached.append(True)
     assert reached == [True]
@@ -426,11 +427,11 @@ def test_batch_norm_trains_and_keeps_running_statistics(small):
 
 def test_checkpoints_refuse_what_is_not_theirs(small, tmp_path):
     with pytest.raises(ValueError, match="no checkpoint"):
-        training.load_generator(tmp_path / "nothing")
+        trained.load_generator(tmp_path / "nothing")
     (tmp_path / "foreign" / "5").mkdir(parents=True)
     (tmp_path / "foreign" / "5" / "junk").write_text("x")
     with pytest.raises(ValueError, match="not a readable nst_jax checkpoint|holds no nst_jax"):
-        training.load_generator(tmp_path / "foreign")
+        trained.load_generator(tmp_path / "foreign")
     state = training.init_state(_config(2))
     checkpoint.save(tmp_path / "other", 1, jax.device_get(state), {"generator": {}})
     bigger = training.init_state(_config(2).replace(generator=GeneratorConfig(scales=3, width=6)))
@@ -450,18 +451,18 @@ def test_a_format_1_checkpoint_still_applies_but_does_not_resume(small, tmp_path
     monkeypatch.setattr(checkpoint, "FORMAT", checkpoint.LEGACY_FORMAT)
     checkpoint.save(tmp_path / "old", 2, jax.device_get(state), {"generator": recorded, "step": 2})
     monkeypatch.undo()
-    g, variables, meta = training.load_generator(tmp_path / "old")
+    g, variables, meta = trained.load_generator(tmp_path / "old")
     assert g == legacy and meta["format"] == checkpoint.LEGACY_FORMAT
     content = smooth_image(np.random.default_rng(3), 30, 26)
-    old = training.apply_generator(variables, g, content, seeds=(0,))
+    old = trained.apply_generator(variables, g, content, seeds=(0,))
     params = _named(variables["params"])
     without = GeneratorConfig(**TINY)
     like = generator.init(jax.random.key(0), without)["params"]
     kept = jax.tree.unflatten(jax.tree.structure(like), [params[n] for n in _named(like)])
-    new = training.apply_generator({"params": kept}, without, content, seeds=(0,))
+    new = trained.apply_generator({"params": kept}, without, content, seeds=(0,))
     assert len(_named(like)) < len(params)
     assert float(np.abs(old - new).max()) < 1e-5
-    assert float(np.abs(old - training.apply_generator(variables, g, content[::-1])).max()) > 1e-3
+    assert float(np.abs(old - trained.apply_generator(variables, g, content[::-1])).max()) > 1e-3
     photos = data.Photos(data.default_photos(), size=24, batch_size=2, seed=0)
     with pytest.raises(ValueError, match="earlier format .* another --model folder"):
         training.train_generator(style, config, weights=weights, photos=photos,
@@ -510,12 +511,12 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypa
         "step000002.png", "step000004.png",
     ]  # fmt: skip
     assert checkpoint.latest_step(model) == 4
-    trained = checkpoint.read_meta(model)[1]["train"]  # Optimisation's objective, and flags.
+    recorded = checkpoint.read_meta(model)[1]["train"]  # Optimisation's objective, and flags.
     defaults = nst_jax.LossConfig()
-    assert trained["loss"]["style_norm"] == defaults.style_norm == "relative"
-    assert trained["loss"]["style_weight"] == 2 * defaults.style_weight == 8  # Training's β.
-    assert trained["loss"]["tv_weight"] == 0.5 and trained["net"]["pooling"] == "max"
-    assert trained["style_scale"] == 2.0  # Sized for photos at twice the crops.
+    assert recorded["loss"]["style_norm"] == defaults.style_norm == "relative"
+    assert recorded["loss"]["style_weight"] == 2 * defaults.style_weight == 8  # Training's β.
+    assert recorded["loss"]["tv_weight"] == 0.5 and recorded["net"]["pooling"] == "max"
+    assert recorded["style_scale"] == 2.0  # Sized for photos at twice the crops.
     shutil.rmtree(model / "4")  # As if stopped after step 2: the same command resumes.
     code, err = _cli(capsys, *train, "--report", tmp_path / "train.json")
     assert code == 0 and "trained to step 4/4" in err, err
@@ -553,13 +554,13 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypa
     manifest = json.loads((tmp_path / "styled" / "manifest.json").read_text())
     assert code == cli.SOME_FAILED and len(manifest["skipped"]) == 3 and not manifest["done"]
     # The same folder and step count, other arrays (retrained, say): nothing is done before.
-    load = training.load_generator
+    load = trained.load_generator
 
     def retrained(model_dir):
         g, variables, meta = load(model_dir)
         return g, {"params": _perturbed(variables["params"], size=0.01)}, meta
 
-    monkeypatch.setattr(training, "load_generator", retrained)
+    monkeypatch.setattr(trained, "load_generator", retrained)
     code, err = _cli(capsys, *folder)
     monkeypatch.undo()
     manifest = json.loads((tmp_path / "styled" / "manifest.json").read_text())
@@ -670,6 +671,7 @@ def test_training_shards_its_batch_over_devices():
         from nst_jax.nets.generator import GeneratorConfig
         from nst_jax.solve import placement
         from nst_jax.tasks import train as training
+        from nst_jax.tasks import trained
         from tests.conftest import smooth_image
         weights = nst_jax.Weights(
             nst_jax.init_params(jax.random.key(0), widths={SMALL_WIDTHS}), nst_jax.CAFFE, "s"
@@ -684,7 +686,7 @@ def test_training_shards_its_batch_over_devices():
                                          placement=p, progress=False) for p in (None, place)]
         totals = [np.array([h["total"] for h in r.history]) for r in runs]
         x = smooth_image(np.random.default_rng(2), 24, 32)
-        images = [training.apply_generator({{"params": jax.device_get(r.state.params)}},
+        images = [trained.apply_generator({{"params": jax.device_get(r.state.params)}},
                                            config.generator, x)[0] for r in runs]
         print(json.dumps({{
             "loss_gap": float(np.abs(totals[0] / totals[1] - 1).max()),

@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nst_jax import checkpoint
+from nst_jax import checkpoint, signals
 from nst_jax.config import SEED_LIMIT, Config
 from nst_jax.data import Photos
 from nst_jax.image import resize_longest
@@ -147,7 +145,7 @@ def noise_key(config: TrainConfig, step: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(config.seed + 1), step)
 
 
-def _fresh(key: jax.Array, config: TrainConfig) -> TrainState:
+def fresh_state(key: jax.Array, config: TrainConfig) -> TrainState:
     variables = generator.init(key, config.generator)
     params = variables["params"]
     return TrainState(
@@ -159,11 +157,12 @@ def init_state(config: TrainConfig) -> TrainState:
     """The state training starts from: fresh parameters from ``config.seed``, Adam's
     moments at zero."""
     # One program that runs once: compiled at the low optimisation level (programs.jit).
-    fresh = programs.jit(lambda key: _fresh(key, config), once=True)
+    fresh = programs.jit(lambda key: fresh_state(key, config), once=True)
     return fresh(jax.random.key(config.seed))
 
 
-def _variables(params, batch_stats) -> dict:
+def generator_variables(params, batch_stats) -> dict:
+    """``{"params": ..., ["batch_stats": ...]}``: what ``generator.apply`` takes."""
     return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
@@ -182,8 +181,9 @@ def batch_loss(
 
     def one(photo, key):
         content = None if g.texture else photo
+        variables = generator_variables(params, batch_stats)
         image, stats = generator.apply(
-            _variables(params, batch_stats), g, content, key, shape=photo.shape[:2], training=True
+            variables, g, content, key, shape=photo.shape[:2], training=True
         )
         targets = Targets({} if g.texture else content_targets(network, photo, loss), style)
         terms = loss_terms(network, image, targets, loss, key=key)
@@ -241,17 +241,6 @@ def style_hash(style: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(style, np.float32).tobytes()).hexdigest()
 
 
-def variables_hash(variables: dict) -> str:
-    """SHA-256 of a generator's arrays (names, shapes, dtypes and values): which trained
-    generator made an output, beyond its architecture and step count."""
-    digest = hashlib.sha256()
-    for path, x in jax.tree_util.tree_flatten_with_path(variables)[0]:
-        x = np.ascontiguousarray(x)
-        digest.update(f"{jax.tree_util.keystr(path)} {x.shape} {x.dtype}".encode())
-        digest.update(x.tobytes())
-    return digest.hexdigest()
-
-
 def settings(config: TrainConfig) -> dict:
     """The training settings as JSON: what a checkpoint records and a resume must match."""
     return json_ready(dataclasses.asdict(config))
@@ -271,10 +260,6 @@ def _comparable(key: str, value):
     if key == "train" and isinstance(value, dict):
         value = {k: v for k, v in value.items() if k != "steps"}
     return value
-
-
-def generator_config(meta: dict) -> GeneratorConfig:
-    return GeneratorConfig(**meta["generator"])
 
 
 class Trained(NamedTuple):
@@ -368,7 +353,7 @@ def train_generator(
     apply_fn = None
     if sample is not None and save_every:
         apply_fn = jax.jit(
-            lambda p, b, x: generator.apply(_variables(p, b), g, None if g.texture else x,
+            lambda p, b, x: generator.apply(generator_variables(p, b), g, None if g.texture else x,
                                             jax.random.key(config.seed), shape=x.shape[:2])
         )  # fmt: skip
     compile_seconds = time.perf_counter() - t0
@@ -401,7 +386,7 @@ def train_generator(
             lr, key = jnp.float32(rates(k)), noise_key(config, k)
             if placement is not None:
                 batch, lr, key = placement.batched(batch), *placement.shared((lr, key))
-            with _signals_deferred():  # The old state is donated: never lose both.
+            with signals.deferred():  # The old state is donated: never lose both.
                 state, metrics = step_fn(network, targets, state, batch, lr, key)
             values = {name: float(v) for name, v in metrics.items()}
             if not np.isfinite(values["total"]):
@@ -435,90 +420,3 @@ def train_generator(
         done = save()  # Interrupted: the step in flight, if it had been dispatched.
     per_step = float(np.median(times[1:] or times or [0.0]))
     return Trained(state, done, history, per_step, interrupted, resumed, compile_seconds, failure)
-
-
-# The signals a run stops on (``cli.py`` turns SIGTERM and SIGHUP into KeyboardInterrupt).
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Holds the stop signals that arrive inside the block and raises them after it, so a
-    Ctrl-C cannot land between a step taking the donated state and returning the new
-    one. Only the main thread handles signals; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous: dict[int, Any] = {}
-    active = True
-
-    def hold(signum, frame):
-        if active:
-            held.append(signum)
-            return
-        # Still installed after the block (a signal cut its swapping short): act as
-        # the handler it replaced, so no stop signal is ever lost for good.
-        handler = previous.get(signum)
-        if callable(handler):
-            handler(signum, frame)
-        elif handler == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-
-    try:
-        for s in STOP_SIGNALS:
-            if signal.getsignal(s) is not None:  # None: not Python's to swap.
-                previous[s] = signal.signal(s, hold)
-        yield
-    finally:
-        active = False
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for s in held:
-            signal.raise_signal(s)
-
-
-def load_generator(model_dir: str | Path) -> tuple[GeneratorConfig, dict, dict]:
-    """``(architecture, variables, meta)`` of the last checkpoint in ``model_dir``.
-
-    Raises:
-      ValueError: no checkpoint there, a foreign one, or one that does not fit its
-        recorded architecture.
-    """
-    step, meta = checkpoint.read_meta(model_dir)
-    try:
-        g = generator_config(meta)
-        layers = () if g.texture else LossConfig().content_layers
-        config = TrainConfig(generator=g, loss=LossConfig(content_layers=layers))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{model_dir}: a checkpoint this version cannot read ({e})") from None
-    # Only the shapes: initialising the arrays would compile and run a program whose
-    # values the restore throws away.
-    like = jax.eval_shape(lambda key: _fresh(key, config), jax.random.key(0))
-    state = checkpoint.restore(model_dir, step, like)
-    return g, _variables(state.params, state.batch_stats), meta
-
-
-def apply_generator(
-    variables: dict,
-    config: GeneratorConfig,
-    content: np.ndarray | None,
-    *,
-    seeds: tuple[int, ...] = (0,),
-    shape: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """The generator on ``content`` ``[H, W, 3]`` (any size), once per seed, in one
-    vmapped call: ``[K, H, W, 3]``. A texture network needs ``shape`` instead."""
-    keys = jnp.stack([jax.random.key(s) for s in seeds])
-    if content is not None:
-        content = jnp.asarray(content, jnp.float32)
-        shape = content.shape[:2]
-    fn = jax.jit(
-        jax.vmap(
-            lambda v, x, k: generator.apply(v, config, x, k, shape=shape), in_axes=(None, None, 0)
-        )
-    )
-    return np.asarray(fn(variables, content, keys))

@@ -1,0 +1,52 @@
+"""Stop signals: which ones end a run, and holding them across a step that must not be
+cut in two (``deferred``)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Any
+
+# The signals a run stops on (``cli.py`` turns SIGTERM and SIGHUP into KeyboardInterrupt).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Holds the stop signals that arrive inside the block and raises them after it, so a
+    Ctrl-C cannot land between a step taking the donated state and returning the new
+    one. Only the main thread handles signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous: dict[int, Any] = {}
+    active = True
+
+    def hold(signum, frame):
+        if active:
+            held.append(signum)
+            return
+        # Still installed after the block (a signal cut its swapping short): act as
+        # the handler it replaced, so no stop signal is ever lost for good.
+        handler = previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    try:
+        for s in STOP_SIGNALS:
+            if signal.getsignal(s) is not None:  # None: not Python's to swap.
+                previous[s] = signal.signal(s, hold)
+        yield
+    finally:
+        active = False
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in held:
+            signal.raise_signal(s)

@@ -1,0 +1,76 @@
+"""Trained generators in a model folder: the last checkpoint loaded as an architecture
+and its arrays, applied to photos in one vmapped pass, and fingerprinted, so that an
+output records which generator made it. Training them is ``train.py``'s."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import checkpoint
+from nst_jax.nets import generator
+from nst_jax.nets.generator import GeneratorConfig
+from nst_jax.objective import LossConfig
+from nst_jax.tasks.train import TrainConfig, fresh_state, generator_variables
+
+
+def generator_config(meta: dict) -> GeneratorConfig:
+    return GeneratorConfig(**meta["generator"])
+
+
+def variables_hash(variables: dict) -> str:
+    """SHA-256 of a generator's arrays (names, shapes, dtypes and values): which trained
+    generator made an output, beyond its architecture and step count."""
+    digest = hashlib.sha256()
+    for path, x in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        x = np.ascontiguousarray(x)
+        digest.update(f"{jax.tree_util.keystr(path)} {x.shape} {x.dtype}".encode())
+        digest.update(x.tobytes())
+    return digest.hexdigest()
+
+
+def load_generator(model_dir: str | Path) -> tuple[GeneratorConfig, dict, dict]:
+    """``(architecture, variables, meta)`` of the last checkpoint in ``model_dir``.
+
+    Raises:
+      ValueError: no checkpoint there, a foreign one, or one that does not fit its
+        recorded architecture.
+    """
+    step, meta = checkpoint.read_meta(model_dir)
+    try:
+        g = generator_config(meta)
+        layers = () if g.texture else LossConfig().content_layers
+        config = TrainConfig(generator=g, loss=LossConfig(content_layers=layers))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{model_dir}: a checkpoint this version cannot read ({e})") from None
+    # Only the shapes: initialising the arrays would compile and run a program whose
+    # values the restore throws away.
+    like = jax.eval_shape(lambda key: fresh_state(key, config), jax.random.key(0))
+    state = checkpoint.restore(model_dir, step, like)
+    return g, generator_variables(state.params, state.batch_stats), meta
+
+
+def apply_generator(
+    variables: dict,
+    config: GeneratorConfig,
+    content: np.ndarray | None,
+    *,
+    seeds: tuple[int, ...] = (0,),
+    shape: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The generator on ``content`` ``[H, W, 3]`` (any size), once per seed, in one
+    vmapped call: ``[K, H, W, 3]``. A texture network needs ``shape`` instead."""
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    if content is not None:
+        content = jnp.asarray(content, jnp.float32)
+        shape = content.shape[:2]
+    fn = jax.jit(
+        jax.vmap(
+            lambda v, x, k: generator.apply(v, config, x, k, shape=shape), in_axes=(None, None, 0)
+        )
+    )
+    return np.asarray(fn(variables, content, keys))
