@@ -103,3 +103,16 @@ def smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A smooth random RGB image in [0, 1]: low-frequency noise, upsampled."""
     coarse = rng.random((max(2, h // 8), max(2, w // 8), 3)).astype(np.float32)
     return nst_jax.resize(coarse, (h, w))
+
+
+def interrupted_at_call(fn, n: int):
+    """``fn``, but its ``n``-th call raises KeyboardInterrupt: a Ctrl-C at that point."""
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return fn(*args, **kwargs)
+
+    return wrapped

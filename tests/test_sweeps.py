@@ -10,7 +10,7 @@ import nst_jax
 from nst_jax import Config, Terms, image, sweeps
 from nst_jax.tasks.invert import INVERSION_LOSS, invert_config
 
-from .conftest import shallow, smooth_image
+from .conftest import interrupted_at_call, shallow, smooth_image
 
 
 @pytest.fixture
@@ -140,15 +140,7 @@ def test_run_grid_inversion_rows_loss_falls(small_weights, picture, monkeypatch)
         assert config.loss.content_loss == "normalized" and config.init == "noise"
         assert np.all(result.final["total"] < result.initial["total"])
     # Ctrl-C while the second row sets up: the first row is kept, the grid interrupted.
-    real, calls = sweeps.run, []
-
-    def interrupted_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sweeps, "run", interrupted_second)
+    monkeypatch.setattr(sweeps, "run", interrupted_at_call(sweeps.run, 2))
     kept = sweeps.run_grid(rows, picture, picture, cols, weights=small_weights, progress=False)
     assert kept.interrupted and len(kept.results) == 1
     assert np.array_equal(kept.images[0], grid.images[0]) and np.all(kept.images[1] == 1)

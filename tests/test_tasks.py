@@ -14,7 +14,7 @@ import nst_jax
 from nst_jax import Config, LossConfig, losses
 from nst_jax.tasks.stylize import check_image
 
-from .conftest import shallow, smooth_image
+from .conftest import interrupted_at_call, shallow, smooth_image
 
 LAYERS = ("conv1_1", "conv2_1", "conv3_1")
 
@@ -265,15 +265,9 @@ def test_pyramid_runs_coarse_to_fine(small_weights, rng, styles, monkeypatch):
     )
     assert results[1].initial["style"] < single.initial["style"]
     # Ctrl-C while the fine level sets up: the coarse level is kept, marked interrupted.
-    real, calls = nst_jax.tasks.pyramid.run, []
-
-    def interrupted_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(nst_jax.tasks.pyramid, "run", interrupted_second)
+    monkeypatch.setattr(
+        nst_jax.tasks.pyramid, "run", interrupted_at_call(nst_jax.tasks.pyramid.run, 2)
+    )
     kept = nst_jax.stylize_pyramid(content, styles[1], config, sizes=[32, 64], level_steps=[8, 3],
                                    weights=small_weights, progress=False)  # fmt: skip
     assert len(kept) == 1 and kept[0].interrupted and kept[0].steps == 8
