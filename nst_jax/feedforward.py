@@ -21,6 +21,7 @@ from nst_jax.atomic import write_json
 from nst_jax.data import Photos, check_photos, default_photos
 from nst_jax.image import check_writable, demo_images, labelled_grid, load_image, save_image
 from nst_jax.nets.weights import load_weights
+from nst_jax.records import check_written
 from nst_jax.tasks import train as training
 from nst_jax.tasks import trained
 from nst_jax.version import __version__
@@ -40,14 +41,9 @@ def _check_report(report: str | None, taken: set[Path]) -> None:
     path = Path(report)
     if path.suffix.lower() != ".json":
         raise ValueError(f"--report must end in .json, got {report}")
-    if path.resolve() in taken:
-        raise ValueError(f"--report {report} is an input or output file; refusing to overwrite it")
     if path.is_dir():
         raise ValueError(f"--report {report} is a folder")
-    try:
-        check_writable(path.with_suffix(".png"))
-    except ValueError as e:
-        raise ValueError(f"--report: {e}") from None
+    check_written(sorted(taken), [path])
 
 
 @dataclasses.dataclass(frozen=True)

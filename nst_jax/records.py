@@ -67,16 +67,27 @@ def check_outputs(
       ValueError: naming the output.
     """
     sources = inputs.files()
-    for path in written:
-        for source in sources:
-            if _same(path, source):
-                raise ValueError(f"{path} is an input file ({source}); refusing to overwrite it")
     for source in sources:
         if _is_snapshot(source, written[0], save_every, steps):
             raise ValueError(
                 f"{source} is an input file, and a --save_every snapshot of {written[0]} "
                 "would take its name; refusing to overwrite it"
             )
+    check_written(sources, written)
+
+
+def check_written(sources: Sequence[Path], written: Sequence[Path]) -> None:
+    """Refuses, before any compute, a path in ``written`` (images, and ``.json``
+    reports) that is one of ``sources`` or resolves to one, or whose folder is missing or
+    read-only.
+
+    Raises:
+      ValueError: naming the output.
+    """
+    for path in written:
+        for source in sources:
+            if _same(path, source):
+                raise ValueError(f"{path} is an input file ({source}); refusing to overwrite it")
     for path in written:
         try:
             check_writable(path if path.suffix.lower() != ".json" else path.with_suffix(".png"))
