@@ -103,15 +103,38 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     Raises:
       ValueError: the file is missing, unreadable, or above ``MAX_PIXELS``.
     """
-    with _opened(Path(path)) as img:
+    path = Path(path)
+    with _opened(path) as img:
         w, h = img.size
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+                if img.format == "PNG":  # Pillow's getexif would decode the pixels.
+                    exif = Image.Exif()
+                    exif.load(_png_exif(img.fp))
+                else:
+                    exif = img.getexif()
+                rotated = exif.get(0x0112, 1) in (5, 6, 7, 8)
         except Exception:  # noqa: BLE001 - a broken EXIF block: read as stored.
             rotated = False
     return (w, h) if rotated else (h, w)
+
+
+def _png_exif(fp) -> bytes:
+    """A PNG's eXIf chunk, b"" if none, found by skipping from chunk header to chunk
+    header: the chunk may follow the pixels (IDAT), and Pillow finds it there only by
+    decoding them (a 12 MP photo: a quarter of a second, per file of a folder)."""
+    fp.seek(8)  # The signature.
+    while header := fp.read(8):
+        if len(header) < 8:
+            break
+        length, kind = int.from_bytes(header[:4], "big"), header[4:]
+        if kind == b"eXIf":
+            return fp.read(length)
+        if kind == b"IEND":
+            break
+        fp.seek(length + 4, os.SEEK_CUR)  # The data and its CRC.
+    return b""
 
 
 def load_image(

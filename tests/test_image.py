@@ -3,6 +3,7 @@ import struct
 import zlib
 
 import numpy as np
+import PIL.ImageFile
 import pytest
 from PIL import Image, PngImagePlugin
 
@@ -59,6 +60,44 @@ def test_exif_orientation_is_applied(tmp_path):
     x = nst_jax.load_image(path)
     assert x.shape == (8, 4, 3)  # Displayed upright: portrait.
     assert x[0, -1].min() == 1.0  # The stored top-left lands top-right.
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    """A PNG's chunks, each whole (length, type, data, CRC)."""
+    out, at = [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        out.append(data[at : at + 12 + length])
+        at += 12 + length
+    return out
+
+
+@pytest.mark.parametrize("after_pixels", [False, True])
+def test_image_size_reads_a_png_orientation_without_decoding(tmp_path, monkeypatch, after_pixels):
+    """The eXIf chunk may come before or after the pixels; either way the displayed size
+    comes from the chunk headers, with nothing decoded (a folder of large PNGs is sized
+    before a run)."""
+    pil = Image.fromarray(np.zeros((4, 8, 3), np.uint8))
+    exif = pil.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", exif=exif)
+    chunks = _chunks(buf.getvalue())
+    if after_pixels:  # eXIf moved to just before IEND.
+        (e,) = [c for c in chunks if c[4:8] == b"eXIf"]
+        chunks.remove(e)
+        chunks.insert(-1, e)
+    path = tmp_path / "x.png"
+    path.write_bytes(buf.getvalue()[:8] + b"".join(chunks))
+    assert nst_jax.load_image(path).shape == (8, 4, 3)  # Pillow agrees: portrait.
+
+    def no_decoding(self):
+        raise AssertionError("decoded the pixels")
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decoding)
+    assert im.image_size(path) == (8, 4)
+    plain = _save(tmp_path, Image.new("RGB", (8, 4)), "plain.png")
+    assert im.image_size(plain) == (4, 8)
 
 
 def test_missing_and_corrupt_files_raise_value_error(tmp_path):
