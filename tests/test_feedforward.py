@@ -296,6 +296,13 @@ def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path):
     from_disk = trained.apply_generator(variables, g, content, seeds=(0, 1))
     in_memory = trained.apply_generator({"params": whole.state.params}, g, content, seeds=(0, 1))
     assert from_disk.shape == (2, 30, 20, 3) and np.array_equal(from_disk, in_memory)
+    programs = trained._apply_seeds._cache_size()  # Applying again compiles nothing.
+    trained.apply_generator(variables, g, content[::-1], seeds=(3, 4))
+    assert trained._apply_seeds._cache_size() == programs
+    with pytest.raises(ValueError, match="at least one seed"):
+        trained.apply_generator(variables, g, content, seeds=())
+    with pytest.raises(ValueError, match="needs the output's shape"):
+        trained.apply_generator(variables, g, None)
     # A longer run of other settings must not resume from this one.
     with pytest.raises(ValueError, match=r"other train settings \(lr: .* there, 0.5 now\)"):
         training.train_generator(style, _config(6, lr=0.5), weights=weights, photos=photos,

@@ -117,9 +117,13 @@ def test_seeds_make_noise_runs_reproducible(small_weights, pair):
         cfg = _config(steps=3, init="noise", seed=seed)
         return nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False).image
 
-    a, b, c = run(1), run(1), run(2)
+    a, b = run(1), run(1)
+    compiled = solve.programs.compiled_programs
+    c = run(2)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
+    # The seed reaches the programs as keys: another seed compiles nothing.
+    assert solve.programs.compiled_programs == compiled
 
 
 def test_callback_and_ctrl_c_keep_finished_work(small_weights, pair):

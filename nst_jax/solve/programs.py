@@ -133,10 +133,13 @@ def shapes_of(*trees) -> tuple:
 
 
 def _signature(config: Config, placement, *trees) -> tuple:
-    """What decides a run's programs: the config (its step count and stopping rule aside:
-    no program depends on them, beyond whether there are steps), the placement, and every
+    """What decides a run's programs: the config (its step count and stopping rule, its
+    seed and its colour handling aside: no program depends on them, beyond whether there
+    are steps; keys are arguments, colours are the host's), the placement, and every
     argument's tree, shapes and dtypes."""
-    host_only = dict(steps=min(config.steps, 1), stop_tol=0.0, stop_window=1)
+    host_only = dict(
+        steps=min(config.steps, 1), stop_tol=0.0, stop_window=1, seed=0, preserve_color="none"
+    )
     return dataclasses.replace(config, **host_only), placement, shapes_of(*trees)
 
 

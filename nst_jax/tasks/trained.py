@@ -4,6 +4,7 @@ output records which generator made it. Training them is ``train.py``'s."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def load_generator(model_dir: str | Path) -> tuple[GeneratorConfig, dict, dict]:
     return g, generator_variables(state.params, state.batch_stats), meta
 
 
+@functools.partial(jax.jit, static_argnames=("config", "shape"))
+def _apply_seeds(variables, config: GeneratorConfig, content, keys, shape):
+    def one(key):
+        return generator.apply(variables, config, content, key, shape=shape)
+
+    return jax.vmap(one)(keys)
+
+
 def apply_generator(
     variables: dict,
     config: GeneratorConfig,
@@ -63,14 +72,20 @@ def apply_generator(
     shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """The generator on ``content`` ``[H, W, 3]`` (any size), once per seed, in one
-    vmapped call: ``[K, H, W, 3]``. A texture network needs ``shape`` instead."""
+    vmapped call: ``[K, H, W, 3]``. A texture network needs ``shape`` instead. The
+    program is compiled once per architecture, size and number of seeds in a process.
+
+    Raises:
+      ValueError: no seeds, or neither a content nor a shape.
+    """
+    if not len(seeds):
+        raise ValueError("apply_generator needs at least one seed")
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     if content is not None:
         content = jnp.asarray(content, jnp.float32)
+        if content.ndim != 3 or content.shape[-1] != 3:
+            raise ValueError(f"content must be [H, W, 3], got shape {content.shape}")
         shape = content.shape[:2]
-    fn = jax.jit(
-        jax.vmap(
-            lambda v, x, k: generator.apply(v, config, x, k, shape=shape), in_axes=(None, None, 0)
-        )
-    )
-    return np.asarray(fn(variables, content, keys))
+    elif shape is None:
+        raise ValueError("a texture network needs the output's shape (H, W)")
+    return np.asarray(_apply_seeds(variables, config, content, keys, tuple(shape)))
