@@ -55,9 +55,12 @@ def match_histogram_binned(values: jax.Array, quantiles: jax.Array, *, bins: int
     b = jnp.clip(jnp.floor(t), 0, bins - 1).astype(jnp.int32)
     frac = jnp.clip(t - b, 0.0, 1.0)
     channels = jnp.broadcast_to(jnp.arange(c)[None, :], (m, c))
-    counts = jnp.zeros((bins, c), jnp.float32).at[b, channels].add(1.0)
+    # Counted in int32: float32 stops counting at 2^24 (16.7 M), which one bin of a
+    # large image's ReLU activations (their zeros) passes.
+    counts = jnp.zeros((bins, c), jnp.int32).at[b, channels].add(1)
     below = jnp.cumsum(counts, axis=0) - counts  # Values in lower bins.
-    rank = jnp.take_along_axis(below, b, axis=0) + frac * jnp.take_along_axis(counts, b, axis=0)
+    rank = jnp.take_along_axis(below, b, axis=0).astype(jnp.float32)
+    rank = rank + frac * jnp.take_along_axis(counts, b, axis=0).astype(jnp.float32)
     pos = rank / m * (quantiles.shape[0] - 1)
     i0 = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, quantiles.shape[0] - 1)
     i1 = jnp.minimum(i0 + 1, quantiles.shape[0] - 1)

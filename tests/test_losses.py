@@ -275,6 +275,18 @@ def test_binned_histogram_matching_approximates_exact(rng):
     assert float(same) < 1e-4 * float(different)
 
 
+def test_binned_histogram_counts_past_float32s_integers(rng):
+    """One bin holding more than 2^24 values (a large image's ReLU zeros) is counted
+    whole: float32 stops adding 1 at 2^24, which shifted every rank above that bin."""
+    m = 2**24 + 2**22
+    values = np.zeros((m, 1), np.float32)
+    values[: m // 20, 0] = 0.01 + 0.99 * rng.random(m // 20)  # 95% zeros, the rest above bin 0.
+    quantiles = np.linspace(0.0, 1.0, 1025, dtype=np.float32)[:, None]
+    targets = np.asarray(histogram.match_histogram_binned(values, quantiles))[: m // 20, 0]
+    # Above the zeros, the CDF runs from 0.95 to 1: so do the targets.
+    np.testing.assert_allclose([targets.min(), targets.max()], [0.95, 1.0], atol=0.005)
+
+
 def test_mmd_poly_sampled_matches_pairwise(rng):
     x = rng.standard_normal((20, 4)).astype(np.float32)
     y = rng.standard_normal((15, 4)).astype(np.float32) + 0.3
