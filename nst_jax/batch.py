@@ -230,11 +230,23 @@ def plan_batches(
     return batches
 
 
+def _is_array(source) -> bool:
+    """A content given as an array (NumPy or JAX), not as a path."""
+    return hasattr(source, "shape")
+
+
 def _load(source, shape: tuple[int, int], crop: bool) -> np.ndarray:
-    image = source if isinstance(source, np.ndarray) else load_image(source, at_least=max(shape))
+    image = source if _is_array(source) else load_image(source, at_least=max(shape))
     image = np.asarray(image, np.float32)
     check_image("content", image)
-    return crop_to(image, shape) if crop else resize(image, shape)
+    if crop:
+        return crop_to(image, shape)
+    # The shape came from the file's header (``run_shape``); a picture decoded at another
+    # aspect ratio would be squashed into it.
+    h, w = image.shape[:2]
+    if abs(h * shape[1] / w - shape[0]) > max(2.0, 0.05 * shape[0]):
+        raise ValueError(f"decoded at {w}x{h}, where its header says {shape[1]}x{shape[0]}")
+    return resize(image, shape)
 
 
 def run_shape(source, size: int | None, crop: tuple[int, int] | None) -> tuple[int, int]:
@@ -242,7 +254,7 @@ def run_shape(source, size: int | None, crop: tuple[int, int] | None) -> tuple[i
     the header for a file)."""
     if crop is not None:
         return crop
-    own = source.shape[:2] if isinstance(source, np.ndarray) else image_size(source)
+    own = np.shape(source)[:2] if _is_array(source) else image_size(source)
     return own if size is None else resized_shape(own, size)
 
 

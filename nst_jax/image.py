@@ -103,15 +103,15 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     Raises:
       ValueError: the file is missing, unreadable, or above ``MAX_PIXELS``.
     """
-    path = Path(path)
-    with _opened(path) as img:
+    with _opened(Path(path)) as img:
         w, h = img.size
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if img.format == "PNG":  # Pillow's getexif would decode the pixels.
-                    exif = Image.Exif()
-                    exif.load(_png_exif(img.fp))
+                if img.format == "PNG" and not _png_metadata_after_pixels(img.fp):
+                    # Everything is in the header Pillow has read: its PNG reader's
+                    # getexif would decode the pixels to look for more.
+                    exif = Image.Image.getexif(img)
                 else:
                     exif = img.getexif()
                 rotated = exif.get(0x0112, 1) in (5, 6, 7, 8)
@@ -120,21 +120,26 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return (w, h) if rotated else (h, w)
 
 
-def _png_exif(fp) -> bytes:
-    """A PNG's eXIf chunk, b"" if none, found by skipping from chunk header to chunk
-    header: the chunk may follow the pixels (IDAT), and Pillow finds it there only by
-    decoding them (a 12 MP photo: a quarter of a second, per file of a folder)."""
-    fp.seek(8)  # The signature.
-    while header := fp.read(8):
-        if len(header) < 8:
-            break
-        length, kind = int.from_bytes(header[:4], "big"), header[4:]
-        if kind == b"eXIf":
-            return fp.read(length)
-        if kind == b"IEND":
-            break
-        fp.seek(length + 4, os.SEEK_CUR)  # The data and its CRC.
-    return b""
+def _png_metadata_after_pixels(fp) -> bool:
+    """Whether a PNG has chunks after its pixels (IDAT): an eXIf, or XMP or EXIF text,
+    may sit there, and Pillow reads them only by decoding the pixels. Found by skipping
+    from chunk header to chunk header; the file's position is kept."""
+    at = fp.tell()
+    try:
+        fp.seek(8)  # The signature.
+        seen_pixels = False
+        while len(header := fp.read(8)) == 8:
+            kind = header[4:]
+            if kind == b"IEND":
+                break
+            if kind == b"IDAT":
+                seen_pixels = True
+            elif seen_pixels:
+                return True
+            fp.seek(int.from_bytes(header[:4], "big") + 4, os.SEEK_CUR)  # Data and CRC.
+        return False
+    finally:
+        fp.seek(at)
 
 
 def load_image(

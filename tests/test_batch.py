@@ -48,6 +48,20 @@ def test_batches_group_by_shape_pad_and_split_evenly():
     ]
 
 
+def test_contents_load_at_the_shape_planned_from_their_headers(tmp_path):
+    """Arrays (NumPy or JAX) are contents as they are; a file decoded at an aspect ratio
+    its header did not give is refused, not squashed into the planned shape."""
+    from nst_jax import batch
+
+    x = np.random.default_rng(0).random((24, 40, 3)).astype(np.float32)
+    assert batch.run_shape(jax.numpy.asarray(x), None, None) == (24, 40)
+    np.testing.assert_allclose(batch._load(jax.numpy.asarray(x), (24, 40), False), x)
+    path = nst_jax.save_image(tmp_path / "x.png", x)
+    assert batch._load(path, batch.run_shape(path, 30, None), False).shape == (18, 30, 3)
+    with pytest.raises(ValueError, match="decoded at 40x24, where its header says 24x40"):
+        batch._load(path, (40, 24), False)
+
+
 def test_a_cluster_is_a_slurm_step_of_several_tasks_or_a_tpu_pod(monkeypatch):
     for name in ("SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(name, raising=False)

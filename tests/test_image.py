@@ -72,32 +72,41 @@ def _chunks(data: bytes) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("after_pixels", [False, True])
-def test_image_size_reads_a_png_orientation_without_decoding(tmp_path, monkeypatch, after_pixels):
-    """The eXIf chunk may come before or after the pixels; either way the displayed size
-    comes from the chunk headers, with nothing decoded (a folder of large PNGs is sized
-    before a run)."""
+@pytest.mark.parametrize("where", ["exif", "xmp", "exif after pixels", "xmp after pixels"])
+def test_image_size_agrees_with_load_image_and_decodes_nothing_it_need_not(
+    tmp_path, monkeypatch, where
+):
+    """The orientation may come in an eXIf chunk or in XMP, before or after the pixels;
+    image_size must say what load_image will give, and decode no pixels when the
+    metadata come before them (a folder of large PNGs is sized before a run)."""
     pil = Image.fromarray(np.zeros((4, 8, 3), np.uint8))
-    exif = pil.getexif()
-    exif[0x0112] = 6
     buf = io.BytesIO()
-    pil.save(buf, format="PNG", exif=exif)
+    if where.startswith("exif"):
+        exif = pil.getexif()
+        exif[0x0112] = 6
+        pil.save(buf, format="PNG", exif=exif)
+    else:
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta><tiff:Orientation>6</tiff:Orientation>")
+        pil.save(buf, format="PNG", pnginfo=info)
     chunks = _chunks(buf.getvalue())
-    if after_pixels:  # eXIf moved to just before IEND.
-        (e,) = [c for c in chunks if c[4:8] == b"eXIf"]
-        chunks.remove(e)
-        chunks.insert(-1, e)
+    if where.endswith("after pixels"):  # The metadata moved to just before IEND.
+        (meta,) = [c for c in chunks if c[4:8] in (b"eXIf", b"iTXt")]
+        chunks.remove(meta)
+        chunks.insert(-1, meta)
     path = tmp_path / "x.png"
     path.write_bytes(buf.getvalue()[:8] + b"".join(chunks))
-    assert nst_jax.load_image(path).shape == (8, 4, 3)  # Pillow agrees: portrait.
-
-    def no_decoding(self):
-        raise AssertionError("decoded the pixels")
-
-    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decoding)
+    assert nst_jax.load_image(path).shape == (8, 4, 3)  # Displayed upright: portrait.
     assert im.image_size(path) == (8, 4)
-    plain = _save(tmp_path, Image.new("RGB", (8, 4)), "plain.png")
-    assert im.image_size(plain) == (4, 8)
+    if not where.endswith("after pixels"):
+
+        def no_decoding(self):
+            raise AssertionError("decoded the pixels")
+
+        monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decoding)
+        assert im.image_size(path) == (8, 4)
+        plain = _save(tmp_path, Image.new("RGB", (8, 4)), "plain.png")
+        assert im.image_size(plain) == (4, 8)
 
 
 def test_missing_and_corrupt_files_raise_value_error(tmp_path):
