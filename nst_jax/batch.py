@@ -18,7 +18,7 @@ import glob as globbing
 import hashlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -273,6 +273,7 @@ def stylize_many(
     todo: set[Element] | None = None,
     progress: bool = True,
     chunk: int = 10,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[Outcome]:
     """Stylises many contents, each against every style mix, in sharded batches;
     yields each ``Outcome`` (this process's share) as its batch finishes.
@@ -293,6 +294,9 @@ def stylize_many(
       todo: the elements to run (``Element(content, column)``); all by default.
       progress: a bar over the images, and one over each batch's steps.
       chunk: steps between host syncs.
+      stop: asked before each batch; True (on any process) ends the run there. For a
+        caller stopped by a signal between outcomes, which waits for the batch's
+        outcomes already computed but wants no more.
 
     Raises:
       ValueError: bad settings; a content that cannot be read is an ``Outcome`` with a
@@ -350,6 +354,8 @@ def stylize_many(
     )
     try:
         for k, batch in enumerate(batches):
+            if stop is not None and _gather(np.array([stop()], np.int32)).any():
+                return
             plan = policy.plan(
                 config, batch.shape, share if jax.default_backend() == "cpu" else share // local,
                 widths=widths,

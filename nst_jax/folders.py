@@ -21,10 +21,11 @@ import jax
 import numpy as np
 
 from nst_jax.atomic import write_json
-from nst_jax.batch import Element, _gather, agree, find_contents, stylize_many
+from nst_jax.batch import Element, Outcome, _gather, agree, find_contents, stylize_many
 from nst_jax.config import Config
 from nst_jax.image import check_writable, load_image, read_settings, save_image
 from nst_jax.nets.weights import load_weights
+from nst_jax.signals import deferred
 from nst_jax.solve import programs
 from nst_jax.solve.placement import Placement, mesh_of
 from nst_jax.tasks.pyramid import style_scales
@@ -305,31 +306,42 @@ def stylize_folder(job: FolderJob) -> FolderReport:
     manifest_path = out / name
     placement = Placement(mesh_of(job.devices))
     interrupted = False
+
+    def record(outcome: Outcome) -> None:
+        nonlocal interrupted
+        e = outcome.element
+        entry = {"input": str(sources[e.index]), "output": str(paths[e])}
+        # An image that reached no step is the content: an earlier output stays.
+        if outcome.image is not None and outcome.steps > 0:
+            paths[e].parent.mkdir(parents=True, exist_ok=True)
+            complete = not (outcome.failure or outcome.interrupted)
+            data = {**settings[e], "step": outcome.steps, "complete": complete}
+            save_image(paths[e], outcome.image, settings=data)
+        if outcome.failure:
+            if e.column == 0 or outcome.image is not None:
+                _say(f"warning: skipping {entry['input']}: {outcome.failure}")
+            manifest["failed"].append({**entry, "reason": outcome.failure})
+        elif outcome.interrupted:
+            interrupted = True
+            manifest["failed"].append({**entry, "reason": f"interrupted at step {outcome.steps}"})
+        else:
+            manifest["done"].append({**entry, "losses": outcome.losses})
+        write_json(manifest_path, {**manifest, "seconds": time.perf_counter() - t0})
+
+    def stopped() -> bool:
+        return interrupted
+
     try:
         for outcome in stylize_many(
             sources, styles, job.config, blends=blends, size=job.size, crop=job.crop,
             style_scale=job.style_scale, placement=placement, batch_size=job.batch_size,
-            weights=weights, todo=todo, progress=job.progress,
+            weights=weights, todo=todo, progress=job.progress, stop=stopped,
         ):  # fmt: skip
-            e = outcome.element
-            entry = {"input": str(sources[e.index]), "output": str(paths[e])}
-            if outcome.image is not None:
-                paths[e].parent.mkdir(parents=True, exist_ok=True)
-                complete = not (outcome.failure or outcome.interrupted)
-                record = {**settings[e], "step": outcome.steps, "complete": complete}
-                save_image(paths[e], outcome.image, settings=record)
-            if outcome.failure:
-                if e.column == 0 or outcome.image is not None:
-                    _say(f"warning: skipping {entry['input']}: {outcome.failure}")
-                manifest["failed"].append({**entry, "reason": outcome.failure})
-            elif outcome.interrupted:
+            try:  # A signal while an outcome is saved waits for it, and for the
+                with deferred():  # batch's other outcomes; no new batch starts.
+                    record(outcome)
+            except KeyboardInterrupt:
                 interrupted = True
-                manifest["failed"].append(
-                    {**entry, "reason": f"interrupted at step {outcome.steps}"}
-                )
-            else:
-                manifest["done"].append({**entry, "losses": outcome.losses})
-            write_json(manifest_path, {**manifest, "seconds": time.perf_counter() - t0})
     except KeyboardInterrupt:
         interrupted = True
     manifest["interrupted"] = interrupted

@@ -249,6 +249,34 @@ def test_a_folder_job_skips_a_bad_file_resumes_and_overwrites(folder, tmp_path, 
     assert len(json.loads((out / "manifest.json").read_text())["done"]) == 6
 
 
+def test_a_ctrl_c_while_saving_keeps_the_batchs_outcomes_and_starts_no_more(
+    folder, tmp_path, capsys, monkeypatch
+):
+    """A SIGINT during the first save of a batch of two: both of its images are saved
+    and recorded, no other batch runs, and the rerun does only what is left."""
+    from nst_jax import folders
+
+    saved = []
+
+    def save_and_signal(path, image, **kw):
+        if not saved:
+            signal.raise_signal(signal.SIGINT)
+        saved.append(path)
+        return nst_jax.save_image(path, image, **kw)
+
+    monkeypatch.setattr(folders, "save_image", save_and_signal)
+    out = tmp_path / "out"
+    code, err = _cli(capsys, *_job(folder, out, "--batch_size", "2"))
+    assert code == 128 + signal.SIGINT, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["interrupted"] and len(saved) == len(manifest["done"]) == 2
+    assert all(Path(d["output"]).is_file() for d in manifest["done"])
+    monkeypatch.setattr(folders, "save_image", nst_jax.save_image)
+    code, err = _cli(capsys, *_job(folder, out, "--batch_size", "2"))
+    again = json.loads((out / "manifest.json").read_text())
+    assert len(again["skipped"]) == 2 and len(again["done"]) == 4, err
+
+
 def test_blends_are_columns_that_equal_separate_runs(folder, tmp_path, capsys):
     out = tmp_path / "out"
     code, err = _cli(capsys, *_job(folder, out, "--blends", "1,0;0.3,0.7", "--crop", "24x16"))
