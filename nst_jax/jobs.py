@@ -363,6 +363,7 @@ def run_files(job: Job, mode: str) -> Report:
         ]
         interrupted, failure, shape = result.interrupted, result.failure, result.images.shape[2:4]
         summary = f"saved {output} ({len(rows)}x{len(cols.labels)} grid)"
+        reached = True
     else:
         config = dataclasses.replace(rows[0][1], steps=steps[-1])
 
@@ -377,7 +378,11 @@ def run_files(job: Job, mode: str) -> Report:
             callback=snapshot, chunk=_chunk(outputs.save_every), **kw,
         )  # fmt: skip
         last = results[-1]
-        save_image(output, last.image, settings={**settings, "step": last.steps})
+        # Stopped before a step: the image is the start, and an earlier output stays.
+        stopped_early = last.interrupted or last.failure is not None
+        reached = len(results) > 1 or last.steps > 0 or not stopped_early
+        if reached:
+            save_image(output, last.image, settings={**settings, "step": last.steps})
         runs = [run_record(r, "", i, [""]) for i, r in enumerate(results)]
         interrupted, failure, shape = last.interrupted, last.failure, last.image.shape[:2]
         term = "content" if mode == "invert" else "style"
@@ -395,6 +400,11 @@ def run_files(job: Job, mode: str) -> Report:
         summary = f"interrupted; saved what was reached to {output}"
     if failure:
         summary = f"{failure}; saved the last finite image to {output}"
+    if not reached:
+        why = "interrupted before the first step" if interrupted else failure
+        summary = f"{why}; nothing saved" + (
+            f" ({output} left as it was)" if output.exists() else ""
+        )
     compiling = sum(r["compile_seconds"] for r in runs)
     stepping = sum(r["steps"] * r["seconds_per_step"] for r in runs if r["steps"])
     now = time.perf_counter()

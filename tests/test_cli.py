@@ -273,10 +273,35 @@ def test_a_loss_that_overflows_stops_the_run_with_exit_3(command, images, tmp_pa
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 3 and len(lines) == 1, result.stderr
     assert "style weight x style loss overflowed float32" in lines[0]
-    assert "saved the last finite image" in lines[0]
-    assert np.isfinite(np.asarray(Image.open(out), np.float32)).all()
+    assert "nothing saved" in lines[0] and not out.exists()  # No step was finite.
     data = json.loads(report.read_text())
     assert data["failure"].startswith("stopped after step 0") and data["runs"][0]["steps"] == 0
+
+
+def test_a_run_that_reaches_no_step_leaves_an_earlier_output(
+    command, images, tmp_path, monkeypatch
+):
+    """Interrupted before its first step, a run's image is its start (the content): it
+    must not replace the result an earlier run left at ``--output``."""
+    from nst_jax import jobs
+
+    out = tmp_path / "out.png"
+    out.write_bytes(b"the previous result")
+    real = jobs.stylize_pyramid
+
+    def no_step(*args, level_steps, **kwargs):
+        results = real(*args, level_steps=[0] * len(level_steps), **kwargs)
+        return [r._replace(interrupted=True) for r in results]
+
+    monkeypatch.setattr(jobs, "stylize_pyramid", no_step)
+    result = command(
+        "--content", images / "content.png", "--style", images / "style.png", "--output", out,
+        "--size", "32", "--steps", "3", "--style_layers", "conv1_1", "--content_layers",
+        "conv1_2",
+    )  # fmt: skip
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert "interrupted before the first step; nothing saved" in result.stderr
+    assert out.read_bytes() == b"the previous result"
 
 
 def test_flags_reach_the_config(command, images, tmp_path, real_weights):
