@@ -1,8 +1,10 @@
-"""Atomic file writes: write a temporary file beside the target, then rename it."""
+"""Atomic file writes: write a temporary file beside the target, then rename it; and paths
+resolved the way those writes follow them."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -21,6 +23,23 @@ def _umask() -> int:
 UMASK = _umask()
 
 
+def resolved(path: str | os.PathLike) -> Path:
+    """``path`` absolute, its symbolic links followed. A link loop (Python 3.11 raises
+    RuntimeError for it) stays as given, made absolute: it names no file, so reading it
+    fails as a missing file does, and ``is_link_loop`` tells writers."""
+    path = Path(path)
+    try:
+        return path.resolve()
+    except RuntimeError:
+        return path.absolute()
+
+
+def is_link_loop(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a symbolic link whose chain never reaches a file or folder."""
+    path = Path(path)
+    return path.is_symlink() and resolved(path).is_symlink()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     """Yields a temporary path in ``path``'s folder; on success it replaces ``path``.
@@ -32,8 +51,10 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     permissions (0666 & ~umask) rather than mkstemp's 0600.
     """
     path = Path(path)
+    if is_link_loop(path):
+        raise OSError(errno.ELOOP, "a symbolic link loop", str(path))
     if path.is_symlink():
-        path = path.resolve()
+        path = resolved(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp = Path(tmp)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nst_jax.atomic import write_json
+from nst_jax.atomic import resolved, write_json
 from nst_jax.data import Photos, check_photos, default_photos
 from nst_jax.image import check_writable, demo_images, labelled_grid, load_image, save_image
 from nst_jax.nets.weights import load_weights
@@ -102,8 +102,8 @@ def train_files(job: TrainJob) -> TrainReport:
     demo_content, demo_style = demo_images()
     style = demo_style if job.style is None else load_image(job.style)
     paths = _training_photos(job.train_data)
-    inputs = {p.resolve() for p in paths} | ({Path(job.style).resolve()} if job.style else set())
-    _check_report(job.report, inputs | ({Path(job.sample).resolve()} if job.sample else set()))
+    inputs = {resolved(p) for p in paths} | ({resolved(job.style)} if job.style else set())
+    _check_report(job.report, inputs | ({resolved(job.sample)} if job.sample else set()))
     sample = load_image(job.sample) if job.sample else demo_content
     from nst_jax.image import resize_longest
 
@@ -213,11 +213,11 @@ def apply_files(job: ApplyJob) -> ApplyReport:
                 f"{' (a texture network)' if g.texture else ''}, not {name} {value}"
             )
     output = Path(job.output)
-    if job.content and output.resolve() == Path(job.content).resolve():
+    if job.content and resolved(output) == resolved(job.content):
         raise ValueError(f"--output {output} is the content file; refusing to overwrite it")
     check_writable(output)
-    content_path = {Path(job.content).resolve()} if job.content else set()
-    _check_report(job.report, content_path | {output.resolve()})
+    content_path = {resolved(job.content)} if job.content else set()
+    _check_report(job.report, content_path | {resolved(output)})
     content = None
     if g.texture:
         if job.content:
@@ -273,7 +273,7 @@ def apply_folder(job: ApplyFolderJob):
     per image shape; a Ctrl-C or signal stops after the image in flight."""
     import jax
 
-    from nst_jax.folders import FolderReport, finished, plan_outputs
+    from nst_jax.folders import FolderReport, finished, manifest_name, plan_outputs
     from nst_jax.progress import progress_bar
 
     if job.size is not None and job.size < 16:
@@ -316,7 +316,7 @@ def apply_folder(job: ApplyFolderJob):
     finally:
         bar.close()
     manifest.update(interrupted=interrupted, seconds=time.perf_counter() - t0)
-    manifest_path = write_json(out / "manifest.json", manifest)
+    manifest_path = write_json(out / manifest_name(), manifest)
     failed = len(manifest["failed"])
     summary = (
         f"{len(manifest['done'])} done, {len(manifest['skipped'])} done before, "

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from nst_jax.atomic import write_json
+from nst_jax.atomic import resolved, write_json
 from nst_jax.batch import Element, Outcome, _gather, agree, find_contents, stylize_many
 from nst_jax.config import Config
 from nst_jax.image import check_writable, load_image, read_settings, save_image
@@ -132,11 +132,9 @@ def _columns(job: FolderJob) -> tuple[np.ndarray | None, list[str]]:
 
 def output_path(output_dir: str | Path, root: Path, source: Path, label: str) -> Path:
     """``OUTPUT_DIR/relative/stem[.label].png`` for ``source`` under ``root``."""
-    relative = (
-        source.resolve().relative_to(root.resolve())
-        if source.resolve().is_relative_to(root.resolve())
-        else Path(source.name)
-    )
+    # The folders resolved, the file's own name kept: a link is named as the user sees it.
+    where, base = resolved(source.parent) / source.name, resolved(root)
+    relative = where.relative_to(base) if where.is_relative_to(base) else Path(source.name)
     name = relative.stem + (f".{label}" if label else "") + ".png"
     return Path(output_dir) / relative.parent / name
 
@@ -167,9 +165,9 @@ def output_paths(
                 + (" (or the styles, whose names label the outputs)" if len(labels) > 1 else "")
             )
         seen[path] = e
-    inputs = {p.resolve() for p in sources}
+    inputs = {resolved(p) for p in sources}
     for path in paths.values():
-        if path.resolve() in inputs:
+        if resolved(path) in inputs:
             raise ValueError(f"{path} is an input file; refusing to overwrite it (--output_dir)")
     return paths
 
@@ -188,25 +186,55 @@ def plan_outputs(
     """
     sources, root = find_contents(contents)
     out = Path(output_dir)
-    inside = out.resolve() != root.resolve() and out.resolve().is_relative_to(root.resolve())
+    inside = resolved(out) != resolved(root) and resolved(out).is_relative_to(resolved(root))
     if inside:
-        sources = [p for p in sources if not p.resolve().is_relative_to(out.resolve())]
+        sources = [p for p in sources if not resolved(p).is_relative_to(resolved(out))]
         if not sources:
             raise ValueError(f"no images found in {contents} outside --output_dir {out}")
         if not Path(contents).exists():  # A glob: its root was the earlier outputs' too.
             root = Path(os.path.commonpath([p.parent for p in sources]))
+    elif resolved(out) == resolved(root):  # The outputs sit among the contents.
+        sources = [p for p in sources if not _is_output(p)]
+        if not sources:
+            raise ValueError(f"no images found in {contents} besides nst_jax outputs")
     out = prepare_output_dir(out)
     paths = output_paths(out, root, sources, labels)
-    kept = {Path(p).resolve() for p in protected}
+    kept = {resolved(p) for p in protected}
     for path in paths.values():
-        if path.resolve() in kept:
+        if resolved(path) in kept:
             raise ValueError(f"{path} is an input file; refusing to overwrite it (--output_dir)")
         if not overwrite and path.exists() and not _is_output(path):
             raise ValueError(
                 f"{path} exists and is not an nst_jax output; refusing to overwrite it"
                 " (move it, or give --overwrite)"
             )
+    folders = {f for path in paths.values() for f in path.relative_to(out).parents} - {Path()}
+    for folder in sorted(out / f for f in folders):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder} is a file, where a folder of outputs goes; move it")
+    manifest = out / manifest_name()
+    if resolved(manifest) in kept | {resolved(p) for p in sources}:
+        raise ValueError(f"{manifest} is an input file; refusing to overwrite it (--output_dir)")
+    if not overwrite and manifest.exists() and not _is_manifest(manifest):
+        raise ValueError(
+            f"{manifest} exists and is not an nst_jax manifest; refusing to overwrite it"
+            " (move it, or give --overwrite)"
+        )
     return sources, out, paths
+
+
+def manifest_name() -> str:
+    """The manifest this process writes in the output folder."""
+    processes, process = jax.process_count(), jax.process_index()
+    return "manifest.json" if processes == 1 else f"manifest-{process}-of-{processes}.json"
+
+
+def _is_manifest(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"done", "failed", "interrupted"} <= data.keys()
 
 
 def _is_output(path: Path) -> bool:
@@ -302,8 +330,7 @@ def stylize_folder(job: FolderJob) -> FolderReport:
         "failed": [],
         "interrupted": False,
     }
-    name = "manifest.json" if processes == 1 else f"manifest-{process}-of-{processes}.json"
-    manifest_path = out / name
+    manifest_path = out / manifest_name()
     placement = Placement(mesh_of(job.devices))
     interrupted = False
 

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
-from nst_jax.atomic import atomic_path
+from nst_jax.atomic import atomic_path, is_link_loop, resolved
 
 # The largest image read, in pixels, by the size its header claims: a 100 MP photo is
 # 1.2 GB as float32 RGB. A larger claim is refused before anything is decoded, so a
@@ -215,10 +215,17 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 def check_writable(path: str | os.PathLike) -> Path:
     """Fails early, before any compute, if ``path`` cannot be written.
 
+    A symbolic link is checked where it points, where ``save_image`` writes.
+
     Raises:
-      ValueError: the folder is missing or read-only, or the path is a folder.
+      ValueError: the folder is missing or read-only, the path is a folder, or a
+        symbolic link loop.
     """
     path = Path(path)
+    if is_link_loop(path):
+        raise ValueError(f"output path is a symbolic link loop: {path}")
+    if path.is_symlink():
+        path = resolved(path)
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ValueError(f"output path is a folder: {path}")

@@ -6,12 +6,14 @@ mode. ``jobs.py`` runs the jobs.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nst_jax.atomic import is_link_loop, resolved
 from nst_jax.image import check_writable
 from nst_jax.solve.driver import Result
 
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 def _same(a: Path, b: Path) -> bool:
     """Whether ``b`` is ``a``, or a link to it (resolved paths, or the same inode)."""
     try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+        return resolved(a) == resolved(b) or (a.exists() and b.exists() and os.path.samefile(a, b))
     except OSError:
         return False
 
@@ -36,12 +38,12 @@ def snapshot_path(output: Path, step: int, level: int | None = None) -> Path:
 def _is_snapshot(path: Path, output: Path, save_every: int, steps: Sequence[int]) -> bool:
     """Whether ``path``, or the file it resolves to, is a snapshot ``snapshot_path``
     will write: checked by name, not by listing them (a run may plan millions)."""
-    folder = output.parent.resolve()
+    folder = resolved(output.parent)
     pattern = rf"{re.escape(output.stem)}(?:\.level(\d+))?\.step(\d+){re.escape(output.suffix)}"
     pyramid = len(steps) > 1
-    for candidate in {path.absolute(), path.resolve()}:
+    for candidate in {path.absolute(), resolved(path)}:
         match = re.fullmatch(pattern, candidate.name)
-        if not save_every or match is None or candidate.parent.resolve() != folder:
+        if not save_every or match is None or resolved(candidate.parent) != folder:
             continue
         level = None if match.group(1) is None else int(match.group(1))
         step = int(match.group(2))
@@ -73,13 +75,21 @@ def check_outputs(
                 f"{source} is an input file, and a --save_every snapshot of {written[0]} "
                 "would take its name; refusing to overwrite it"
             )
+    if save_every:  # Files already where snapshots go: a link to an input, or a folder.
+        out = written[0]
+        pattern = f"{glob.escape(out.stem)}.*{glob.escape(out.suffix)}"
+        snapshots = [p for p in out.parent.glob(pattern) if _is_snapshot(p, out, save_every, steps)]
+        check_written(sources, snapshots, role="--save_every snapshot")
     check_written(sources, written)
 
 
-def check_written(sources: Sequence[Path], written: Sequence[Path]) -> None:
+def check_written(
+    sources: Sequence[Path], written: Sequence[Path], *, role: str | None = None
+) -> None:
     """Refuses, before any compute, a path in ``written`` (images, and ``.json``
-    reports) that is one of ``sources`` or resolves to one, or whose folder is missing or
-    read-only.
+    reports) that is one of ``sources`` or resolves to one, or is a folder, or whose
+    folder is missing or read-only. ``role`` names them in the error (by default
+    ``--output``, or ``--report`` for JSON).
 
     Raises:
       ValueError: naming the output.
@@ -89,11 +99,17 @@ def check_written(sources: Sequence[Path], written: Sequence[Path]) -> None:
             if _same(path, source):
                 raise ValueError(f"{path} is an input file ({source}); refusing to overwrite it")
     for path in written:
+        report = path.suffix.lower() == ".json"
         try:
-            check_writable(path if path.suffix.lower() != ".json" else path.with_suffix(".png"))
+            if is_link_loop(path):
+                raise ValueError(f"output path is a symbolic link loop: {path}")
+            target = resolved(path)  # Where the write goes.
+            if target.is_dir():
+                raise ValueError(f"output path is a folder: {path}")
+            # A report is JSON; its folder is checked as an image's would be.
+            check_writable(target.with_suffix(".png") if report else target)
         except ValueError as e:
-            role = "--report" if path.suffix.lower() == ".json" else "--output"
-            raise ValueError(f"{role}: {e}") from None
+            raise ValueError(f"{role or ('--report' if report else '--output')}: {e}") from None
 
 
 def _losses(losses: dict, i: int | None = None) -> dict[str, float]:

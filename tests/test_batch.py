@@ -339,6 +339,45 @@ def test_folder_flags_that_make_no_sense_are_refused(folder, tmp_path, capsys):
     assert Image.open(out / "a.s1.png").size == (4, 4)
 
 
+def test_planning_refuses_what_would_lose_a_file_or_fail_after_compute(tmp_path):
+    """Checked before any compute: a manifest that is not nst_jax's, a file where a
+    folder of outputs goes; a link is named as the user sees it; a link loop among the
+    contents is a content that will fail, not a crash; an output folder that is the
+    contents folder does not read its own outputs as contents."""
+    from nst_jax.folders import plan_outputs
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    (photos / "sub").mkdir(parents=True)
+    x = np.zeros((20, 20, 3), np.float32)
+    for name in ("a.jpg", "sub/b.png", "sub/longername.png"):
+        nst_jax.save_image(photos / name, x)
+    (photos / "x.png").symlink_to(photos / "sub" / "longername.png")
+    (photos / "loop.png").symlink_to("loop.png")
+    listed = tmp_path / "list.txt"
+    listed.write_text("photos/a.jpg\nphotos/loop.png\n")
+    out.mkdir()
+    (out / "manifest.json").write_text('{"precious": true}')
+    with pytest.raises(ValueError, match="manifest.json exists and is not an nst_jax manifest"):
+        plan_outputs(str(photos), out, [""])
+    (out / "manifest.json").write_text('{"done": [], "failed": [], "interrupted": false}')
+    (out / "sub").write_text("a file")
+    with pytest.raises(ValueError, match="sub is a file, where a folder of outputs goes"):
+        plan_outputs(str(photos), out, [""])
+    (out / "sub").unlink()
+    sources, _, paths = plan_outputs(str(photos), out, [""])
+    names = sorted(p.relative_to(out).as_posix() for p in paths.values())
+    assert names == ["a.png", "sub/b.png", "sub/longername.png", "x.png"]  # No loop: not a file.
+    sources, _, paths = plan_outputs(str(listed), out, [""])
+    assert [p.name for p in sources] == ["a.jpg", "loop.png"]
+    # Outputs among the contents: a rerun plans the same, not outputs of outputs.
+    jpgs = tmp_path / "jpgs"
+    jpgs.mkdir()
+    nst_jax.save_image(jpgs / "c.jpg", x)
+    nst_jax.save_image(jpgs / "c.png", x, settings={"mode": "stylize"})  # An earlier output.
+    sources, _, paths = plan_outputs(str(jpgs), jpgs, [""])
+    assert [p.name for p in sources] == ["c.jpg"] and list(paths.values()) == [jpgs / "c.png"]
+
+
 def test_an_output_folder_inside_the_contents_is_not_read_as_contents(folder, tmp_path, capsys):
     photos = tmp_path / "photos"
     shutil.copytree(folder / "photos", photos)

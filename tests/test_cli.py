@@ -64,6 +64,11 @@ def images(tmp_path_factory):
     (folder / "notes.png").write_text("not an image")
     nst_jax.save_image(folder / "black.png", np.zeros((20, 20, 3), np.float32))
     (folder / "link.png").symlink_to(folder / "content.png")
+    (folder / "loop.png").symlink_to("loop.png")  # A link to itself.
+    (folder / "dangling.png").symlink_to(folder / "no" / "such" / "folder" / "x.png")
+    (folder / "r.json").mkdir()
+    (folder / "folded.step00002.png").mkdir()  # Where a snapshot of folded.png goes.
+    (folder / "linked.step00002.png").symlink_to(folder / "content.png")
     (folder / "bomb.png").write_bytes(png_header(30000, 30000))  # 57 bytes, 900 megapixels.
     nst_jax.save_image(folder / "wide.png", np.zeros((4, 80, 3), np.float32))
     (folder / "random.npz").write_bytes(np.random.default_rng(1).bytes(2000))
@@ -115,6 +120,19 @@ BAD_INPUTS = [
         "out.step00002.png is an input file",
     ),
     (["--report", "{d}/style.png"], "--report must end in .json"),
+    (["--report", "{d}/r.json"], "--report: output path is a folder"),
+    (["--output", "{d}/loop.png"], "output path is a symbolic link loop"),
+    (["--content", "{d}/loop.png"], "image not found"),
+    (["--style", "{d}/loop.png"], "image not found"),
+    (["--output", "{d}/dangling.png"], "--output: output folder does not exist"),
+    (
+        ["--output", "{d}/linked.png", "--save_every", "2", "--steps", "3"],
+        "linked.step00002.png is an input file",
+    ),
+    (
+        ["--output", "{d}/folded.png", "--save_every", "2", "--steps", "3"],
+        "--save_every snapshot: output path is a folder",
+    ),
     (["--report", "{d}/no/such/folder/r.json"], "--report: output folder does not exist"),
     (["--size", "200000"], "largest size that fits is about --size"),
     (["--weights", "{d}/notes.png"], "unsupported weights format"),
