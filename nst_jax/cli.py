@@ -389,4 +389,7 @@ def run() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _stop)
+    # ``--help`` lists the main module's key flags: make ours theirs, whichever file runs.
+    for flag in F.get_flags_for_module(nst_jax.cli_flags.__name__):
+        F.register_key_flag_for_module(sys.argv[0], flag)
     app.run(lambda argv: sys.exit(_exit_code(argv)), flags_parser=_parse_flags)

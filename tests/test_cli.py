@@ -574,3 +574,10 @@ def test_the_package_runs_as_a_module():
         cwd=Path(__file__).resolve().parent.parent,
     )
     _one_line_error(result, "steps must be >= 0")
+    # --help lists this program's flags (absl lists the main module's, which defines none).
+    for command in ([sys.executable, "-m", "nst_jax"], [sys.executable, str(RUN)]):
+        shown = subprocess.run(
+            [*command, "--help"], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert "--style_weight:" in shown.stdout, shown.stdout[-500:]
+        assert "--content:" in shown.stdout and "--logtostderr" not in shown.stdout
