@@ -79,7 +79,7 @@ GRIDS = {
     "--steps 300",
     "texture_layers": "--mode texture --demo --style_layer_sets growing --tv_weight 0 "
     "--size 160 --steps 300",
-    "ratios": "--demo --ratios 10000,1000,100,10 --size 128 --steps 300",
+    "ratios": "--demo --ratios 10,1,0.25,0.05 --size 128 --steps 300",
 }
 
 

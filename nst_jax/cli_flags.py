@@ -14,9 +14,16 @@ from nst_jax import Config, LossConfig, NetConfig
 MODES = ["stylize", "texture", "invert", "train", "apply"]
 
 # Inputs and outputs.
-flags.DEFINE_string("content", None, "Content image file.")
+flags.DEFINE_string(
+    "content",
+    None,
+    "Content image file; with --output_dir, a folder, a glob or a .txt list of them.",
+)
 flags.DEFINE_list(
-    "style", None, "Style image file, or several, comma-separated: mixed or masked, see below."
+    "style",
+    None,
+    "Style image file, or several, comma-separated: mixed (--style_blend) or masked "
+    "(--content_masks).",
 )
 flags.DEFINE_list(
     "style_blend", None, "One weight per --style image: mix their statistics (default: equal)."
@@ -109,8 +116,8 @@ flags.DEFINE_list(
 flags.DEFINE_integer(
     "size",
     384,
-    "Longest side of the output, in pixels. The style image is resized to the same longest "
-    "side. --mode train: the side of the square training crops, 128 by default. --mode "
+    "Longest side of the output, in pixels. Each style is resized to --style_scale times "
+    "it. --mode train: the side of the square training crops, 128 by default. --mode "
     "apply: the output's longest side (by default the content's own; 256 for a texture).",
 )
 flags.DEFINE_integer(
@@ -179,7 +186,9 @@ flags.DEFINE_float(
     "Style weight (beta). --mode train defaults to twice this, 8: a generator at 4 paints "
     "too little (README: Feed-forward networks).",
 )
-flags.DEFINE_float("tv_weight", LossConfig.tv_weight, "Total-variation weight.")
+flags.DEFINE_float(
+    "tv_weight", LossConfig.tv_weight, "Total-variation weight (--mode invert: 1 by default)."
+)
 flags.DEFINE_list(
     "content_layers", list(LossConfig.content_layers), "Content layers (convolutions or poolings)."
 )
@@ -187,7 +196,7 @@ flags.DEFINE_enum(
     "content_loss",
     LossConfig.content_loss,
     list(nst_jax.objective.CONTENT_LOSSES),
-    "mse: mean squared feature difference. normalized: |F - P|^2 / |P|^2 (invert's).",
+    "mse: mean squared feature difference. normalized: |F - P|^2 / |P|^2.",
 )
 flags.DEFINE_list("style_layers", list(LossConfig.style_layers), "Style layers.")
 flags.DEFINE_list("style_layer_weights", None, "One weight per style layer (default: equal).")
@@ -211,7 +220,11 @@ flags.DEFINE_enum(
     "alike); gatys: Gatys et al.'s E_l, where conv4_1 outweighs conv1_1 10^5 to 1.",
 )
 flags.DEFINE_float("tv_beta", LossConfig.tv_beta, "Exponent beta of the total variation.")
-flags.DEFINE_float("alpha_norm_weight", LossConfig.alpha_norm_weight, "Weight of the alpha-norm.")
+flags.DEFINE_float(
+    "alpha_norm_weight",
+    LossConfig.alpha_norm_weight,
+    "Weight of the alpha-norm (--mode invert: 10 by default).",
+)
 flags.DEFINE_float("alpha", LossConfig.alpha, "Exponent of the alpha-norm.")
 flags.DEFINE_float("mmd_c", LossConfig.mmd_c, "Offset c of the polynomial MMD kernel (x.y + c)^d.")
 flags.DEFINE_integer("mmd_degree", LossConfig.mmd_degree, "Degree d of the polynomial MMD kernel.")
@@ -227,9 +240,10 @@ flags.DEFINE_integer(
 flags.DEFINE_string(
     "output_dir",
     None,
-    "Stylise every image --content names (a folder, a glob, a .txt list of paths) into "
-    "this folder: one output per content and style mix, named after its input, "
-    "subfolders kept. A rerun skips outputs already done with the same settings.",
+    "Stylise (or, with --mode apply, run --model on) every image --content names (a "
+    "folder, a glob, a .txt list of paths) into this folder: one output per content "
+    "and style mix, named after its input, subfolders kept. A rerun skips outputs "
+    "already done with the same settings.",
 )
 flags.DEFINE_string(
     "blends",
