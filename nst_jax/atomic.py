@@ -55,6 +55,8 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
         raise OSError(errno.ELOOP, "a symbolic link loop", str(path))
     if path.is_symlink():
         path = resolved(path)
+    if not path.parent.is_dir():  # Else mkstemp's error names the temporary file.
+        raise FileNotFoundError(errno.ENOENT, "output folder does not exist", str(path.parent))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp = Path(tmp)

@@ -42,7 +42,7 @@ from nst_jax.solve.placement import Placement, mesh_of
 from nst_jax.solve.solver import HISTORY_KEYS, term_weights_of
 from nst_jax.tasks import policy
 from nst_jax.tasks.pyramid import scaled_styles, style_scales
-from nst_jax.tasks.stylize import MIN_SIDE, check_image, run
+from nst_jax.tasks.stylize import MIN_SIDE, check_batch_weights, check_image, pixels, run
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 # A batch's default share of one device: more pads short folders for no gain on a CPU,
@@ -237,7 +237,7 @@ def _is_array(source) -> bool:
 
 def _load(source, shape: tuple[int, int], crop: bool) -> np.ndarray:
     image = source if _is_array(source) else load_image(source, at_least=max(shape))
-    image = np.asarray(image, np.float32)
+    image = pixels("content", image)
     check_image("content", image)
     if crop:
         return crop_to(image, shape)
@@ -303,15 +303,14 @@ def stylize_many(
         failure, not an error.
     """
     styles = tuple(
-        np.asarray(s, np.float32) for s in (style if isinstance(style, (list, tuple)) else (style,))
+        pixels("style", s) for s in (style if isinstance(style, (list, tuple)) else (style,))
     )
     if config.preserve_color != "none":
         raise ValueError("preserve_color works one content at a time, not on a batch")
     columns = 1 if blends is None else len(blends)
     if blends is not None:
         blends = np.asarray(blends, np.float32)
-        if blends.ndim != 2 or blends.shape[1] != len(styles):
-            raise ValueError(f"blends must be [columns, {len(styles)}], got {blends.shape}")
+        check_batch_weights(term_weights_of(config), blends, config, len(styles))
     placement = placement or Placement(mesh_of())
     devices, local = placement.mesh.devices.size, placement.local_devices
     processes, process = jax.process_count(), jax.process_index()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 from nst_jax.nets.network import NetConfig
 from nst_jax.objective import LossConfig
@@ -70,6 +71,10 @@ class Config:
     def __post_init__(self):
         if not isinstance(self.loss, LossConfig) or not isinstance(self.net, NetConfig):
             raise TypeError("Config needs a LossConfig as loss and a NetConfig as net")
+        for name in ("steps", "seed", "stop_window", "lbfgs_memory", "linesearch_steps"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.optimizer not in OPTIMIZERS:
@@ -85,7 +90,7 @@ class Config:
         if self.stop_window < 1:
             raise ValueError(f"stop_window must be >= 1, got {self.stop_window}")
         if self.init not in INIT_KINDS:
-            raise ValueError(f"init must be one of {INIT_KINDS} or an image, got {self.init!r}")
+            raise ValueError(f"init must be one of {INIT_KINDS}, got {self.init!r}")
         if self.lbfgs_memory < 1:
             raise ValueError(f"lbfgs_memory must be >= 1, got {self.lbfgs_memory}")
         if self.linesearch not in LINESEARCHES:

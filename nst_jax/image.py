@@ -26,10 +26,9 @@ from nst_jax.atomic import atomic_path, is_link_loop, resolved
 
 # The largest image read, in pixels, by the size its header claims: a 100 MP photo is
 # 1.2 GB as float32 RGB. A larger claim is refused before anything is decoded, so a
-# small file that claims a huge image (a decompression bomb) costs nothing. Pillow's
-# own guard is set to the same limit (it raises at twice it, on open).
+# small file that claims a huge image (a decompression bomb) costs nothing. Checked in
+# ``_opened``; Pillow's own, process-wide limit is left as the user's program set it.
 MAX_PIXELS = 100_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 PNG_SETTINGS_KEY = "nst_jax"
 DEMO_PAINTING = "starry_night.jpg"  # In nst_jax/assets/: the demo's style.
@@ -186,11 +185,31 @@ def resized_shape(shape: tuple[int, int], size: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+def _float_pixels(image, what: str, channels: int | None = 3) -> np.ndarray:
+    """``image`` as a float32 ``[H, W, channels]`` array (NumPy or JAX in).
+
+    Raises:
+      ValueError: another rank or channel count, or integer pixels.
+    """
+    a = np.asarray(image)
+    if a.ndim != 3 or (channels is not None and a.shape[-1] != channels):
+        raise ValueError(f"{what} must be [H, W, {channels or 'C'}], got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"{what} must be float pixels in [0, 1], got {a.dtype}")
+    return a.astype(np.float32, copy=False)
+
+
 def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resizes ``[H, W, 3]`` float RGB to ``shape`` = (H', W') with Lanczos (antialiased)."""
+    """Resizes ``[H, W, C]`` float pixels to ``shape`` = (H', W') with Lanczos
+    (antialiased), clipped to [0, 1].
+
+    Raises:
+      ValueError: not ``[H, W, C]`` float pixels.
+    """
+    image = _float_pixels(image, "resize's image", channels=None)
     h, w = shape
     if image.shape[:2] == (h, w):
-        return image.astype(np.float32)
+        return image
     channels = [
         np.asarray(
             Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
@@ -248,8 +267,15 @@ def save_image(
 
     A PNG carries ``settings`` as JSON in an ``nst_jax`` text chunk, so that the result
     can be reproduced. A reader never sees a half-written file.
+
+    Raises:
+      ValueError: not ``[H, W, 3]`` float pixels, or pixels that are not finite.
+      OSError: the folder is missing or cannot be written.
     """
     path = Path(path)
+    image = _float_pixels(image, "save_image's image")
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"not saving {path}: the image has non-finite pixels")
     pil = Image.fromarray(to_uint8(image), mode="RGB")
     suffix = path.suffix.lower()
     kwargs: dict[str, Any] = {}
@@ -391,9 +417,9 @@ def read_settings(path: str | os.PathLike) -> dict[str, Any]:
     header alone (no pixels are decoded: a folder job reads every output's on a rerun).
 
     Raises:
-      ValueError: the file holds no such settings.
+      ValueError: the file is missing or unreadable, or holds no such settings.
     """
-    with Image.open(path) as img:
+    with _opened(Path(path)) as img:
         text = img.info.get(PNG_SETTINGS_KEY)
     if not isinstance(text, str):
         raise ValueError(f"{path} holds no nst_jax settings")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -61,6 +62,11 @@ class Terms(NamedTuple):
     style: jax.Array
     tv: jax.Array
     alpha_norm: jax.Array
+
+
+def _is_int(value) -> bool:
+    """An integer (Python's or NumPy's), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _finite_non_negative(name: str, value: float) -> None:
@@ -141,6 +147,9 @@ class LossConfig:
             raise ValueError(f"tv_beta must be a finite number > 0, got {self.tv_beta}")
         if not (self.alpha >= 1 and math.isfinite(self.alpha)):
             raise ValueError(f"alpha must be a finite number >= 1, got {self.alpha}")
+        for name in ("mmd_degree", "mmd_samples"):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
         if self.mmd_degree < 1 or self.mmd_samples < 2:
             raise ValueError("mmd_degree must be >= 1 and mmd_samples >= 2")
         object.__setattr__(self, "content_layers", check_layers(self.content_layers))
@@ -290,13 +299,15 @@ def style_targets(
     if not loss.style_on:
         return StyleTargets({}, {}, {})
     if content_masks is not None:
+        content_masks = jnp.asarray(content_masks, jnp.float32)
         if content_masks.shape != (len(styles), *shape):
             raise ValueError(
                 f"content masks {content_masks.shape} must be [{len(styles)}, H, W] for "
                 f"{len(styles)} styles and a {shape[0]}x{shape[1]} output"
             )
+    if content_masks is not None or any(m is not None for m in style_masks or ()):
         bad = [stat for stat, _ in loss.style_loss if statistics.moment(stat, loss) is None]
-        if bad:
+        if bad:  # Their targets would leave the masks out.
             raise ValueError(
                 f"masks work with gram, mmd_poly (degree 2), mmd_linear and meanstd, not {bad[0]}"
             )

@@ -279,3 +279,57 @@ def test_stylize_checks_its_inputs():
     check("content", np.zeros((16, 20, 3)))
     with pytest.raises(ValueError, match="must be \\[H, W, 3\\] RGB"):
         check("style", np.zeros((16, 20)))
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\], got values from 0 to 255"):
+        check("content", np.linspace(0.0, 255.0, 16 * 20 * 3).reshape(16, 20, 3))
+    check("content", np.full((16, 20, 3), np.nan))  # Non-finite: the run reports it.
+
+
+def test_the_api_refuses_what_it_would_misread(small_weights, rng, styles, tmp_path):
+    """Arrays and settings the library would otherwise take silently, and wrongly."""
+    content = smooth_image(rng, 24, 32)
+    config = Config(loss=_loss(), steps=1)
+    run = functools.partial(nst_jax.stylize_batch, weights=small_weights, progress=False)
+    with pytest.raises(ValueError, match="float pixels in \\[0, 1\\], got uint8"):
+        nst_jax.stylize((content * 255).astype(np.uint8), styles[0], config, weights=small_weights)
+    with pytest.raises(ValueError, match="style mixes must be >= 0, each with a positive sum"):
+        run(content, list(styles), config, blends=[[1.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="style mixes must be >= 0"):
+        run(content, list(styles), config, blends=[[1.5, -0.5]])
+    with pytest.raises(ValueError, match="blends must be \\[B, 2\\]"):
+        run(content, list(styles), config, seeds=[0, 1], blends=[1.0, 0.0])
+    sweep = nst_jax.Terms(content=1.0, style=4.0, tv=0.01, alpha_norm=np.array([0.0, 100.0]))
+    with pytest.raises(ValueError, match="sweep alpha_norm, but the config turns that term off"):
+        run(content, styles[0], config, term_weights=sweep)
+    with pytest.raises(ValueError, match="term weights must be finite and >= 0; style"):
+        run(content, styles[0], config, term_weights=sweep._replace(style=np.array([1.0, -1.0])))
+    two = run(content, styles[0], config, seeds=np.arange(2))  # NumPy seeds are seeds.
+    assert two.image.shape == (2, 24, 32, 3)
+    with pytest.raises(ValueError, match="a texture has no content"):
+        nst_jax.synthesize(styles[0], (24, 32), config.replace(preserve_color="luminance"))
+    network = nst_jax.prepare(small_weights)
+    hist = _loss(style_loss=(("histogram", 1.0),))
+    with pytest.raises(ValueError, match="masks work with gram, .* not histogram"):
+        nst_jax.style_targets(
+            network, [styles[0]], hist, shape=(24, 32), style_masks=[np.ones((32, 32))]
+        )
+    for bad in (dict(steps=2.5), dict(seed=1.5)):
+        with pytest.raises(ValueError, match="must be an integer"):
+            Config(**bad)
+    with pytest.raises(ValueError, match="remat must be True or False"):
+        nst_jax.NetConfig(remat="no")
+    with pytest.raises(ValueError, match="mmd_degree must be an integer"):
+        LossConfig(mmd_degree=2.5)
+    assert LossConfig(content_layers="conv4_2").content_layers == ("conv4_2",)
+    # Files: integer or non-finite pixels, a missing folder, a missing file.
+    with pytest.raises(ValueError, match="must be float pixels"):
+        nst_jax.save_image(tmp_path / "u.png", (content * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="non-finite pixels"):
+        nst_jax.save_image(tmp_path / "n.png", np.full((4, 4, 3), np.nan, np.float32))
+    with pytest.raises(FileNotFoundError, match="output folder does not exist"):
+        nst_jax.save_image(tmp_path / "no" / "x.png", content)
+    with pytest.raises(ValueError, match="image not found"):
+        nst_jax.read_settings(tmp_path / "missing.png")
+    with pytest.raises(ValueError, match="must be \\[H, W, C\\]"):
+        nst_jax.resize(content[..., 0], (12, 16))
+    resized = nst_jax.resize(jax.numpy.asarray(content), (12, 16))
+    np.testing.assert_allclose(resized, nst_jax.resize(content, (12, 16)))

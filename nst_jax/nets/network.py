@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax import losses
 from nst_jax.nets import conv, remat
@@ -58,6 +59,8 @@ class NetConfig:
             raise ValueError(f"pooling must be one of {POOLING}, got {self.pooling!r}")
         if self.convolution not in CONVOLUTIONS:
             raise ValueError(f"convolution must be one of {CONVOLUTIONS}, got {self.convolution!r}")
+        if not isinstance(self.remat, (bool, np.bool_)):
+            raise ValueError(f"remat must be True or False, got {self.remat!r}")
         object.__setattr__(self, "remat", bool(self.remat))
 
 

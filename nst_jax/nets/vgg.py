@@ -100,7 +100,7 @@ def check_layers(layers: Sequence[str]) -> tuple[str, ...]:
     Raises:
       ValueError: an unknown or repeated layer name.
     """
-    layers = tuple(layers)
+    layers = (layers,) if isinstance(layers, str) else tuple(layers)  # One name alone.
     for name in layers:
         layer(name)
     if len(set(layers)) != len(layers):

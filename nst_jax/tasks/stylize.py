@@ -34,18 +34,67 @@ def _styles(style) -> tuple[np.ndarray, ...]:
     styles = tuple(style) if isinstance(style, (list, tuple)) else (style,)
     if not styles:
         raise ValueError("no style images")
-    return tuple(np.asarray(s, np.float32) for s in styles)
+    return tuple(pixels("style", s) for s in styles)
+
+
+def pixels(name: str, x) -> np.ndarray | None:
+    """``x`` (NumPy, JAX or nested lists) as float32; None stays None.
+
+    Raises:
+      ValueError: integer pixels, whose 0-255 would read as 255 times too bright.
+    """
+    if x is None:
+        return None
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(
+            f"{name} must be float pixels in [0, 1], got {a.dtype} (divide 8-bit pixels by 255)"
+        )
+    return a.astype(np.float32, copy=False)
 
 
 def check_image(name: str, x: np.ndarray | None) -> None:
-    """Raises ValueError unless ``x`` is an ``[H, W, 3]`` image of at least ``MIN_SIDE``
-    pixels a side; ``name`` says which input it is."""
+    """Raises ValueError unless ``x`` is an ``[H, W, 3]`` image in [0, 1] of at least
+    ``MIN_SIDE`` pixels a side; ``name`` says which input it is. Non-finite pixels pass
+    here: the run reports them as its failure."""
     if x is None:
         return
     if x.ndim != 3 or x.shape[-1] != 3:
         raise ValueError(f"{name} must be [H, W, 3] RGB, got shape {x.shape}")
     if min(x.shape[:2]) < MIN_SIDE:
         raise ValueError(f"{name} is {x.shape[1]}x{x.shape[0]}; need at least {MIN_SIDE} px a side")
+    finite = x[np.isfinite(x)]
+    if finite.size and (finite.min() < -1e-3 or finite.max() > 1 + 1e-3):
+        raise ValueError(
+            f"{name} must be in [0, 1], got values from {finite.min():.4g} to {finite.max():.4g}"
+        )
+
+
+def check_batch_weights(term_weights: Terms, blends: np.ndarray | None, config, styles: int):
+    """Refuses term weights or style mixes that are negative or not finite, a mix row of
+    all zeros, and a sweep over a term the config turns off (it would do nothing)."""
+    loss = config.loss
+    off = {
+        "style": not loss.style_on,
+        "alpha_norm": not loss.alpha_norm_weight,
+    }
+    for field, w in zip(Terms._fields, term_weights, strict=True):
+        w = np.asarray(w, np.float64)
+        if not (np.all(np.isfinite(w)) and np.all(w >= 0)):
+            raise ValueError(f"term weights must be finite and >= 0; {field}: {w.tolist()}")
+        if off.get(field) and np.any(w != 0):
+            raise ValueError(
+                f"term weights sweep {field}, but the config turns that term off "
+                f"({field}_weight 0, or no layers); give the config a non-zero weight"
+            )
+    if blends is None:
+        return
+    if blends.ndim != 2 or blends.shape[1] != styles:
+        raise ValueError(f"blends must be [B, {styles}] (one weight per style), got {blends.shape}")
+    if not (np.all(np.isfinite(blends)) and np.all(blends >= 0)) or np.any(blends.sum(1) <= 0):
+        raise ValueError(
+            f"style mixes must be >= 0, each with a positive sum; got {blends.tolist()}"
+        )
 
 
 def _masks(content_masks, style_masks, styles, shape):
@@ -196,9 +245,9 @@ def stylize(
     Raises:
       ValueError: bad shapes or settings, or a size too large for memory.
     """
-    content = np.asarray(content, np.float32)
+    content = pixels("content", content)
     check_image("content", content)
-    init_images = None if init_image is None else np.asarray(init_image, np.float32)[None]
+    init_images = None if init_image is None else pixels("init_image", init_image)[None]
     one = None
     if callback is not None:
 
@@ -239,7 +288,7 @@ def batch_size(
     sizes = {int(np.shape(w)[0]) for w in term_weights if np.ndim(w) == 1}
     for n, present in (
         (content.shape[0], content.ndim == 4),
-        (len(seeds or ()), seeds is not None),
+        (0 if seeds is None else len(seeds), seeds is not None),
         (len(init_images) if init_images is not None else 0, init_images is not None),
         (len(blends) if blends is not None else 0, blends is not None),
     ):
@@ -292,19 +341,21 @@ def stylize_batch(
       A ``Result`` with a leading batch axis: ``image`` ``[B, H, W, 3]``, ``history``
       values ``[steps, B]``, ``final``/``initial`` values ``[B]`` arrays.
     """
-    content = np.asarray(content, np.float32)
+    content = pixels("content", content)
     if config.preserve_color != "none" and content.ndim != 3:
         raise ValueError("preserve_color needs one content shared by the batch")
-    init_images = None if init_images is None else np.asarray(init_images, np.float32)
+    init_images = pixels("init_images", init_images)
     blends = None if blends is None else np.asarray(blends, np.float32)
     tw = term_weights_of(config, term_weights)
     b = batch_size(content, seeds=seeds, term_weights=tw, blends=blends, init_images=init_images)
+    styles = _styles(style)
+    check_batch_weights(tw, blends, config, len(styles))
     if content.ndim == 3:
         content = np.broadcast_to(content, (b, *content.shape))
     seeds = [config.seed + i for i in range(b)] if seeds is None else list(seeds)
     return run(
         content,
-        _styles(style),
+        styles,
         config,
         seeds=seeds,
         term_weights=Terms(*(jnp.broadcast_to(w, (b,)) for w in tw)),

@@ -13,7 +13,13 @@ from nst_jax.tasks.stylize import check_image, stylize
 
 
 def texture_config(config: Config) -> Config:
-    """``config`` for texture synthesis: no content term, start from noise."""
+    """``config`` for texture synthesis: no content term, start from noise.
+
+    Raises:
+      ValueError: ``preserve_color``: a texture has no content whose colours to keep.
+    """
+    if config.preserve_color != "none":
+        raise ValueError("preserve_color keeps a content's colours; a texture has no content")
     loss = dataclasses.replace(config.loss, content_weight=0.0, content_layers=())
     return dataclasses.replace(config, loss=loss, init="noise")
 
