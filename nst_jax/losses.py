@@ -404,7 +404,8 @@ def mmd2_gaussian(x: jax.Array, y: jax.Array, sigma: jax.Array, *, kyy: jax.Arra
 
     ``MMD² = E k(x, x') + E k(y, y') − 2 E k(x, y)``, over all pairs of the rows given.
     Memory and time are O(M N C): callers pass a sample of positions (``statistics.py``
-    draws a fresh, seeded sample of a fixed size every step), never all of them.
+    draws a fresh, seeded sample of a fixed size, every Adam step and every
+    ``solver.RESAMPLE_EVERY`` L-BFGS steps), never all of them.
 
     Args:
       x: ``[M, C]`` output feature samples.

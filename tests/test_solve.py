@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import Config, NetConfig, solve
+from nst_jax import Config, LossConfig, NetConfig, solve
 from nst_jax.solve import driver
 
 from .conftest import shallow, smooth_image
@@ -79,12 +79,14 @@ def _convolutions_outside_branches(jaxpr) -> int:
     return n
 
 
-def test_a_batched_lbfgs_step_reuses_the_line_searchs_gradient(small_weights):
+@pytest.mark.parametrize("stat", ["gram", "mmd_gauss"])
+def test_a_batched_lbfgs_step_reuses_the_line_searchs_gradient(small_weights, stat):
     """Beyond its line search, a batched L-BFGS step runs one forward pass (the terms it
     records): the value and gradient stored at the accepted point are reused behind a
     ``cond`` on one predicate for the batch. A predicate per element made it a
-    ``select``, which ran a forward and backward pass every step and threw them away."""
-    loss = shallow()
+    ``select``, which ran a forward and backward pass every step and threw them away.
+    A sampled kernel's restarts on a new sample keep it so."""
+    loss = shallow(style_loss=((stat, 1.0),))
     cfg = Config(loss=loss, optimizer="lbfgs", net=NetConfig(convolution="direct"))
     network = nst_jax.prepare(small_weights, cfg.net)
     targets, state, weights = solve.programs.step_shapes(network, (24, 24), cfg, batch=2)
@@ -94,6 +96,33 @@ def test_a_batched_lbfgs_step_reuses_the_line_searchs_gradient(small_weights):
     forward = jax.make_jaxpr(lambda n, x, t: nst_jax.objective.loss_terms(n, x, t, loss))
     expected = _convolutions_outside_branches(forward(network, image, one).jaxpr)
     assert _convolutions_outside_branches(step.jaxpr) == expected > 0
+
+
+def test_lbfgs_draws_new_sample_positions_every_few_steps(small_weights, rng):
+    """With a kernel that samples output positions, L-BFGS keeps one sample for
+    ``RESAMPLE_EVERY`` steps and then starts afresh on another: the style reaches more of
+    the image in three spans than in one (before, one sample served the whole run and
+    the rest of conv1_1 never felt the style). The pure ``transfer`` does the same."""
+    content = smooth_image(rng, 32, 32)
+    style = rng.random((32, 32, 3)).astype(np.float32)
+    loss = LossConfig(
+        style_layers=("conv1_1",), content_layers=(), content_weight=0.0, tv_weight=0.0,
+        style_loss=(("mmd_gauss", 1.0),), mmd_samples=16,
+    )  # fmt: skip
+    every = solve.solver.RESAMPLE_EVERY
+
+    def moved(steps):
+        cfg = Config(loss=loss, optimizer="lbfgs", steps=steps, stop_tol=0.0)
+        run = nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False)
+        return run, (np.abs(run.image - content).max(-1) > 1e-5).mean()
+
+    (_, one), (three, more) = moved(every), moved(3 * every)
+    assert 0 < one < 0.5 and more > 2 * one, (one, more)
+    cfg = Config(loss=loss, optimizer="lbfgs", steps=3 * every, stop_tol=0.0)
+    network = nst_jax.prepare(small_weights)
+    pure = jax.jit(lambda n, x, k: nst_jax.transfer(n, x, style, cfg, key=k))
+    image, _ = pure(network, content, jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(image), three.image, atol=1e-5)
 
 
 def test_initialisations(pair):

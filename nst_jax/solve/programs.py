@@ -64,17 +64,18 @@ def batched_setup(config: Config, *, init_images: bool, blends: bool) -> Callabl
 
 def batched_step(config: Config) -> Callable:
     """``solver.step`` vmapped over a batch: ``(network, targets [B], state [B],
-    term_weights [B]) -> (state [B], losses [B, 5])``. L-BFGS's "nothing stored yet" is
-    one scalar for the batch (its elements start and step together), so that its
-    ``cond`` stays a branch under ``vmap`` (``solver.step``)."""
+    term_weights [B]) -> (state [B], losses [B, 5])``. L-BFGS's "nothing stored yet" and
+    "time for a new sample" are scalars for the batch (its elements start and step
+    together), so that its ``cond`` stays a branch under ``vmap`` (``solver.step``)."""
     fn = functools.partial(solver.step, config=config, optimizer=solver.make_optimizer(config))
-    run = jax.vmap(fn, in_axes=(None, 0, 0, 0, None))
+    run = jax.vmap(fn, in_axes=(None, 0, 0, 0, None, None))
 
     def step(network, targets, state, term_weights):
-        first = None
+        first = restart = None
         if config.optimizer == "lbfgs":
             first = ~jnp.all(jnp.isfinite(optax.tree.get(state.opt_state, "value")))
-        return run(network, targets, state, term_weights, first)
+            restart = solver.restart_due(config, state)
+        return run(network, targets, state, term_weights, first, restart)
 
     return step
 

@@ -15,12 +15,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nst_jax import objective
+from nst_jax import objective, statistics
 from nst_jax.config import INIT_KINDS, Config
 from nst_jax.nets.network import Network
 from nst_jax.objective import Targets, Terms
 
 HISTORY_KEYS = ("total", *Terms._fields)
+# L-BFGS steps on one sample of the sampled kernels' positions (``statistics.sampled``):
+# its line searches and curvature pairs need one deterministic objective, and a new
+# sample every so many steps, with a fresh memory, lets every position be drawn.
+RESAMPLE_EVERY = 10
 
 
 class State(NamedTuple):
@@ -115,12 +119,32 @@ def setup(
     return targets, State(image, make_optimizer(config).init(image), key)
 
 
+def resamples(config: Config) -> bool:
+    """Whether an L-BFGS run restarts on a new sample every ``RESAMPLE_EVERY`` steps:
+    its objective has a kernel that samples positions."""
+    loss = config.loss
+    return (
+        config.optimizer == "lbfgs"
+        and loss.style_on
+        and any(statistics.sampled(stat, loss) for stat, _ in loss.style_loss)
+    )
+
+
+def restart_due(config: Config, state: State) -> jax.Array | None:
+    """Whether ``state`` (one example's, or a batch's, stepping together) has taken its
+    ``RESAMPLE_EVERY`` steps on one sample: a scalar; None when the run never restarts."""
+    if not resamples(config):
+        return None
+    return jnp.max(optax.tree.get(state.opt_state, "count")) >= RESAMPLE_EVERY
+
+
 def step(
     network: Network,
     targets: Targets,
     state: State,
     term_weights: Terms,
     first: jax.Array | None = None,
+    restart: jax.Array | None = None,
     *,
     config: Config,
     optimizer: optax.GradientTransformationExtraArgs,
@@ -129,18 +153,27 @@ def step(
 
     ``term_weights`` ``(α, β, λ_tv, λ_α)`` are scalars, traced so that a vmapped run can
     sweep them. ``config`` and ``optimizer`` are static. Adam draws fresh MMD sample
-    positions every step; L-BFGS keeps one key for the whole run, since its line search
-    and curvature pairs need one deterministic objective.
+    positions every step. L-BFGS keeps one key for ``RESAMPLE_EVERY`` steps, since its
+    line search and curvature pairs need one deterministic objective; where ``restart``
+    (a scalar; by default ``restart_due``) it then starts afresh on a new key: a new
+    sample, an empty memory.
 
     L-BFGS reuses the value and gradient its line search found at the accepted point,
     and computes them only where none is stored yet: where ``first`` (a scalar; by
-    default, whether this state has none). A batch passes one ``first`` for all
-    (``batched_step``): a predicate with a batch axis would turn the ``cond`` into a
-    ``select``, which runs both branches, a forward and backward pass thrown away.
+    default, whether this state has none). A batch passes one ``first`` and one
+    ``restart`` for all (``batched_step``): a predicate with a batch axis would turn the
+    ``cond`` into a ``select``, which runs both branches, a forward and backward pass
+    thrown away.
     """
     if config.optimizer == "adam":
         key, sub = jax.random.split(state.key)
     else:
+        if restart is None:
+            restart = restart_due(config, state)
+        if restart is not None:
+            fresh = State(state.image, optimizer.init(state.image), jax.random.split(state.key)[1])
+            state = jax.tree.map(lambda a, b: jnp.where(restart, a, b), fresh, state)
+            first = restart if first is None else first | restart
         key = sub = state.key
     value_and_terms = functools.partial(
         objective.total_loss,
@@ -233,7 +266,8 @@ def transfer(
     optimizer = make_optimizer(config)
 
     def body(state, i):  # i == 0: L-BFGS has no stored gradient (unbatched: see step).
-        return step(network, targets, state, term_weights, i == 0, config=config,
+        restart = (i > 0) & (i % RESAMPLE_EVERY == 0) if resamples(config) else None
+        return step(network, targets, state, term_weights, i == 0, restart, config=config,
                     optimizer=optimizer)  # fmt: skip
 
     state, history = jax.lax.scan(body, state, jnp.arange(config.steps))
