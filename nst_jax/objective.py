@@ -338,10 +338,12 @@ def style_targets(
         for name, _ in loss.statistic_layers(stat):
             key, sub = jax.random.split(key)
             if statistics.sampled(stat, loss):
-                ys = statistics.mixed_samples(
-                    [f[name] for f, _ in per_style], blend, loss.mmd_samples, sub
-                )
-                targets[f"{stat}/{name}"] = statistics.sampled_target(ys, loss, stat)
+                feats = [f[name] for f, _ in per_style]
+                ys = statistics.mixed_samples(feats, blend, loss.mmd_samples, sub)
+                rows = statistics.flat(feats[0]).shape[0]  # All of one style's: not drawn.
+                sampled = len(feats) > 1 or statistics.drawn(rows, loss.mmd_samples)
+                target = statistics.sampled_target(ys, loss, stat, sampled=sampled)
+                targets[f"{stat}/{name}"] = target
                 continue
             if m is None:  # The histogram.
                 h, w = feature_shape(shape, name)

@@ -160,9 +160,15 @@ def flat(f: jax.Array) -> jax.Array:
     return f.reshape(-1, f.shape[-1]).astype(jnp.float32)
 
 
+def drawn(rows: int, n: int) -> bool:
+    """Whether ``n`` samples of ``rows`` positions are drawn (with replacement), rather
+    than all of them taken: then kernel means leave out the pairs i = j."""
+    return rows > n
+
+
 def sample_rows(x: jax.Array, n: int, key: jax.Array) -> jax.Array:
     """``n`` rows of ``x`` drawn uniformly with replacement (all rows if there are fewer)."""
-    if x.shape[0] <= n:
+    if not drawn(x.shape[0], n):
         return x
     return x[jax.random.randint(key, (n,), 0, x.shape[0])]
 
@@ -176,27 +182,31 @@ def mixed_samples(feats: Sequence[jax.Array], blend: jax.Array, n: int, key: jax
         [jnp.full((r.shape[0],), b / r.shape[0]) for r, b in zip(rows, blend, strict=True)]
     )
     y = jnp.concatenate(rows)
-    if len(rows) == 1 and y.shape[0] <= n:
+    if len(rows) == 1 and not drawn(y.shape[0], n):
         return y
     return y[jax.random.choice(key, y.shape[0], (n,), p=p / jnp.sum(p))]
 
 
-def sampled_target(ys: jax.Array, loss: LossConfig, stat: str):
-    """Target of a sampled kernel from ``ys``, ``[n, C]`` style positions already drawn."""
+def sampled_target(ys: jax.Array, loss: LossConfig, stat: str, *, sampled: bool = True):
+    """Target of a sampled kernel from ``ys``, ``[n, C]`` style positions: ``sampled``
+    (drawn with replacement), or all of them."""
     if stat == "mmd_gauss":
         if loss.mmd_sigma > 0:
             sigma = jnp.float32(loss.mmd_sigma)
         else:  # Median heuristic: σ² = median ‖y_i − y_j‖² / 2.
             d2 = losses.squared_distances(ys, ys)
             sigma = jnp.sqrt(jnp.maximum(jnp.median(d2) / 2.0, 1e-12))
-        return {"samples": ys, "sigma": sigma, "kyy": losses.gaussian_kernel_mean(ys, ys, sigma)}
+        kyy = losses.gaussian_kernel_mean(ys, ys, sigma, distinct=sampled)
+        return {"samples": ys, "sigma": sigma, "kyy": kyy}
     # Degree d ≠ 2: (xᵀy + c)^d of raw VGG features reaches 1e15 at d = 3 and overflows
     # float32 by d ≈ 6. The features are divided by s, the style positions' RMS norm, and
     # c by s²: the kernel is s^(2d) times smaller, exactly, and ``scale`` divides it by its
     # value at a zero output, in which s^(2d) cancels.
     s2 = jnp.maximum(jnp.mean(jnp.sum(jnp.square(ys), axis=-1)), jnp.finfo(jnp.float32).tiny)
     ys = ys / jnp.sqrt(s2)
-    kyy = losses.poly_kernel_mean(ys, ys, c=loss.mmd_c / s2, degree=loss.mmd_degree)
+    kyy = losses.poly_kernel_mean(
+        ys, ys, c=loss.mmd_c / s2, degree=loss.mmd_degree, distinct=sampled
+    )
     return {"samples": ys, "kyy": kyy, "s2": s2}
 
 
@@ -206,13 +216,17 @@ def feature_distance(stat: str, f: jax.Array, target, loss: LossConfig, key: jax
     if stat == "histogram":
         return histogram.histogram_loss(f, target)
     x = sample_rows(flat(f), loss.mmd_samples, key)
+    sampled = drawn(f.shape[0] * f.shape[1], loss.mmd_samples)
     if stat == "mmd_gauss":
-        return losses.mmd2_gaussian(x, target["samples"], target["sigma"], kyy=target["kyy"])
+        return losses.mmd2_gaussian(
+            x, target["samples"], target["sigma"], kyy=target["kyy"], sampled=sampled
+        )
     s2 = target["s2"]  # The style's scale (``sampled_target``).
     c = loss.mmd_c / s2
     return losses.mmd2_poly(
-        x / jnp.sqrt(s2), target["samples"], c=c, degree=loss.mmd_degree, kyy=target["kyy"]
-    )
+        x / jnp.sqrt(s2), target["samples"], c=c, degree=loss.mmd_degree, kyy=target["kyy"],
+        sampled=sampled,
+    )  # fmt: skip
 
 
 def mix_targets(targets: Sequence[Any], blend: jax.Array) -> Any:
