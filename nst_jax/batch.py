@@ -140,7 +140,8 @@ def find_contents(spec: str | os.PathLike) -> tuple[list[Path], Path]:
         root, found = path.parent, [path]
     else:
         matches = [Path(p) for p in globbing.glob(text, recursive=True)]
-        found = [p for p in matches if p.is_file()]
+        # As in a folder: images by their suffix (``dir/*`` also matches a README).
+        found = [p for p in matches if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         root = Path(os.path.commonpath([p.parent for p in found])) if found else path.parent
     if not found:
         raise ValueError(f"no images found in {spec}")

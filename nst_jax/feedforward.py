@@ -195,7 +195,7 @@ def _apply_settings(model, content, size, seeds, meta, variables) -> dict:
     """What an applied output's PNG records: enough to tell whether it is done, down to
     the generator's arrays (a model folder retrained to the same step is another)."""
     return {
-        "nst_jax": __version__, "mode": "apply", "model": str(model), "content": content,
+        "nst_jax": __version__, "mode": "apply", "model": str(resolved(model)), "content": content,
         "size": size, "seeds": seeds, "generator": meta["generator"],
         "trained_steps": meta.get("step"), "model_sha256": trained.variables_hash(variables),
     }  # fmt: skip
@@ -293,7 +293,7 @@ def apply_folder(job: ApplyFolderJob):
     try:
         for e, path in paths.items():
             source = sources[e.index]
-            settings = {**common, "content": str(source)}
+            settings = {**common, "content": str(resolved(source))}  # However it was spelt.
             entry = {"input": str(source), "output": str(path)}
             if not job.overwrite and finished(path, settings, None):
                 manifest["skipped"].append({**entry, "reason": "done before"})

@@ -254,13 +254,13 @@ def _settings(job: FolderJob, source: Path, column: int, blends, sha: str) -> di
     return {
         "nst_jax": __version__,
         "mode": "stylize",
-        "content": str(source),
-        "style": list(job.styles),
+        "content": str(resolved(source)),  # However the paths were spelt: a rerun from
+        "style": [str(resolved(s)) for s in job.styles],  # elsewhere finds its work.
         "blend": None if blends is None else [float(w) for w in blends[column]],
         "size": job.size,
         "crop": None if job.crop is None else list(job.crop),
         "style_scale": list(job.style_scale),
-        "weights": job.weights or "default",
+        "weights": str(resolved(job.weights)) if job.weights else "default",
         "weights_sha256": sha,
         "config": dataclasses.asdict(job.config),
     }
@@ -377,7 +377,8 @@ def stylize_folder(job: FolderJob) -> FolderReport:
     write_json(manifest_path, manifest)
     failed = sum(not f["reason"].startswith("interrupted") for f in manifest["failed"])
     summary = (
-        f"{len(manifest['done'])} done, {len(manifest['skipped'])} done before, "
+        ("interrupted; " if interrupted else "")
+        + f"{len(manifest['done'])} done, {len(manifest['skipped'])} done before, "
         f"{failed} failed: {manifest_path}"
     )
     return FolderReport(manifest, manifest_path, summary, failed, interrupted)

@@ -68,6 +68,10 @@ def _to_rgb(img: Image.Image, file_format: str | None = None) -> np.ndarray:
 def _opened(path: Path):
     """The image at ``path``, opened (its header read, nothing decoded), with every
     failure of a corrupt or foreign file as one ``ValueError``."""
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder, not an image (a folder of contents takes --output_dir)"
+        )
     if not path.is_file():
         raise ValueError(f"image not found: {path}")
     try:

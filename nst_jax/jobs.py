@@ -34,6 +34,7 @@ from nst_jax.image import (
 )
 from nst_jax.nets.weights import load_weights
 from nst_jax.records import check_outputs, report_data, run_record, snapshot_path
+from nst_jax.signals import deferred
 from nst_jax.tasks import sweeps
 from nst_jax.tasks.invert import INVERSION_LOSS
 from nst_jax.tasks.pyramid import pyramid_sizes, scaled_side, style_scales, stylize_pyramid
@@ -207,6 +208,8 @@ def _check_mode(job: Job, mode: str) -> None:
         raise ValueError("--ratios weighs content against style; it needs --mode stylize")
     if mode == "invert" and (job.pyramid > 1 or job.start_size):
         raise ValueError("--pyramid and --start_size are for --mode stylize and texture")
+    if inputs.content_masks and mode != "stylize":
+        raise ValueError("--content_masks place styles on a content; they need --mode stylize")
     if inputs.style_masks and not inputs.content_masks:
         raise ValueError("--style_masks needs --content_masks")
     if job.config.loss.style_blend and inputs.content_masks:
@@ -256,6 +259,16 @@ def _load_masks(inputs: Inputs, n: int, content_shape, headers: dict, size: int)
             )
         masks.append(load_mask(path, at_least=size))
     return masks, style_masks
+
+
+def _saved(output: Path, image: np.ndarray, settings: dict) -> bool:
+    """Saves the result with stop signals held until it is written; whether one came."""
+    try:
+        with deferred():
+            save_image(output, image, settings=settings)
+    except KeyboardInterrupt:
+        return True
+    return False
 
 
 def run_files(job: Job, mode: str) -> Report:
@@ -356,12 +369,13 @@ def run_files(job: Job, mode: str) -> Report:
             "cols": result.col_labels,
             "done": len(result.results),
         }
-        save_image(output, sweeps.grid_image(result), settings=settings)
+        late_stop = _saved(output, sweeps.grid_image(result), settings)
         runs = [
             run_record(r, label, 0, cols.labels)
             for r, label in zip(result.results, result.row_labels, strict=False)
         ]
-        interrupted, failure, shape = result.interrupted, result.failure, result.images.shape[2:4]
+        interrupted, failure = result.interrupted or late_stop, result.failure
+        shape = result.images.shape[2:4]
         summary = f"saved {output} ({len(rows)}x{len(cols.labels)} grid)"
         reached = True
     else:
@@ -381,10 +395,13 @@ def run_files(job: Job, mode: str) -> Report:
         # Stopped before a step: the image is the start, and an earlier output stays.
         stopped_early = last.interrupted or last.failure is not None
         reached = len(results) > 1 or last.steps > 0 or not stopped_early
-        if reached:
-            save_image(output, last.image, settings={**settings, "step": last.steps})
+        late_stop = reached and _saved(output, last.image, {**settings, "step": last.steps})
         runs = [run_record(r, "", i, [""]) for i, r in enumerate(results)]
-        interrupted, failure, shape = last.interrupted, last.failure, last.image.shape[:2]
+        interrupted, failure, shape = (
+            last.interrupted or late_stop,
+            last.failure,
+            last.image.shape[:2],
+        )
         term = "content" if mode == "invert" else "style"
         stopped = ", the loss no longer falling" if last.converged else ""
         summary = (
@@ -428,7 +445,8 @@ def run_files(job: Job, mode: str) -> Report:
         style_shapes=style_shapes,
     )
     if outputs.report:
-        write_json(outputs.report, data)
+        with deferred():  # Its run is done; a stop signal waits for the record of it.
+            write_json(outputs.report, data)
     return Report(output, summary, interrupted, failure, data)
 
 

@@ -110,6 +110,8 @@ def test_contents_come_from_folders_globs_and_lists(tmp_path):
     assert root == tmp_path
     found, root = find_contents(f"{tmp_path}/sub/**/*.png")
     assert [p.name for p in found] == ["c.png"] and root == tmp_path / "sub" / "deeper"
+    found, _ = find_contents(f"{tmp_path}/*")  # Not notes.txt, nor the folder.
+    assert [p.name for p in found] == ["a.png"]
     found, _ = find_contents(tmp_path / "notes.txt")
     assert [p.name for p in found] == ["a.png", "b.jpg"]
     with pytest.raises(ValueError, match="no images found"):
@@ -231,6 +233,13 @@ def test_a_folder_job_skips_a_bad_file_resumes_and_overwrites(folder, tmp_path, 
     again = json.loads((out / "manifest.json").read_text())
     assert code == cli.SOME_FAILED and not again["done"] and len(again["skipped"]) == 6
     assert again["programs_compiled"] == 0
+    # From another folder, the paths spelt relative to it: still nothing left.
+    os.chdir(folder)
+    try:
+        code, err = _cli(capsys, *_job(Path("."), os.path.relpath(out, folder)))
+    finally:
+        os.chdir(ROOT)
+    assert len(json.loads((out / "manifest.json").read_text())["skipped"]) == 6, err
     # Ended by the stopping rule before --steps: done, and not done again.
     early = _job(
         folder, tmp_path / "early", "--steps", "60", "--stop_tol", "0.9", "--stop_window", "2"

@@ -123,6 +123,7 @@ BAD_INPUTS = [
     (["--report", "{d}/r.json"], "--report: output path is a folder"),
     (["--output", "{d}/loop.png"], "output path is a symbolic link loop"),
     (["--content", "{d}/loop.png"], "image not found"),
+    (["--style", "{d}"], "is a folder, not an image (a folder of contents takes --output_dir)"),
     (["--style", "{d}/loop.png"], "image not found"),
     (["--output", "{d}/dangling.png"], "--output: output folder does not exist"),
     (
@@ -207,6 +208,11 @@ def test_missing_inputs_and_mode_errors(command, images, tmp_path):
         "takes no --content",
     )
     _one_line_error(command("--mode", "invert", "--output", out), "needs --content")
+    _one_line_error(
+        command("--mode", "texture", "--style", images / "style.png", "--content_masks",
+                images / "mask.png", "--output", out),
+        "--content_masks place styles on a content; they need --mode stylize",
+    )  # fmt: skip
     _one_line_error(
         command(
             "--mode", "texture", "--style", images / "wide.png", "--size", "40", "--output", out
@@ -320,6 +326,22 @@ def test_a_run_that_reaches_no_step_leaves_an_earlier_output(
     assert result.returncode == 128 + signal.SIGINT, result.stderr
     assert "interrupted before the first step; nothing saved" in result.stderr
     assert out.read_bytes() == b"the previous result"
+    # A Ctrl-C while the finished result is written waits for it, and still stops.
+    monkeypatch.setattr(jobs, "stylize_pyramid", real)
+
+    def save_and_signal(path, image, **kw):
+        signal.raise_signal(signal.SIGINT)
+        return nst_jax.save_image(path, image, **kw)
+
+    monkeypatch.setattr(jobs, "save_image", save_and_signal)
+    result = command(
+        "--content", images / "content.png", "--style", images / "style.png", "--output", out,
+        "--size", "32", "--steps", "2", "--style_layers", "conv1_1", "--content_layers",
+        "conv1_2",
+    )  # fmt: skip
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert f"interrupted; saved what was reached to {out}" in result.stderr
+    assert nst_jax.read_settings(out)["step"] == 2
 
 
 def test_flags_reach_the_config(command, images, tmp_path, real_weights):
