@@ -37,7 +37,7 @@ class Config:
       stop_tol: the stopping rule. The run ends once the lowest total loss so far fell by
         less than this fraction over the last ``stop_window`` steps, or at ``steps``,
         the cap; 0 always runs ``steps``. Checked at the host syncs (every ``chunk``
-        steps); a batch stops when all its images have. Chosen from the independent
+        steps); a batch stops once each of its images has met it. Chosen from the independent
         scoring: see the README's quality section.
       stop_window: the steps over which ``stop_tol`` is measured.
       init: start from the ``"content"`` image, uniform ``"noise"``, or the ``"style"``

@@ -226,6 +226,22 @@ def test_converged_waits_for_every_image_in_the_batch():
     assert not driver.converged(flat[:2], done[:2], config)  # Still falling by half.
     assert not driver.converged(flat[:1], done[:1], config)  # No window yet.
     assert not driver.converged(flat, done, Config(stop_tol=0.0))
+    np.testing.assert_array_equal(driver.converged_each(falling, done, config), [True, False])
+
+
+def test_a_batch_stops_once_each_image_has_met_the_rule(small_weights, rng):
+    """An image that met the stopping rule at an earlier sync counts as met: the batch
+    stops when the last one meets it, not only when all meet it at one sync."""
+    content = np.stack([smooth_image(rng, 24, 24), rng.random((24, 24, 3)).astype(np.float32)])
+    style = rng.random((32, 32, 3)).astype(np.float32)
+    config = _config(steps=100, stop_tol=0.05, stop_window=10)
+    run = functools.partial(nst_jax.stylize, weights=small_weights, progress=False, chunk=5)
+    alone = [run(c, style, config).steps for c in content]
+    batch = nst_jax.stylize_batch(
+        content, style, config, seeds=[config.seed] * 2, weights=small_weights,
+        progress=False, chunk=5,
+    )  # fmt: skip
+    assert alone[0] != alone[1] and batch.steps == max(alone), (alone, batch.steps)
 
 
 def test_adam_rate_halves_every_half_life_down_to_a_tenth():

@@ -79,19 +79,25 @@ def _by_key(losses: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip(HISTORY_KEYS, np.moveaxis(losses, -1, 0), strict=True))
 
 
-def converged(best: list[np.ndarray], done: list[int], config: Config) -> bool:
-    """The stopping rule: whether every image's lowest total loss so far fell by less
-    than ``config.stop_tol`` (a fraction) over the last ``config.stop_window`` steps.
+def converged_each(best: list[np.ndarray], done: list[int], config: Config) -> np.ndarray:
+    """The stopping rule, per image: ``[B]``, whether its lowest total loss so far fell
+    by less than ``config.stop_tol`` (a fraction) over the last ``config.stop_window``
+    steps.
 
     Args:
       best: ``[B]`` lowest totals so far, one entry per host sync.
       done: the steps done at each of those syncs.
     """
     if not config.stop_tol or done[-1] < config.stop_window:
-        return False
+        return np.zeros(np.shape(best[-1]), bool)
     back = max(i for i, d in enumerate(done) if d <= done[-1] - config.stop_window)
     then, now = best[back], best[-1]
-    return bool(np.all(then - now < config.stop_tol * np.abs(now)))
+    return np.asarray(then - now < config.stop_tol * np.abs(now))
+
+
+def converged(best: list[np.ndarray], done: list[int], config: Config) -> bool:
+    """Whether every image meets the stopping rule at this sync (``converged_each``)."""
+    return bool(np.all(converged_each(best, done, config)))
 
 
 def nonfinite_message(losses: np.ndarray, term_weights: Terms) -> str:
@@ -176,6 +182,7 @@ def run(
     image = local(state.image)
     rows, done, interrupted, failure, run_seconds = [], 0, False, None, 0.0
     best, synced, stopped = [np.asarray(initial[..., 0])], [0], False
+    settled = np.zeros(np.shape(best[0]), bool)  # Met the rule at some sync: stays met.
     try:
         while done < config.steps:
             n = min(chunk, config.steps - done)
@@ -203,7 +210,8 @@ def run(
                 callback(done, np.clip(image, 0.0, 1.0), latest)
             best.append(np.minimum(best[-1], hist[..., 0].min(axis=0)))
             synced.append(done)
-            if done < config.steps and converged(best, synced, config):
+            settled |= converged_each(best, synced, config)
+            if done < config.steps and settled.all():
                 stopped = True
                 break
     except KeyboardInterrupt:

@@ -325,7 +325,8 @@ def stylize_batch(
     inits, MMD samples), the term weights (α, β, λ_tv, λ_α), e.g. a sweep over α/β
     ratios or TV weights, and the style mix weights. The rest, masks included, is
     shared. Element ``b`` equals ``stylize(content[b], style, config_b)`` with
-    ``config_b`` its seed and weights.
+    ``config_b`` its seed and weights, run for the batch's steps: under the stopping
+    rule, an image that meets it early runs on until every image has met it.
 
     Args:
       content: ``[B, H, W, 3]``, or ``[H, W, 3]`` shared by the whole batch.
