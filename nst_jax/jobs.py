@@ -409,7 +409,7 @@ def run_files(job: Job, mode: str) -> Report:
             f"{last.final[term]:.4g})"
         )
     style_shapes = [
-        resized_shape(s.shape[:2], scaled_side(sizes[-1], k))
+        resized_shape(s.shape[:2], scaled_side(sizes[-1], k, s.shape[:2]))
         for s, k in zip(styles, scales, strict=True)
         if mode != "invert"
     ]

@@ -333,3 +333,14 @@ def test_the_api_refuses_what_it_would_misread(small_weights, rng, styles, tmp_p
         nst_jax.resize(content[..., 0], (12, 16))
     resized = nst_jax.resize(jax.numpy.asarray(content), (12, 16))
     np.testing.assert_allclose(resized, nst_jax.resize(content, (12, 16)))
+
+
+def test_a_style_resized_for_a_small_level_keeps_16_px_a_side():
+    """A wide style at a coarse pyramid level (or a small crop) is sized by its short
+    side too: a 47x28 style for a 24 px level became 24x14 and was refused as too
+    small, though the user gave 28 px."""
+    from nst_jax.tasks.pyramid import scaled_side
+
+    side = scaled_side(24, 1.0, (28, 47))
+    assert min(nst_jax.image.resized_shape((28, 47), side)) == 16
+    assert scaled_side(24, 1.0) == 24 and scaled_side(200, 0.5, (100, 100)) == 100

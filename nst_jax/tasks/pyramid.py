@@ -51,10 +51,15 @@ def style_scales(style_scale: float | Sequence[float], n: int) -> list[float]:
     return scales
 
 
-def scaled_side(size: int, scale: float) -> int:
+def scaled_side(size: int, scale: float, shape: tuple[int, int] | None = None) -> int:
     """A style's longest side for an output of longest side ``size``: ``scale`` times it,
-    at least ``MIN_SIDE``. The style's scale relative to the output sets its strokes."""
-    return max(MIN_SIDE, round(scale * size))
+    at least ``MIN_SIDE``, and, for a style of ``shape`` (H, W), enough to keep its
+    short side at ``MIN_SIDE`` too. The style's scale relative to the output sets its
+    strokes."""
+    side = max(MIN_SIDE, round(scale * size))
+    if shape is not None:
+        side = max(side, math.ceil(MIN_SIDE * max(shape) / min(shape)))
+    return side
 
 
 def scaled_styles(
@@ -62,7 +67,8 @@ def scaled_styles(
 ) -> tuple[np.ndarray, ...]:
     """Each style resized to its ``scaled_side``."""
     return tuple(
-        resize_longest(s, scaled_side(size, k)) for s, k in zip(styles, scales, strict=True)
+        resize_longest(s, scaled_side(size, k, s.shape[:2]))
+        for s, k in zip(styles, scales, strict=True)
     )
 
 
