@@ -39,7 +39,9 @@ class Result(NamedTuple):
       image: ``[(B,) H, W, 3]`` float32 RGB in [0, 1].
       history: ``{total, content, style, tv, alpha_norm}``, each ``[steps_done, (B)]``:
         the losses at the start of each step, unweighted except ``total``.
-      final: the same losses at the returned image, ``[(B)]`` each.
+      final: the same losses at the returned image, ``[(B)]`` each; with
+        ``preserve_color="luminance"``, at the luminance image the run optimised, before
+        the content's colours were put back.
       steps: the number of steps done (fewer than asked if stopped early).
       compile_seconds: time spent compiling and setting up.
       seconds_per_step: mean wall time of a step after compilation.

@@ -258,7 +258,8 @@ def transfer(
 
     Returns:
       ``(image [H, W, 3] in [0, 1], history [steps, 5])``; history columns are
-      ``HISTORY_KEYS``, the losses before each step.
+      ``HISTORY_KEYS``, the losses before each step. ``config.preserve_color`` is the
+      host's (``stylize``), not this pure function's.
     """
     styles = tuple(style) if isinstance(style, (list, tuple)) else (style,)
     targets, state = setup(network, content, styles, init_image, config=config, key=key)
