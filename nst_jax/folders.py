@@ -126,7 +126,15 @@ def _columns(job: FolderJob) -> tuple[np.ndarray | None, list[str]]:
             "blend-" + "-".join(f"{w:g}" for w in blend) for blend in job.blends
         ]
     if len(job.styles) > 1 and job.config.loss.style_blend is None:
-        return np.eye(len(job.styles), dtype=np.float32), [Path(s).stem for s in job.styles]
+        labels = [Path(s).stem for s in job.styles]
+        for label in labels:
+            if labels.count(label) > 1:
+                same = [s for s in job.styles if Path(s).stem == label]
+                raise ValueError(
+                    f"styles {', '.join(map(str, same))} share the name {label!r}, which labels "
+                    "their outputs; rename one"
+                )
+        return np.eye(len(job.styles), dtype=np.float32), labels
     return None, [""]
 
 

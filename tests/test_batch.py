@@ -340,7 +340,7 @@ def test_folder_flags_that_make_no_sense_are_refused(folder, tmp_path, capsys):
     same_names = _job(folder, out)
     same_names[3] = f"{folder / 's1.png'},{tmp_path / 'other' / 's1.png'}"
     code, err = _cli(capsys, *same_names)
-    assert code == 2 and "would both be written to" in err, err
+    assert code == 2 and "share the name 's1', which labels their outputs" in err, err
     # A file of the user's where an output would go is not replaced without --overwrite.
     Image.new("RGB", (4, 4)).save(out / "a.s1.png")
     code, err = _cli(capsys, *_job(folder, out))
