@@ -7,8 +7,9 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -68,6 +69,31 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_RANDOM = "[a-z0-9_]{8}"  # What mkstemp adds to a temporary file's name.
+
+
+def remove_stale_temporaries(paths: Iterable[Path]) -> int:
+    """Removes the temporary files that ``atomic_path`` writes to ``paths`` left behind
+    when their process was killed outright (SIGKILL, a power cut): ``.NAME.XXXXXXXX``
+    beside each. For a job that owns ``paths``, before it writes any of them. Returns
+    how many it removed."""
+    names: dict[Path, set[str]] = {}
+    for path in paths:
+        names.setdefault(Path(path).parent, set()).add(Path(path).name)
+    removed = 0
+    for folder, owned in names.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # Not made yet: nothing left in it.
+            continue
+        for entry in entries:
+            match = re.fullmatch(rf"\.(.+)\.{_RANDOM}", entry.name)
+            if match and match.group(1) in owned and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def write_json(path: str | os.PathLike, data) -> Path:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from nst_jax.atomic import resolved, write_json
+from nst_jax.atomic import remove_stale_temporaries, resolved, write_json
 from nst_jax.batch import Element, Outcome, _gather, agree, find_contents, stylize_many
 from nst_jax.config import Config
 from nst_jax.image import check_writable, load_image, read_settings, save_image
@@ -228,6 +228,7 @@ def plan_outputs(
             f"{manifest} exists and is not an nst_jax manifest; refusing to overwrite it"
             " (move it, or give --overwrite)"
         )
+    remove_stale_temporaries([*paths.values(), manifest])  # A killed run's half-writes.
     return sources, out, paths
 
 

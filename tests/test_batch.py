@@ -373,7 +373,13 @@ def test_planning_refuses_what_would_lose_a_file_or_fail_after_compute(tmp_path)
     with pytest.raises(ValueError, match="sub is a file, where a folder of outputs goes"):
         plan_outputs(str(photos), out, [""])
     (out / "sub").unlink()
+    # What a killed run's atomic writes left is cleared; what is not theirs stays.
+    stale = [out / ".a.png.k3x_9qz0", out / ".manifest.json.abcdefgh"]
+    kept = [out / ".a.png.notours", out / ".other.png.abcdefgh"]
+    for path in stale + kept:
+        path.write_text("")
     sources, _, paths = plan_outputs(str(photos), out, [""])
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
     names = sorted(p.relative_to(out).as_posix() for p in paths.values())
     assert names == ["a.png", "sub/b.png", "sub/longername.png", "x.png"]  # No loop: not a file.
     sources, _, paths = plan_outputs(str(listed), out, [""])
