@@ -353,8 +353,13 @@ def stylize_many(
         unit="image",
     )
     try:
+        halt = False  # This process was interrupted, or its caller asks to stop.
         for k, batch in enumerate(batches):
-            if stop is not None and _gather(np.array([stop()], np.int32)).any():
+            # Every process asks before every batch, so all stop at the same one: a
+            # signal lands on each at another moment, and one that left alone would
+            # leave the others waiting in this batch's collectives.
+            halt = halt or (stop is not None and stop())
+            if _gather(np.array([halt], np.int32)).any():
                 return
             plan = policy.plan(
                 config, batch.shape, share if jax.default_backend() == "cpu" else share // local,
@@ -414,8 +419,7 @@ def stylize_many(
                     result.interrupted,
                 )
                 bar.update(1)
-            if result.interrupted:
-                return
+            halt = halt or result.interrupted
     finally:
         bar.close()
 

@@ -357,7 +357,7 @@ def _exit_code(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return OS_ERROR
     except KeyboardInterrupt:
-        print("interrupted before the first step; nothing to save", file=sys.stderr)
+        print("interrupted", file=sys.stderr)  # Outside a run: what it saved, it said.
         return _interrupted()
 
 

@@ -347,8 +347,9 @@ def stylize_folder(job: FolderJob) -> FolderReport:
         nonlocal interrupted
         e = outcome.element
         entry = {"input": str(sources[e.index]), "output": str(paths[e])}
-        # An image that reached no step is the content: an earlier output stays.
-        if outcome.image is not None and outcome.steps > 0:
+        # Stopped before its first step, an image is the content: an earlier output stays.
+        stopped_early = outcome.failure or outcome.interrupted
+        if outcome.image is not None and (outcome.steps > 0 or not stopped_early):
             paths[e].parent.mkdir(parents=True, exist_ok=True)
             complete = not (outcome.failure or outcome.interrupted)
             data = {**settings[e], "step": outcome.steps, "complete": complete}

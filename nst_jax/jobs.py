@@ -369,7 +369,10 @@ def run_files(job: Job, mode: str) -> Report:
             "cols": result.col_labels,
             "done": len(result.results),
         }
-        late_stop = _saved(output, sweeps.grid_image(result), settings)
+        # Stopped before a step: every tile is its start; an earlier output stays.
+        stopped_early = result.interrupted or result.failure is not None
+        reached = any(r.steps > 0 for r in result.results) or not stopped_early
+        late_stop = reached and _saved(output, sweeps.grid_image(result), settings)
         runs = [
             run_record(r, label, 0, cols.labels)
             for r, label in zip(result.results, result.row_labels, strict=False)
@@ -377,7 +380,6 @@ def run_files(job: Job, mode: str) -> Report:
         interrupted, failure = result.interrupted or late_stop, result.failure
         shape = result.images.shape[2:4]
         summary = f"saved {output} ({len(rows)}x{len(cols.labels)} grid)"
-        reached = True
     else:
         config = dataclasses.replace(rows[0][1], steps=steps[-1])
 
@@ -445,8 +447,11 @@ def run_files(job: Job, mode: str) -> Report:
         style_shapes=style_shapes,
     )
     if outputs.report:
-        with deferred():  # Its run is done; a stop signal waits for the record of it.
-            write_json(outputs.report, data)
+        try:
+            with deferred():  # Its run is done; a stop signal waits for the record of it.
+                write_json(outputs.report, data)
+        except KeyboardInterrupt:  # Written whole, then stopped.
+            interrupted, summary = True, f"interrupted; {summary}"
     return Report(output, summary, interrupted, failure, data)
 
 

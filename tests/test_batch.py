@@ -240,6 +240,9 @@ def test_a_folder_job_skips_a_bad_file_resumes_and_overwrites(folder, tmp_path, 
     finally:
         os.chdir(ROOT)
     assert len(json.loads((out / "manifest.json").read_text())["skipped"]) == 6, err
+    # --steps 0 completes at the start: each output is written, as a single run's is.
+    code, err = _cli(capsys, *_job(folder, tmp_path / "zero", "--steps", "0"))
+    assert nst_jax.read_settings(tmp_path / "zero" / "a.s1.png")["complete"] is True, err
     # Ended by the stopping rule before --steps: done, and not done again.
     early = _job(
         folder, tmp_path / "early", "--steps", "60", "--stop_tol", "0.9", "--stop_window", "2"
@@ -415,17 +418,15 @@ def test_an_output_folder_inside_the_contents_is_not_read_as_contents(folder, tm
     assert sorted(p.name for p in (photos / "out").glob("*.png")) == ["c.s1.png", "c.s2.png"]
 
 
-def test_two_processes_split_a_folder(folder, tmp_path):
-    """Two hosts, played by two processes on localhost (jax.distributed, gloo): each
-    writes its own share; every file is stylised exactly once; the manifests agree."""
-    out = tmp_path / "out"
-    port = 12300 + os.getpid() % 500
+def _two_processes(program: Path, args: list, port: int) -> tuple[list, list]:
+    """``program ARGS`` as the two processes of one jax.distributed job on localhost:
+    ``(return codes, (stdout, stderr) each)``."""
     procs = [
         subprocess.Popen(
             [
                 sys.executable,
-                str(RUN),
-                *map(str, _job(folder, out)),
+                str(program),
+                *map(str, args),
                 "--noprogress",
                 "--distributed",
                 "--coordinator",
@@ -446,13 +447,73 @@ def test_two_processes_split_a_folder(folder, tmp_path):
     finally:
         for p in procs:
             p.kill()
-    assert [p.returncode for p in procs] == [cli.SOME_FAILED, 0], results
+    return [p.returncode for p in procs], results
+
+
+def test_two_processes_split_a_folder(folder, tmp_path):
+    """Two hosts, played by two processes on localhost (jax.distributed, gloo): each
+    writes its own share; every file is stylised exactly once; the manifests agree."""
+    out = tmp_path / "out"
+    codes, results = _two_processes(RUN, _job(folder, out), 12300 + os.getpid() % 500)
+    assert codes == [cli.SOME_FAILED, 0], results
     manifests = [json.loads((out / f"manifest-{p}-of-2.json").read_text()) for p in (0, 1)]
     done = [d["output"] for m in manifests for d in m["done"]]
     assert len(done) == len(set(done)) == 6  # Every output once.
     assert all(len(m["done"]) == 3 for m in manifests)  # In even shares.
     assert manifests[0]["settings"] == manifests[1]["settings"]
     assert [m["process"] for m in manifests] == [0, 1]
+
+
+def test_processes_stopped_at_different_moments_stop_together(folder, tmp_path):
+    """A signal lands on each host at another moment: here process 0 is interrupted in
+    its first batch's steps, process 1 while it saves that batch. Both stop before the
+    next batch (they agree before each one) and exit 130; before, process 1 went on
+    alone and waited for process 0 for good."""
+    program = tmp_path / "stopped.py"
+    program.write_text(
+        textwrap.dedent(f"""
+        import signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import nst_jax
+        from nst_jax import cli, folders
+        from nst_jax.solve import driver
+
+        if sys.argv[sys.argv.index("--process_id") + 1] == "0":
+            compile_run = driver.programs.compile_run
+
+            def interrupted(*args, **kwargs):
+                setup, step, losses = compile_run(*args, **kwargs)
+                calls = []
+
+                def second_step_interrupted(*a):
+                    calls.append(1)
+                    if len(calls) == 2:
+                        raise KeyboardInterrupt
+                    return step(*a)
+
+                return setup, second_step_interrupted, losses
+
+            driver.programs.compile_run = interrupted
+        else:
+            saved = []
+
+            def save(path, image, **kw):
+                if not saved:
+                    signal.raise_signal(signal.SIGINT)
+                saved.append(path)
+                return nst_jax.save_image(path, image, **kw)
+
+            folders.save_image = save
+        cli.run()
+        """)
+    )
+    out = tmp_path / "out"
+    args = _job(folder, out, "--batch_size", "2")
+    codes, results = _two_processes(program, args, 12800 + os.getpid() % 500)
+    assert codes == [128 + signal.SIGINT] * 2, results
+    manifests = [json.loads((out / f"manifest-{p}-of-2.json").read_text()) for p in (0, 1)]
+    assert all(m["interrupted"] for m in manifests)
+    assert len(manifests[1]["done"]) == 1  # Process 1's first outcome, saved whole.
 
 
 def test_a_signal_saves_the_batch_in_flight_and_the_manifest(folder, tmp_path):

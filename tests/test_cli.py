@@ -342,6 +342,42 @@ def test_a_run_that_reaches_no_step_leaves_an_earlier_output(
     assert result.returncode == 128 + signal.SIGINT, result.stderr
     assert f"interrupted; saved what was reached to {out}" in result.stderr
     assert nst_jax.read_settings(out)["step"] == 2
+    # So does one while the report is written: the report is whole, and the line says so.
+    monkeypatch.setattr(jobs, "save_image", nst_jax.save_image)
+    write_json = jobs.write_json
+
+    def write_and_signal(path, data):
+        signal.raise_signal(signal.SIGINT)
+        return write_json(path, data)
+
+    monkeypatch.setattr(jobs, "write_json", write_and_signal)
+    report = tmp_path / "report.json"
+    result = command(
+        "--content", images / "content.png", "--style", images / "style.png", "--output", out,
+        "--report", report, "--size", "32", "--steps", "2", "--style_layers", "conv1_1",
+        "--content_layers", "conv1_2",
+    )  # fmt: skip
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert f"interrupted; saved {out}" in result.stderr
+    assert json.loads(report.read_text())["runs"][0]["steps"] == 2
+    # A grid stopped before its first step leaves an earlier output too.
+    monkeypatch.setattr(jobs, "write_json", write_json)
+    out.write_bytes(b"the previous result")
+    run_grid = jobs.sweeps.run_grid
+
+    def grid_interrupted_at_once(rows, *args, **kwargs):
+        rows = [(label, config.replace(steps=0)) for label, config in rows]
+        return run_grid(rows, *args, **kwargs)._replace(interrupted=True)
+
+    monkeypatch.setattr(jobs.sweeps, "run_grid", grid_interrupted_at_once)
+    result = command(
+        "--content", images / "content.png", "--style", images / "style.png", "--output", out,
+        "--size", "32", "--tv_weights", "0,0.1", "--style_layers", "conv1_1",
+        "--content_layers", "conv1_2",
+    )  # fmt: skip
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    assert "interrupted before the first step; nothing saved" in result.stderr
+    assert out.read_bytes() == b"the previous result"
 
 
 def test_flags_reach_the_config(command, images, tmp_path, real_weights):
