@@ -319,7 +319,8 @@ def apply_folder(job: ApplyFolderJob):
     manifest_path = write_json(out / manifest_name(), manifest)
     failed = len(manifest["failed"])
     summary = (
-        f"{len(manifest['done'])} done, {len(manifest['skipped'])} done before, "
+        ("interrupted; " if interrupted else "")
+        + f"{len(manifest['done'])} done, {len(manifest['skipped'])} done before, "
         f"{failed} failed: {manifest_path}"
     )
     return FolderReport(manifest, manifest_path, summary, failed, interrupted)

@@ -201,7 +201,9 @@ def plan_outputs(
             raise ValueError(f"no images found in {contents} outside --output_dir {out}")
         if not Path(contents).exists():  # A glob: its root was the earlier outputs' too.
             root = Path(os.path.commonpath([p.parent for p in sources]))
-    elif resolved(out) == resolved(root):  # The outputs sit among the contents.
+    elif resolved(out) == resolved(root) and not Path(contents).is_file():
+        # The outputs sit among a folder's (or glob's) contents; a list or a file names
+        # its contents one by one, outputs of earlier runs included if it says so.
         sources = [p for p in sources if not _is_output(p)]
         if not sources:
             raise ValueError(f"no images found in {contents} besides nst_jax outputs")
@@ -218,7 +220,7 @@ def plan_outputs(
             )
     folders = {f for path in paths.values() for f in path.relative_to(out).parents} - {Path()}
     for folder in sorted(out / f for f in folders):
-        if folder.exists() and not folder.is_dir():
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
             raise ValueError(f"{folder} is a file, where a folder of outputs goes; move it")
     manifest = out / manifest_name()
     if resolved(manifest) in kept | {resolved(p) for p in sources}:

@@ -198,7 +198,7 @@ def _float_pixels(image, what: str, channels: int | None = 3) -> np.ndarray:
     a = np.asarray(image)
     if a.ndim != 3 or (channels is not None and a.shape[-1] != channels):
         raise ValueError(f"{what} must be [H, W, {channels or 'C'}], got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
+    if not np.issubdtype(a.dtype, np.floating) and a.dtype.name != "bfloat16":
         raise ValueError(f"{what} must be float pixels in [0, 1], got {a.dtype}")
     return a.astype(np.float32, copy=False)
 
@@ -213,7 +213,7 @@ def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     image = _float_pixels(image, "resize's image", channels=None)
     h, w = shape
     if image.shape[:2] == (h, w):
-        return image
+        return np.clip(image, 0.0, 1.0)  # A copy, as every other size gets.
     channels = [
         np.asarray(
             Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(

@@ -376,6 +376,10 @@ def test_planning_refuses_what_would_lose_a_file_or_fail_after_compute(tmp_path)
     with pytest.raises(ValueError, match="sub is a file, where a folder of outputs goes"):
         plan_outputs(str(photos), out, [""])
     (out / "sub").unlink()
+    (out / "sub").symlink_to(tmp_path / "nowhere")  # A dangling link: no folder either.
+    with pytest.raises(ValueError, match="sub is a file, where a folder of outputs goes"):
+        plan_outputs(str(photos), out, [""])
+    (out / "sub").unlink()
     # What a killed run's atomic writes left is cleared; what is not theirs stays.
     stale = [out / ".a.png.k3x_9qz0", out / ".manifest.json.abcdefgh"]
     kept = [out / ".a.png.notours", out / ".other.png.abcdefgh"]
@@ -394,6 +398,11 @@ def test_planning_refuses_what_would_lose_a_file_or_fail_after_compute(tmp_path)
     nst_jax.save_image(jpgs / "c.png", x, settings={"mode": "stylize"})  # An earlier output.
     sources, _, paths = plan_outputs(str(jpgs), jpgs, [""])
     assert [p.name for p in sources] == ["c.jpg"] and list(paths.values()) == [jpgs / "c.png"]
+    (jpgs / "list.txt").write_text("c.png\n")  # Named one by one: an output is a content.
+    sources, _, _ = plan_outputs(str(jpgs / "list.txt"), tmp_path / "elsewhere", ["s"])
+    assert [p.name for p in sources] == ["c.png"]
+    sources, _, _ = plan_outputs(str(jpgs / "list.txt"), jpgs, ["s"])
+    assert [p.name for p in sources] == ["c.png"]
 
 
 def test_an_output_folder_inside_the_contents_is_not_read_as_contents(folder, tmp_path, capsys):

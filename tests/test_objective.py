@@ -219,3 +219,28 @@ def test_parse_style_loss():
     assert objective.parse_style_loss("mmd_poly") == (("mmd_poly", 1.0),)
     with pytest.raises(ValueError, match="bad weight"):
         objective.parse_style_loss("gram:x")
+
+
+def test_sampled_kernels_know_when_they_draw(small_net, rng):
+    """The style as the output, through the objective. A layer whose positions are all
+    taken (no more than ``mmd_samples``) scores exactly 0: every pair counted. Where
+    positions are drawn, the pairs i = j are left out on both sides, and the loss
+    averages to 0 over draws; counting them left a floor."""
+    network = small_net()
+    style = rng.random((16, 16, 3)).astype(np.float32)  # conv1_1: 256 positions.
+    loss = LossConfig(
+        style_layers=("conv1_1",), content_layers=(), style_loss=(("mmd_gauss", 1.0),)
+    )
+
+    def style_term(loss, key):  # The style's sample and the output's, both drawn anew.
+        ks, kx = jax.random.split(key)
+        style_target = style_targets(network, style, loss, shape=(16, 16), key=ks)
+        targets = Targets(content={}, style=style_target)
+        return objective.loss_terms(network, style, targets, loss, key=kx).style
+
+    whole = jax.jit(lambda k: style_term(loss, k))(jax.random.key(1))
+    assert abs(float(whole)) < 1e-6
+    drawn = LossConfig(**{**loss.__dict__, "mmd_samples": 16})
+    keys = jax.random.split(jax.random.key(2), 200)
+    values = np.asarray(jax.jit(jax.vmap(lambda k: style_term(drawn, k)))(keys))
+    assert abs(values.mean()) < 3 * values.std() / np.sqrt(len(values)), values.mean()

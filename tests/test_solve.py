@@ -110,6 +110,10 @@ def test_lbfgs_draws_new_sample_positions_every_few_steps(small_weights, rng):
         style_loss=(("mmd_gauss", 1.0),), mmd_samples=16,
     )  # fmt: skip
     every = solve.solver.RESAMPLE_EVERY
+    lbfgs = Config(loss=loss, optimizer="lbfgs")
+    assert solve.solver.resamples(lbfgs, (32, 32))  # 1,024 positions, 16 drawn.
+    # Where a layer has no more positions than are drawn, all are taken: no restarts.
+    assert not solve.solver.resamples(lbfgs.replace(loss=dict(mmd_samples=1024)), (32, 32))
 
     def moved(steps):
         cfg = Config(loss=loss, optimizer="lbfgs", steps=steps, stop_tol=0.0)

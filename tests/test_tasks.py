@@ -344,3 +344,14 @@ def test_a_style_resized_for_a_small_level_keeps_16_px_a_side():
     side = scaled_side(24, 1.0, (28, 47))
     assert min(nst_jax.image.resized_shape((28, 47), side)) == 16
     assert scaled_side(24, 1.0) == 24 and scaled_side(200, 0.5, (100, 100)) == 100
+
+
+def test_pixels_take_any_float_and_a_resamplers_overshoot():
+    """bfloat16 is float; a Lanczos resize's slight overshoot is still [0, 1] pixels."""
+    from nst_jax.tasks.stylize import pixels
+
+    half = pixels("content", jnp.full((20, 20, 3), 0.5, jnp.bfloat16))
+    assert half.dtype == np.float32 and float(half.max()) == 0.5
+    check_image("content", np.linspace(-0.01, 1.02, 20 * 20 * 3).reshape(20, 20, 3))
+    same = np.full((4, 4, 3), 1.2, np.float32)
+    assert nst_jax.resize(same, (4, 4)).max() == 1.0 and same.max() == np.float32(1.2)

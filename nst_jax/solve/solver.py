@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -18,6 +19,7 @@ import optax
 from nst_jax import objective, statistics
 from nst_jax.config import INIT_KINDS, Config
 from nst_jax.nets.network import Network
+from nst_jax.nets.vgg import feature_shape
 from nst_jax.objective import Targets, Terms
 
 HISTORY_KEYS = ("total", *Terms._fields)
@@ -119,21 +121,28 @@ def setup(
     return targets, State(image, make_optimizer(config).init(image), key)
 
 
-def resamples(config: Config) -> bool:
-    """Whether an L-BFGS run restarts on a new sample every ``RESAMPLE_EVERY`` steps:
-    its objective has a kernel that samples positions."""
+def resamples(config: Config, shape: tuple[int, int]) -> bool:
+    """Whether an L-BFGS run on ``shape`` = (H, W) images restarts on a new sample every
+    ``RESAMPLE_EVERY`` steps: its objective has a kernel that draws positions, at a
+    layer with more of them than it draws (else it takes them all, and its objective
+    never changes)."""
     loss = config.loss
     return (
         config.optimizer == "lbfgs"
         and loss.style_on
-        and any(statistics.sampled(stat, loss) for stat, _ in loss.style_loss)
+        and any(
+            statistics.drawn(math.prod(feature_shape(shape, name)), loss.mmd_samples)
+            for stat, _ in loss.style_loss
+            if statistics.sampled(stat, loss)
+            for name, _ in loss.statistic_layers(stat)
+        )
     )
 
 
 def restart_due(config: Config, state: State) -> jax.Array | None:
     """Whether ``state`` (one example's, or a batch's, stepping together) has taken its
     ``RESAMPLE_EVERY`` steps on one sample: a scalar; None when the run never restarts."""
-    if not resamples(config):
+    if not resamples(config, state.image.shape[-3:-1]):
         return None
     return jnp.max(optax.tree.get(state.opt_state, "count")) >= RESAMPLE_EVERY
 
@@ -267,7 +276,8 @@ def transfer(
     optimizer = make_optimizer(config)
 
     def body(state, i):  # i == 0: L-BFGS has no stored gradient (unbatched: see step).
-        restart = (i > 0) & (i % RESAMPLE_EVERY == 0) if resamples(config) else None
+        due = (i > 0) & (i % RESAMPLE_EVERY == 0)
+        restart = due if resamples(config, content.shape[:2]) else None
         return step(network, targets, state, term_weights, i == 0, restart, config=config,
                     optimizer=optimizer)  # fmt: skip
 
