@@ -9,6 +9,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -74,11 +75,16 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
 _RANDOM = "[a-z0-9_]{8}"  # What mkstemp adds to a temporary file's name.
 
 
+STALE_SECONDS = 600  # A temporary file untouched this long has no live writer.
+
+
 def remove_stale_temporaries(paths: Iterable[Path]) -> int:
     """Removes the temporary files that ``atomic_path`` writes to ``paths`` left behind
     when their process was killed outright (SIGKILL, a power cut): ``.NAME.XXXXXXXX``
-    beside each. For a job that owns ``paths``, before it writes any of them. Returns
-    how many it removed."""
+    beside each, still mkstemp's mode 0600 (a finished write is chmodded before its
+    rename), and untouched for ``STALE_SECONDS``, so that neither a user's hidden file
+    of that shape nor another job's write in progress is taken. For a job that owns
+    ``paths``, before it writes any of them. Returns how many it removed."""
     names: dict[Path, set[str]] = {}
     for path in paths:
         names.setdefault(Path(path).parent, set()).add(Path(path).name)
@@ -90,7 +96,10 @@ def remove_stale_temporaries(paths: Iterable[Path]) -> int:
             continue
         for entry in entries:
             match = re.fullmatch(rf"\.(.+)\.{_RANDOM}", entry.name)
-            if match and match.group(1) in owned and entry.is_file(follow_symlinks=False):
+            if not (match and match.group(1) in owned and entry.is_file(follow_symlinks=False)):
+                continue
+            info = entry.stat(follow_symlinks=False)
+            if info.st_mode & 0o777 == 0o600 and time.time() - info.st_mtime > STALE_SECONDS:
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
     return removed

@@ -189,6 +189,11 @@ def resized_shape(shape: tuple[int, int], size: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+def is_float(dtype) -> bool:
+    """A floating dtype, NumPy's or ml_dtypes' (bfloat16, float8_*) alike."""
+    return np.dtype(dtype).kind == "f" or "float" in np.dtype(dtype).name
+
+
 def _float_pixels(image, what: str, channels: int | None = 3) -> np.ndarray:
     """``image`` as a float32 ``[H, W, channels]`` array (NumPy or JAX in).
 
@@ -198,7 +203,7 @@ def _float_pixels(image, what: str, channels: int | None = 3) -> np.ndarray:
     a = np.asarray(image)
     if a.ndim != 3 or (channels is not None and a.shape[-1] != channels):
         raise ValueError(f"{what} must be [H, W, {channels or 'C'}], got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating) and a.dtype.name != "bfloat16":
+    if not is_float(a.dtype):
         raise ValueError(f"{what} must be float pixels in [0, 1], got {a.dtype}")
     return a.astype(np.float32, copy=False)
 

@@ -451,7 +451,9 @@ def run_files(job: Job, mode: str) -> Report:
             with deferred():  # Its run is done; a stop signal waits for the record of it.
                 write_json(outputs.report, data)
         except KeyboardInterrupt:  # Written whole, then stopped.
-            interrupted, summary = True, f"interrupted; {summary}"
+            if not interrupted:
+                summary = f"interrupted; {summary}"
+            interrupted = True
     return Report(output, summary, interrupted, failure, data)
 
 

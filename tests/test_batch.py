@@ -382,9 +382,15 @@ def test_planning_refuses_what_would_lose_a_file_or_fail_after_compute(tmp_path)
     (out / "sub").unlink()
     # What a killed run's atomic writes left is cleared; what is not theirs stays.
     stale = [out / ".a.png.k3x_9qz0", out / ".manifest.json.abcdefgh"]
-    kept = [out / ".a.png.notours", out / ".other.png.abcdefgh"]
+    kept = [out / ".a.png.notours", out / ".other.png.abcdefgh", out / ".a.png.20240517"]
     for path in stale + kept:
         path.write_text("")
+        path.chmod(0o600)  # As mkstemp makes them.
+        os.utime(path, (time.time() - 3600,) * 2)  # Untouched for an hour.
+    (out / ".a.png.20240517").chmod(0o644)  # A user's: not mkstemp's mode.
+    (out / ".a.png.livewrit").write_text("")  # Another job's write in progress.
+    (out / ".a.png.livewrit").chmod(0o600)
+    kept.append(out / ".a.png.livewrit")
     sources, _, paths = plan_outputs(str(photos), out, [""])
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
     names = sorted(p.relative_to(out).as_posix() for p in paths.values())

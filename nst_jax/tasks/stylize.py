@@ -15,7 +15,7 @@ import numpy as np
 
 from nst_jax import color
 from nst_jax.config import Config
-from nst_jax.image import resize_mask
+from nst_jax.image import is_float, resize_mask
 from nst_jax.nets.network import Network
 from nst_jax.nets.vgg import widths_of
 from nst_jax.nets.weights import Weights, load_weights
@@ -46,7 +46,7 @@ def pixels(name: str, x) -> np.ndarray | None:
     if x is None:
         return None
     a = np.asarray(x)
-    if not jnp.issubdtype(a.dtype, jnp.floating):  # bfloat16 included.
+    if not is_float(a.dtype):
         raise ValueError(
             f"{name} must be float pixels in [0, 1], got {a.dtype} (divide 8-bit pixels by 255)"
         )
@@ -63,9 +63,10 @@ def check_image(name: str, x: np.ndarray | None) -> None:
         raise ValueError(f"{name} must be [H, W, 3] RGB, got shape {x.shape}")
     if min(x.shape[:2]) < MIN_SIDE:
         raise ValueError(f"{name} is {x.shape[1]}x{x.shape[0]}; need at least {MIN_SIDE} px a side")
-    # Another scale (0-255, or -1 to 1) is refused; a resampler's overshoot is not.
+    # Another scale (0-255, -1 to 1, centred on 0) is refused; a resampler's overshoot,
+    # a few hundredths, is not.
     finite = x[np.isfinite(x)]
-    if finite.size and (finite.min() < -0.5 or finite.max() > 1.5):
+    if finite.size and (finite.min() < -0.25 or finite.max() > 1.25):
         raise ValueError(
             f"{name} must be in [0, 1], got values from {finite.min():.4g} to {finite.max():.4g}"
         )
@@ -84,7 +85,7 @@ def check_batch_weights(term_weights: Terms, blends: np.ndarray | None, config, 
         w = np.asarray(w, np.float64)
         if not (np.all(np.isfinite(w)) and np.all(w >= 0)):
             raise ValueError(f"term weights must be finite and >= 0; {field}: {w.tolist()}")
-        if off.get(field) and w.ndim == 1 and np.any(w != 0):  # A sweep of nothing.
+        if off.get(field) and w.ndim == 1 and np.ptp(w) > 0:  # A sweep of nothing.
             raise ValueError(
                 f"term weights sweep {field}, but the config turns that term off "
                 f"({field}_weight 0, or no layers); give the config a non-zero weight"
