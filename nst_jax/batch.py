@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import memory
+from nst_jax import memory, signals
 from nst_jax.config import Config
 from nst_jax.image import (
     image_size,
@@ -358,8 +358,10 @@ def stylize_many(
             # Every process asks before every batch, so all stop at the same one: a
             # signal lands on each at another moment, and one that left alone would
             # leave the others waiting in this batch's collectives.
-            halt = halt or (stop is not None and stop())
+            halt = halt or (stop is not None and stop()) or signals.requested()
             if _gather(np.array([halt], np.int32)).any():
+                if not halt:  # Another process stopped: this one stops as if signalled.
+                    raise KeyboardInterrupt
                 return
             plan = policy.plan(
                 config, batch.shape, share if jax.default_backend() == "cpu" else share // local,

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from nst_jax import signals
 from nst_jax.atomic import remove_stale_temporaries, resolved, write_json
 from nst_jax.batch import Element, Outcome, _gather, agree, find_contents, stylize_many
 from nst_jax.config import Config
@@ -299,8 +300,17 @@ def stylize_folder(job: FolderJob) -> FolderReport:
 
     Exit status, for the command line: 0 when every output is done (now or before),
     ``cli.SOME_FAILED`` (4) when some input failed (the manifest names each, with its reason),
-    128 + the signal when interrupted.
+    128 + the signal when interrupted. Several processes act on a stop signal together,
+    at the points where they agree (``signals.polled``): a signal lands on each at
+    another moment, and one that stopped alone would leave the others waiting for it.
     """
+    if jax.process_count() > 1:
+        with signals.polled():
+            return _stylize_folder(job)
+    return _stylize_folder(job)
+
+
+def _stylize_folder(job: FolderJob) -> FolderReport:
     t0 = time.perf_counter()
     compiled_before = programs.compiled_programs
     blends, labels = _columns(job)
@@ -368,7 +378,7 @@ def stylize_folder(job: FolderJob) -> FolderReport:
         write_json(manifest_path, {**manifest, "seconds": time.perf_counter() - t0})
 
     def stopped() -> bool:
-        return interrupted
+        return interrupted or signals.requested()
 
     try:
         for outcome in stylize_many(
@@ -381,12 +391,17 @@ def stylize_folder(job: FolderJob) -> FolderReport:
                     record(outcome)
             except KeyboardInterrupt:
                 interrupted = True
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Here, or on another process (``stylize_many``).
         interrupted = True
-    manifest["interrupted"] = interrupted
+    manifest["interrupted"] = interrupted = stopped()
     manifest["programs_compiled"] = programs.compiled_programs - compiled_before
     manifest["seconds"] = time.perf_counter() - t0
-    write_json(manifest_path, manifest)
+    try:
+        with deferred():
+            write_json(manifest_path, manifest)
+    except KeyboardInterrupt:  # Written whole; it must say it was stopped.
+        interrupted = manifest["interrupted"] = True
+        write_json(manifest_path, manifest)
     failed = sum(not f["reason"].startswith("interrupted") for f in manifest["failed"])
     summary = (
         ("interrupted; " if interrupted else "")

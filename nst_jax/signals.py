@@ -1,5 +1,6 @@
-"""Stop signals: which ones end a run, and holding them across a step that must not be
-cut in two (``deferred``)."""
+"""Stop signals: which ones end a run, holding them across a step that must not be cut in
+two (``deferred``), and, for the processes of a multi-host job, recording them to act on
+together (``polled``)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,40 @@ def deferred():
             signal.signal(s, handler)
         for s in held:
             signal.raise_signal(s)
+
+
+_requests: list[int] | None = None  # The stop signals ``polled`` recorded, while active.
+
+
+@contextlib.contextmanager
+def polled():
+    """Within the block, the stop signals are recorded, not raised; ``requested()`` says
+    whether one came. For the processes of a multi-host job: a signal lands on each at
+    another moment, and they must stop at the same step, so each acts on it only where
+    they all agree (the driver's syncs, the batches' starts). Only the main thread
+    handles signals; elsewhere this does nothing."""
+    global _requests
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _requests = []
+    previous = {}
+
+    def record(signum, frame):
+        if _requests is not None:
+            _requests.append(signum)
+
+    try:
+        for s in STOP_SIGNALS:
+            if signal.getsignal(s) is not None:
+                previous[s] = signal.signal(s, record)
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _requests = None
+
+
+def requested() -> bool:
+    """Whether a stop signal came inside ``polled``."""
+    return bool(_requests)

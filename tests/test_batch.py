@@ -480,10 +480,10 @@ def test_two_processes_split_a_folder(folder, tmp_path):
 
 
 def test_processes_stopped_at_different_moments_stop_together(folder, tmp_path):
-    """A signal lands on each host at another moment: here process 0 is interrupted in
-    its first batch's steps, process 1 while it saves that batch. Both stop before the
-    next batch (they agree before each one) and exit 130; before, process 1 went on
-    alone and waited for process 0 for good."""
+    """A signal lands on each host at another moment: here on process 0 while it
+    compiles its first batch, on process 1 while it saves that batch. Each records it
+    and they act on it together, at a sync where they agree: both stop at the same step
+    and exit 130. Before, one stopped alone and the other waited for it for good."""
     program = tmp_path / "stopped.py"
     program.write_text(
         textwrap.dedent(f"""
@@ -496,19 +496,11 @@ def test_processes_stopped_at_different_moments_stop_together(folder, tmp_path):
         if sys.argv[sys.argv.index("--process_id") + 1] == "0":
             compile_run = driver.programs.compile_run
 
-            def interrupted(*args, **kwargs):
-                setup, step, losses = compile_run(*args, **kwargs)
-                calls = []
+            def signalled(*args, **kwargs):
+                signal.raise_signal(signal.SIGINT)
+                return compile_run(*args, **kwargs)
 
-                def second_step_interrupted(*a):
-                    calls.append(1)
-                    if len(calls) == 2:
-                        raise KeyboardInterrupt
-                    return step(*a)
-
-                return setup, second_step_interrupted, losses
-
-            driver.programs.compile_run = interrupted
+            driver.programs.compile_run = signalled
         else:
             saved = []
 
@@ -523,12 +515,26 @@ def test_processes_stopped_at_different_moments_stop_together(folder, tmp_path):
         """)
     )
     out = tmp_path / "out"
-    args = _job(folder, out, "--batch_size", "2")
+    args = _job(folder, out, "--batch_size", "2", "--steps", "30")
     codes, results = _two_processes(program, args, 12800 + os.getpid() % 500)
     assert codes == [128 + signal.SIGINT] * 2, results
     manifests = [json.loads((out / f"manifest-{p}-of-2.json").read_text()) for p in (0, 1)]
     assert all(m["interrupted"] for m in manifests)
-    assert len(manifests[1]["done"]) == 1  # Process 1's first outcome, saved whole.
+    stopped = [f["reason"] for m in manifests for f in m["failed"] if "interrupted" in f["reason"]]
+    assert len(stopped) == 2 and len(set(stopped)) == 1, stopped  # At one step, both.
+
+
+def test_processes_whose_images_settle_at_different_steps_stop_together(folder, tmp_path):
+    """L-BFGS's step reduces over the whole batch, across processes, so they must run
+    the same steps: the stopping rule is agreed at each sync. Before, the process whose
+    images settled first left the other in a collective alone (gloo aborted both)."""
+    out = tmp_path / "out"
+    args = _job(folder, out, "--batch_size", "2", "--optimizer", "lbfgs", "--steps", "200",
+                "--stop_window", "5", "--stop_tol", "0.02")  # fmt: skip
+    codes, results = _two_processes(RUN, args, 13300 + os.getpid() % 500)
+    assert codes == [cli.SOME_FAILED, 0], results  # broken.png, process 0's share.
+    manifests = [json.loads((out / f"manifest-{p}-of-2.json").read_text()) for p in (0, 1)]
+    assert sum(len(m["done"]) for m in manifests) == 6
 
 
 def test_a_signal_saves_the_batch_in_flight_and_the_manifest(folder, tmp_path):

@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nst_jax import signals
 from nst_jax.config import Config
 from nst_jax.nets.network import Network
 from nst_jax.objective import Terms
 from nst_jax.progress import progress_bar
 from nst_jax.solve import programs
-from nst_jax.solve.placement import Placement
+from nst_jax.solve.placement import Placement, gathered
 from nst_jax.solve.solver import HISTORY_KEYS
 
 Callback = Callable[[int, np.ndarray, dict[str, np.ndarray]], None]
@@ -196,10 +197,19 @@ def run(
             hist = np.stack([local(losses) for losses in pending])  # Waits for the chunk.
             latest_image = local(state.image)
             run_seconds += time.perf_counter() - t
-            if not (np.all(np.isfinite(hist)) and np.all(np.isfinite(latest_image))):
+            finite = np.all(np.isfinite(hist)) and np.all(np.isfinite(latest_image))
+            if not finite:
                 failure = f"stopped after step {done}: " + nonfinite_message(
                     hist[np.any(~np.isfinite(hist), axis=(1, 2))][0], term_weights
                 )
+            if jax.process_count() > 1:  # Every process stops at the same sync, or none.
+                flags = gathered([signals.requested(), not finite])
+                if failure is not None:
+                    break
+                if flags.any():  # A signal, or another process's failure.
+                    interrupted = True
+                    # This chunk is finite here: keep it, as a signal keeps what it reached.
+            elif failure is not None:
                 break
             image = latest_image
             rows.append(hist)
@@ -212,8 +222,14 @@ def run(
                 callback(done, np.clip(image, 0.0, 1.0), latest)
             best.append(np.minimum(best[-1], hist[..., 0].min(axis=0)))
             synced.append(done)
+            if interrupted:
+                break
             settled |= converged_each(best, synced, config)
-            if done < config.steps and settled.all():
+            if jax.process_count() > 1:
+                settled_everywhere = gathered([settled.all()])[:, 0].all()
+            else:
+                settled_everywhere = settled.all()
+            if done < config.steps and settled_everywhere:
                 stopped = True
                 break
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ step is the same program, placed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -88,3 +89,14 @@ class Placement:
                 starts.add(start)
                 parts.append(np.asarray(shard.data))
         return np.concatenate(parts)
+
+
+def gathered(flags: Sequence[bool]) -> np.ndarray:
+    """``[processes, len(flags)]``: every process's ``flags``, by process index. A
+    collective: every process calls it at the same point."""
+    values = np.asarray(flags, np.int32)
+    if jax.process_count() == 1:
+        return values[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(values))
