@@ -14,6 +14,7 @@ they compile and run the same programs. The folder job behind ``--output_dir`` i
 
 from __future__ import annotations
 
+import contextlib
 import glob as globbing
 import hashlib
 import math
@@ -302,6 +303,8 @@ def stylize_many(
     Raises:
       ValueError: bad settings; a content that cannot be read is an ``Outcome`` with a
         failure, not an error.
+      KeyboardInterrupt: with several processes, when another one stopped (a signal, or
+        its caller's ``stop``): this one stops too, before the next batch.
     """
     styles = tuple(
         pixels("style", s) for s in (style if isinstance(style, (list, tuple)) else (style,))
@@ -352,6 +355,9 @@ def stylize_many(
         label="images",
         unit="image",
     )
+    held = contextlib.ExitStack()
+    if processes > 1:  # Stop signals are acted on where the processes agree.
+        held.enter_context(signals.polled())
     try:
         halt = False  # This process was interrupted, or its caller asks to stop.
         for k, batch in enumerate(batches):
@@ -424,6 +430,7 @@ def stylize_many(
             halt = halt or result.interrupted
     finally:
         bar.close()
+        held.close()
 
 
 def _default_batch(config, shapes, columns, devices, widths, todo) -> int:

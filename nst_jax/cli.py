@@ -296,7 +296,11 @@ def _stop(signum, frame):
 
 
 def _interrupted() -> int:
-    return 128 + (_signals[-1] if _signals else int(signal.SIGINT))
+    """128 + the signal that stopped the run: raised (``_stop``) or, in a multi-host job,
+    recorded (``signals.polled``)."""
+    recorded = nst_jax.signals.last_recorded()
+    last = _signals[-1] if _signals else recorded
+    return 128 + (last if last is not None else int(signal.SIGINT))
 
 
 def _refuse_flags_that_do_nothing() -> None:
@@ -366,6 +370,7 @@ def execute(argv: list[str]) -> int:
     returns the exit code. For tests and scripts; ``run`` is the command."""
     F.unparse_flags()
     _signals.clear()
+    nst_jax.signals.forget()
     try:
         rest = F(argv)
     except flags.Error as e:

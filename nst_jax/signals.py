@@ -54,6 +54,7 @@ def deferred():
 
 
 _requests: list[int] | None = None  # The stop signals ``polled`` recorded, while active.
+_last: list[int] = []  # Every signal ``polled`` recorded in this process, for exit codes.
 
 
 @contextlib.contextmanager
@@ -61,22 +62,24 @@ def polled():
     """Within the block, the stop signals are recorded, not raised; ``requested()`` says
     whether one came. For the processes of a multi-host job: a signal lands on each at
     another moment, and they must stop at the same step, so each acts on it only where
-    they all agree (the driver's syncs, the batches' starts). Only the main thread
+    they all agree (the driver's syncs, the batches' starts). A nested block shares the
+    outer one's record. Signals set to be ignored stay ignored. Only the main thread
     handles signals; elsewhere this does nothing."""
     global _requests
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or _requests is not None:
         yield
         return
     _requests = []
     previous = {}
 
     def record(signum, frame):
+        _last.append(signum)
         if _requests is not None:
             _requests.append(signum)
 
     try:
         for s in STOP_SIGNALS:
-            if signal.getsignal(s) is not None:
+            if signal.getsignal(s) not in (None, signal.SIG_IGN):
                 previous[s] = signal.signal(s, record)
         yield
     finally:
@@ -88,3 +91,13 @@ def polled():
 def requested() -> bool:
     """Whether a stop signal came inside ``polled``."""
     return bool(_requests)
+
+
+def last_recorded() -> int | None:
+    """The last stop signal ``polled`` recorded since ``forget``, or None."""
+    return _last[-1] if _last else None
+
+
+def forget() -> None:
+    """Clears ``last_recorded``: a new command starts."""
+    _last.clear()

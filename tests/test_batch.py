@@ -480,8 +480,8 @@ def test_two_processes_split_a_folder(folder, tmp_path):
 
 
 def test_processes_stopped_at_different_moments_stop_together(folder, tmp_path):
-    """A signal lands on each host at another moment: here on process 0 while it
-    compiles its first batch, on process 1 while it saves that batch. Each records it
+    """A signal lands on each host at another moment: here SIGTERM on process 0 while it
+    compiles its first batch, SIGINT on process 1 while it saves that batch. Each records it
     and they act on it together, at a sync where they agree: both stop at the same step
     and exit 130. Before, one stopped alone and the other waited for it for good."""
     program = tmp_path / "stopped.py"
@@ -497,7 +497,7 @@ def test_processes_stopped_at_different_moments_stop_together(folder, tmp_path):
             compile_run = driver.programs.compile_run
 
             def signalled(*args, **kwargs):
-                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGTERM)
                 return compile_run(*args, **kwargs)
 
             driver.programs.compile_run = signalled
@@ -517,7 +517,7 @@ def test_processes_stopped_at_different_moments_stop_together(folder, tmp_path):
     out = tmp_path / "out"
     args = _job(folder, out, "--batch_size", "2", "--steps", "30")
     codes, results = _two_processes(program, args, 12800 + os.getpid() % 500)
-    assert codes == [128 + signal.SIGINT] * 2, results
+    assert codes == [128 + signal.SIGTERM, 128 + signal.SIGINT], results  # Each its own.
     manifests = [json.loads((out / f"manifest-{p}-of-2.json").read_text()) for p in (0, 1)]
     assert all(m["interrupted"] for m in manifests)
     stopped = [f["reason"] for m in manifests for f in m["failed"] if "interrupted" in f["reason"]]
@@ -535,6 +535,45 @@ def test_processes_whose_images_settle_at_different_steps_stop_together(folder, 
     assert codes == [cli.SOME_FAILED, 0], results  # broken.png, process 0's share.
     manifests = [json.loads((out / f"manifest-{p}-of-2.json").read_text()) for p in (0, 1)]
     assert sum(len(m["done"]) for m in manifests) == 6
+
+
+def test_a_non_finite_loss_on_one_process_fails_that_batch_not_the_job(folder, tmp_path):
+    """Process 0's first batch overflows: both processes stop that batch at the same
+    sync (process 1's images fail with it, to be redone), and go on to the next; no
+    process reports a signal that never came."""
+    program = tmp_path / "overflow.py"
+    program.write_text(
+        textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        sys.path.insert(0, {str(ROOT)!r})
+        from nst_jax import cli
+        from nst_jax.solve import placement
+
+        if sys.argv[sys.argv.index("--process_id") + 1] == "0":
+            local, seen = placement.Placement.local, []
+
+            def overflowing(self, x):
+                a = local(self, x)
+                if a.ndim == 2 and a.shape[-1] == 5:  # A step's [B, 5] losses.
+                    seen.append(1)
+                    if len(seen) == 2:
+                        return np.full_like(a, np.inf)
+                return a
+
+            placement.Placement.local = overflowing
+        cli.run()
+        """)
+    )
+    out = tmp_path / "out"
+    args = _job(folder, out, "--batch_size", "2")
+    codes, results = _two_processes(program, args, 13800 + os.getpid() % 500)
+    assert codes == [cli.SOME_FAILED] * 2, results
+    manifests = [json.loads((out / f"manifest-{p}-of-2.json").read_text()) for p in (0, 1)]
+    assert not any(m["interrupted"] for m in manifests)
+    reasons = [f["reason"] for f in manifests[1]["failed"]]
+    assert any("another process's images left float32" in r for r in reasons), reasons
+    assert sum(len(m["done"]) for m in manifests) == 4  # The other batches ran.
 
 
 def test_a_signal_saves_the_batch_in_flight_and_the_manifest(folder, tmp_path):
@@ -561,3 +600,25 @@ def test_a_signal_saves_the_batch_in_flight_and_the_manifest(folder, tmp_path):
     assert manifest["interrupted"] and "Traceback" not in err
     stopped = [f for f in manifest["failed"] if f["reason"].startswith("interrupted at step")]
     assert stopped and all(Path(f["output"]).is_file() for f in stopped)  # Work kept.
+
+
+def test_polled_signals_are_recorded_nested_and_ignored_ones_stay_ignored():
+    """``signals.polled``: a stop signal inside is recorded, not raised, and an inner
+    block shares the outer one's record; a signal set to be ignored stays ignored; the
+    handlers come back after."""
+    from nst_jax import signals
+
+    before = signal.getsignal(signal.SIGINT)
+    hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with signals.polled():
+            signal.raise_signal(signal.SIGHUP)  # Ignored, as it was set.
+            assert not signals.requested()
+            with signals.polled():
+                signal.raise_signal(signal.SIGTERM)
+            assert signals.requested() and signals.last_recorded() == signal.SIGTERM
+        assert not signals.requested() and signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGHUP, hup)
+        signals.forget()
+    assert signals.last_recorded() is None

@@ -186,6 +186,9 @@ def run(
     rows, done, interrupted, failure, run_seconds = [], 0, False, None, 0.0
     best, synced, stopped = [np.asarray(initial[..., 0])], [0], False
     settled = np.zeros(np.shape(best[0]), bool)  # Met the rule at some sync: stays met.
+    # A batch sharded across processes steps together (L-BFGS's step reduces over the
+    # whole batch), so they agree on every stop.
+    across = placement is not None and jax.process_count() > 1
     try:
         while done < config.steps:
             n = min(chunk, config.steps - done)
@@ -202,13 +205,13 @@ def run(
                 failure = f"stopped after step {done}: " + nonfinite_message(
                     hist[np.any(~np.isfinite(hist), axis=(1, 2))][0], term_weights
                 )
-            if jax.process_count() > 1:  # Every process stops at the same sync, or none.
+            if across:  # Every process stops at the same sync, or none.
                 flags = gathered([signals.requested(), not finite])
+                if failure is None and flags[:, 1].any():
+                    failure = f"stopped after step {done}: another process's images left float32"
                 if failure is not None:
                     break
-                if flags.any():  # A signal, or another process's failure.
-                    interrupted = True
-                    # This chunk is finite here: keep it, as a signal keeps what it reached.
+                interrupted = bool(flags[:, 0].any())  # Keeps this chunk, as a signal does.
             elif failure is not None:
                 break
             image = latest_image
@@ -225,10 +228,10 @@ def run(
             if interrupted:
                 break
             settled |= converged_each(best, synced, config)
-            if jax.process_count() > 1:
-                settled_everywhere = gathered([settled.all()])[:, 0].all()
+            if across:
+                settled_everywhere = bool(gathered([settled.all()]).all())
             else:
-                settled_everywhere = settled.all()
+                settled_everywhere = bool(settled.all())
             if done < config.steps and settled_everywhere:
                 stopped = True
                 break
