@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from nst_jax import histogram, losses
+from nst_jax import histogram, kernels, losses
 from nst_jax.nets.vgg import LAYERS, feature_shape, layer, pool2x2
 
 if TYPE_CHECKING:
@@ -194,9 +194,9 @@ def sampled_target(ys: jax.Array, loss: LossConfig, stat: str, *, sampled: bool 
         if loss.mmd_sigma > 0:
             sigma = jnp.float32(loss.mmd_sigma)
         else:  # Median heuristic: σ² = median ‖y_i − y_j‖² / 2.
-            d2 = losses.squared_distances(ys, ys)
+            d2 = kernels.squared_distances(ys, ys)
             sigma = jnp.sqrt(jnp.maximum(jnp.median(d2) / 2.0, 1e-12))
-        kyy = losses.gaussian_kernel_mean(ys, ys, sigma, distinct=sampled)
+        kyy = kernels.gaussian_kernel_mean(ys, ys, sigma, distinct=sampled)
         return {"samples": ys, "sigma": sigma, "kyy": kyy}
     # Degree d ≠ 2: (xᵀy + c)^d of raw VGG features reaches 1e15 at d = 3 and overflows
     # float32 by d ≈ 6. The features are divided by s, the style positions' RMS norm, and
@@ -204,7 +204,7 @@ def sampled_target(ys: jax.Array, loss: LossConfig, stat: str, *, sampled: bool 
     # value at a zero output, in which s^(2d) cancels.
     s2 = jnp.maximum(jnp.mean(jnp.sum(jnp.square(ys), axis=-1)), jnp.finfo(jnp.float32).tiny)
     ys = ys / jnp.sqrt(s2)
-    kyy = losses.poly_kernel_mean(
+    kyy = kernels.poly_kernel_mean(
         ys, ys, c=loss.mmd_c / s2, degree=loss.mmd_degree, distinct=sampled
     )
     return {"samples": ys, "kyy": kyy, "s2": s2}
@@ -218,12 +218,12 @@ def feature_distance(stat: str, f: jax.Array, target, loss: LossConfig, key: jax
     x = sample_rows(flat(f), loss.mmd_samples, key)
     sampled = drawn(f.shape[0] * f.shape[1], loss.mmd_samples)
     if stat == "mmd_gauss":
-        return losses.mmd2_gaussian(
+        return kernels.mmd2_gaussian(
             x, target["samples"], target["sigma"], kyy=target["kyy"], sampled=sampled
         )
     s2 = target["s2"]  # The style's scale (``sampled_target``).
     c = loss.mmd_c / s2
-    return losses.mmd2_poly(
+    return kernels.mmd2_poly(
         x / jnp.sqrt(s2), target["samples"], c=c, degree=loss.mmd_degree, kyy=target["kyy"],
         sampled=sampled,
     )  # fmt: skip

@@ -5,7 +5,7 @@ import pytest
 from jax.test_util import check_grads
 
 import nst_jax
-from nst_jax import histogram, losses, statistics
+from nst_jax import histogram, kernels, losses, statistics
 
 
 def np_gram(f):
@@ -174,9 +174,9 @@ def test_mmd_gaussian_matches_pairwise_and_is_zero_on_itself(rng):
     def k(a, b):
         return np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * sigma**2))
 
-    got = jax.jit(losses.mmd2_gaussian)(x, y, jnp.float32(sigma))
+    got = jax.jit(kernels.mmd2_gaussian)(x, y, jnp.float32(sigma))
     np.testing.assert_allclose(got, _pairwise_mmd2(x, y, k), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(losses.mmd2_gaussian(x, x, jnp.float32(sigma)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(kernels.mmd2_gaussian(x, x, jnp.float32(sigma)), 0.0, atol=1e-6)
     assert float(got) > 0
 
 
@@ -250,7 +250,7 @@ def test_new_losses_gradients(rng):
     )
     check_grads(
         jax.jit(
-            lambda f: losses.mmd2_gaussian(f.reshape(-1, 3), s.reshape(-1, 3), jnp.float32(2.0))
+            lambda f: kernels.mmd2_gaussian(f.reshape(-1, 3), s.reshape(-1, 3), jnp.float32(2.0))
         ),
         (f,),
         order=1,
@@ -290,10 +290,10 @@ def test_binned_histogram_counts_past_float32s_integers(rng):
 def test_mmd_poly_sampled_matches_pairwise(rng):
     x = rng.standard_normal((20, 4)).astype(np.float32)
     y = rng.standard_normal((15, 4)).astype(np.float32) + 0.3
-    got = jax.jit(lambda x, y: losses.mmd2_poly(x, y, c=0.5, degree=3))(x, y)
+    got = jax.jit(lambda x, y: kernels.mmd2_poly(x, y, c=0.5, degree=3))(x, y)
     expected = _pairwise_mmd2(x, y, lambda a, b: (a @ b.T + 0.5) ** 3)
     np.testing.assert_allclose(got, expected, rtol=1e-4)
-    np.testing.assert_allclose(losses.mmd2_poly(x, x, degree=3), 0.0, atol=1e-3)
+    np.testing.assert_allclose(kernels.mmd2_poly(x, x, degree=3), 0.0, atol=1e-3)
 
 
 @pytest.mark.parametrize("kernel", ["poly3", "gauss"])
@@ -310,8 +310,8 @@ def test_sampled_mmd_is_unbiased_for_one_distribution(rng, kernel):
             x = pool[jax.random.randint(kx, (n,), 0, 400)]
             y = pool[jax.random.randint(ky, (n,), 0, 400)]
             if kernel == "gauss":
-                return losses.mmd2_gaussian(x, y, jnp.float32(1.0), sampled=sampled)
-            return losses.mmd2_poly(x, y, c=1.0, degree=3, sampled=sampled)
+                return kernels.mmd2_gaussian(x, y, jnp.float32(1.0), sampled=sampled)
+            return kernels.mmd2_poly(x, y, c=1.0, degree=3, sampled=sampled)
 
         return np.asarray(jax.vmap(one)(jax.random.split(jax.random.key(0), draws)))
 
