@@ -182,7 +182,7 @@ def contrast(network, content, models) -> tuple[str, dict]:
         f"{batch / inst:.0f}x further apart" if inst > 1e-4 else
         f"{batch:.3f} apart; with instance normalisation they match to float rounding"
     )  # fmt: skip
-    grid = nst_jax.image.labelled_grid(
+    grid = nst_jax.grid.labelled_grid(
         np.stack(tiles), ["content", "its output", "contrast x0.3", "its output"], labels
     )
     nst_jax.save_image(ROOT / "docs" / "contrast.png", grid)
@@ -287,7 +287,7 @@ def main() -> None:
         contrast_md, data["contrast"] = contrast(network, content, [args.model, args.batch_model])
         md += "\n\n" + contrast_md
     save("feedforward", data, md)
-    grid = nst_jax.image.labelled_grid(
+    grid = nst_jax.grid.labelled_grid(
         np.stack([content, nst_jax.resize(style, content.shape[:2]), optimised.image, fed])[None],
         ["content", "style", f"optimisation ({optimised.steps} steps)", "feed-forward (one pass)"],
     )

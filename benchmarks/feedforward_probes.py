@@ -212,7 +212,7 @@ def figure(out: str, specs: list[str]) -> None:
     tiles = [nst_jax.load_image(path) for path in images]
     h, w = min(t.shape[0] for t in tiles), min(t.shape[1] for t in tiles)
     row = np.stack([t[:h, :w] for t in tiles])[None]
-    nst_jax.save_image(out, nst_jax.image.labelled_grid(row, list(labels)))
+    nst_jax.save_image(out, nst_jax.grid.labelled_grid(row, list(labels)))
 
 
 def main() -> None:

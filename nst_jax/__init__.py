@@ -17,6 +17,7 @@ from nst_jax import (
     data,
     feedforward,
     folders,
+    grid,
     jobs,
     losses,
     memory,
@@ -28,9 +29,9 @@ from nst_jax import (
 from nst_jax.batch import stylize_many
 from nst_jax.config import Config
 from nst_jax.folders import FolderJob, stylize_folder
+from nst_jax.grid import labelled_grid
 from nst_jax.image import (
     demo_images,
-    labelled_grid,
     load_image,
     load_mask,
     read_settings,
@@ -95,6 +96,7 @@ __all__ = [
     "demo_images",
     "gram",
     "gram_loss",
+    "grid",
     "init_params",
     "invert",
     "invert_files",

@@ -19,7 +19,8 @@ import numpy as np
 
 from nst_jax.atomic import resolved, write_json
 from nst_jax.data import Photos, check_photos, default_photos
-from nst_jax.image import check_writable, demo_images, labelled_grid, load_image, save_image
+from nst_jax.grid import labelled_grid
+from nst_jax.image import check_writable, demo_images, load_image, save_image
 from nst_jax.nets.weights import load_weights
 from nst_jax.records import check_written
 from nst_jax.tasks import train as training

@@ -507,7 +507,7 @@ def test_invert_sweep_writes_a_labelled_grid(command, images, tmp_path, real_wei
         "cols": ["seed 0", "seed 1"],
         "done": 2,
     }
-    layout = nst_jax.image.grid_layout((24, 32), 2, 2, ["conv1_1", "pool1"])
+    layout = nst_jax.grid.grid_layout((24, 32), 2, 2, ["conv1_1", "pool1"])
     assert np.asarray(Image.open(out)).shape == (*layout.shape, 3)
     data = json.loads(report.read_text())
     assert [run["label"] for run in data["runs"]] == ["conv1_1", "pool1"]
@@ -526,7 +526,7 @@ def test_texture_layer_sets_and_ratio_sweep(command, images, tmp_path, real_weig
     assert result.returncode == 0, result.stderr
     # One column of rows is written as one labelled row.
     assert nst_jax.read_settings(out)["grid"]["rows"] == ["conv1_1", "conv1_1+2_1"]
-    layout = nst_jax.image.grid_layout((32, 32), 1, 2)
+    layout = nst_jax.grid.grid_layout((32, 32), 1, 2)
     assert np.asarray(Image.open(out)).shape == (*layout.shape, 3)
     out = tmp_path / "ratios.png"
     result = command(

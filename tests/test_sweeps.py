@@ -8,6 +8,7 @@ import pytest
 
 import nst_jax
 from nst_jax import Config, Terms, image, sweeps
+from nst_jax.grid import grid_layout
 from nst_jax.tasks.invert import INVERSION_LOSS, invert_config
 
 from .conftest import interrupted_at_call, shallow, smooth_image
@@ -105,7 +106,7 @@ def test_grid_layout_and_labels(rng):
     tiles = rng.random((2, 3, 10, 12, 3)).astype(np.float32)
     cols, rows = ["a", "bb", "ccc"], ["conv1_1", "conv5_1"]
     grid = nst_jax.labelled_grid(tiles, cols, rows)
-    layout = image.grid_layout((10, 12), 2, 3, rows)
+    layout = grid_layout((10, 12), 2, 3, rows)
     assert grid.shape == (*layout.shape, 3)
     assert layout.label_width > 0
     for r in range(2):
@@ -119,9 +120,9 @@ def test_grid_layout_and_labels(rng):
         top = layout.boxes[r][0][0]
         assert grid[top : top + 10, : layout.label_width].min() < 0.5
     # No row labels: no margin.
-    assert image.grid_layout((10, 12), 2, 3).label_width == 0
+    assert grid_layout((10, 12), 2, 3).label_width == 0
     # A space is wide enough to read: "its output" is not "itsoutput".
-    spaced = [image.grid_layout((10, 12), 1, 1, [t]).label_width
+    spaced = [grid_layout((10, 12), 1, 1, [t]).label_width
               for t in ("itsoutput", "its output")]  # fmt: skip
     assert spaced[1] - spaced[0] >= 3, spaced
     with pytest.raises(ValueError, match="column labels"):

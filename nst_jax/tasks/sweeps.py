@@ -17,7 +17,8 @@ from typing import NamedTuple
 import numpy as np
 
 from nst_jax.config import Config
-from nst_jax.image import labelled_grid, resize, resized_shape
+from nst_jax.grid import labelled_grid
+from nst_jax.image import resize, resized_shape
 from nst_jax.nets.vgg import WIDTHS, check_layers, layer, widths_of
 from nst_jax.nets.weights import Weights, load_weights
 from nst_jax.objective import LossConfig, Terms
