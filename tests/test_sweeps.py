@@ -8,7 +8,7 @@ import pytest
 
 import nst_jax
 from nst_jax import Config, Terms, image, sweeps
-from nst_jax.grid import grid_layout
+from nst_jax.grid import GRID_LABEL_HEIGHT, grid_layout
 from nst_jax.tasks.invert import INVERSION_LOSS, invert_config
 
 from .conftest import interrupted_at_call, shallow, smooth_image
@@ -114,7 +114,7 @@ def test_grid_layout_and_labels(rng):
             top, left = layout.boxes[r][c]
             np.testing.assert_array_equal(grid[top : top + 10, left : left + 12], tiles[r, c])
             # Each column's label is drawn in the band above its tiles.
-            band = grid[: image.GRID_LABEL_HEIGHT, left : left + 12]
+            band = grid[:GRID_LABEL_HEIGHT, left : left + 12]
             assert band.min() < 0.5
         # Each row's label is drawn in the left margin beside its tiles.
         top = layout.boxes[r][0][0]
