@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import nst_jax
-from nst_jax import Config, Terms, image, sweeps
+from nst_jax import Config, Terms, sweeps
 from nst_jax.grid import GRID_LABEL_HEIGHT, grid_layout
 from nst_jax.tasks.invert import INVERSION_LOSS, invert_config
 
