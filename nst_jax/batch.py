@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import glob as globbing
-import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import memory, signals
+from nst_jax import hosts, memory, signals
 from nst_jax.config import Config
 from nst_jax.image import (
     image_size,
@@ -39,7 +38,7 @@ from nst_jax.nets.vgg import widths_of
 from nst_jax.nets.weights import Weights, load_weights
 from nst_jax.objective import Terms
 from nst_jax.progress import progress_bar
-from nst_jax.solve.placement import Placement, mesh_of
+from nst_jax.solve.placement import Placement, gathered, mesh_of
 from nst_jax.solve.solver import HISTORY_KEYS, term_weights_of
 from nst_jax.tasks import policy
 from nst_jax.tasks.pyramid import scaled_styles, style_scales
@@ -49,70 +48,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".g
 # A batch's default share of one device: more pads short folders for no gain on a CPU,
 # where a batch of B costs about B single steps (``benchmarks/batch.py``).
 PER_DEVICE = 4
-
-
-# Hosts.
-
-
-def connect(
-    *,
-    coordinator: str | None = None,
-    num_processes: int | None = None,
-    process_id: int | None = None,
-) -> None:
-    """Joins this process to a multi-process JAX run (``jax.distributed.initialize``):
-    with no arguments JAX finds the cluster itself (TPU pods, SLURM, ...); on CPUs the
-    processes talk through gloo. Call it before anything else touches JAX's devices."""
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
-    )
-
-
-def in_cluster() -> bool:
-    """Whether the environment says this process is one of several that JAX can join
-    without being told how: a SLURM job step of several tasks (``srun``; not a shell of
-    an ``salloc -n4`` or ``sbatch -n4`` allocation, where one process runs), or a TPU
-    pod slice."""
-    slurm = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1") or 1) > 1
-    pod = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return slurm or pod
-
-
-def agree(view: Any, problem: str | None = None) -> None:
-    """A collective every process calls with its ``view`` of the work (anything with a
-    stable ``repr``), or the ``problem`` that stopped it: all raise together where one
-    has a problem or the views differ, and none is left waiting for the others.
-
-    Each host reads the files itself: a file added, changed or unreadable on one would
-    have them split different lists (images run twice, or never)."""
-    digest = np.frombuffer(hashlib.sha256(repr(view).encode()).digest(), np.uint8)
-    everyone = _gather(np.append(digest, np.uint8(problem is not None)))
-    if problem is not None:
-        raise ValueError(problem)
-    if everyone[:, -1].any():
-        raise ValueError("another process refused this job (its own error says why)")
-    if not np.all(everyone == everyone[0]):
-        raise ValueError(
-            "the processes see different contents (a file added, changed or unreadable on"
-            " some hosts); make the folder the same on every host and run again"
-        )
-
-
-def _check_agreement(contents: Sequence, shapes: Sequence) -> None:
-    """``agree`` on the contents and the shapes each process read from them."""
-    seen = [(str(c) if isinstance(c, (str, os.PathLike)) else np.shape(c), s)
-            for c, s in zip(contents, shapes, strict=True)]  # fmt: skip
-    agree(seen)
-
-
-def _gather(values: np.ndarray) -> np.ndarray:
-    """Every process's ``values`` (the same shape on each), stacked by process index."""
-    if jax.process_count() == 1:
-        return values[None]
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(values))
 
 
 # Inputs.
@@ -332,13 +267,13 @@ def stylize_many(
         for c in range(columns):
             if process == 0 and (todo is None or Element(i, c) in todo):
                 yield Outcome(Element(i, c), None, None, 0, failed[i])
-    _check_agreement(contents, shapes)
+    hosts.check_agreement(contents, shapes)
     weights = weights or load_weights(progress=progress)
     widths = widths_of(weights.params)
     pending = [s for s in shapes if s is not None]
     if batch_size is None:  # Each host's own memory decides; the smallest choice counts.
         batch_size = _default_batch(config, pending, columns, devices, widths, todo)
-        batch_size = int(_gather(np.array([batch_size], np.int64)).min())
+        batch_size = int(gathered(np.array([batch_size], np.int64)).min())
     if batch_size < 1 or batch_size % devices:
         raise ValueError(
             f"--batch_size must be a multiple of the {devices} devices, got {batch_size}"
@@ -365,7 +300,7 @@ def stylize_many(
             # signal lands on each at another moment, and one that left alone would
             # leave the others waiting in this batch's collectives.
             halt = halt or (stop is not None and stop()) or signals.requested()
-            if _gather(np.array([halt], np.int32)).any():
+            if gathered([halt]).any():
                 if not halt:  # Another process stopped: this one stops as if signalled.
                     raise KeyboardInterrupt
                 return

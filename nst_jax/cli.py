@@ -305,7 +305,7 @@ def _interrupted() -> int:
 
 def _refuse_flags_that_do_nothing() -> None:
     """A flag given where it does nothing is refused: a user who sets it expects it to."""
-    joined = F.distributed or F.coordinator or nst_jax.batch.in_cluster()
+    joined = F.distributed or F.coordinator or nst_jax.hosts.in_cluster()
     for name in ("num_processes", "process_id"):
         if F[name].present and not joined:
             raise ValueError(f"--{name} goes with --distributed (and --coordinator)")
@@ -328,8 +328,8 @@ def main(argv: list[str]) -> int:
     if F.compilation_cache:
         nst_jax.solve.enable_compilation_cache()
     _refuse_flags_that_do_nothing()
-    if F.distributed or F.coordinator or nst_jax.batch.in_cluster():
-        nst_jax.batch.connect(
+    if F.distributed or F.coordinator or nst_jax.hosts.in_cluster():
+        nst_jax.hosts.connect(
             coordinator=F.coordinator, num_processes=F.num_processes, process_id=F.process_id
         )
     if F.mode in ("train", "apply"):

@@ -22,13 +22,14 @@ import numpy as np
 
 from nst_jax import signals
 from nst_jax.atomic import remove_stale_temporaries, resolved, write_json
-from nst_jax.batch import Element, Outcome, _gather, agree, find_contents, stylize_many
+from nst_jax.batch import Element, Outcome, find_contents, stylize_many
 from nst_jax.config import Config
+from nst_jax.hosts import agree
 from nst_jax.image import check_writable, load_image, read_settings, save_image
 from nst_jax.nets.weights import load_weights
 from nst_jax.signals import deferred
 from nst_jax.solve import programs
-from nst_jax.solve.placement import Placement, mesh_of
+from nst_jax.solve.placement import Placement, gathered, mesh_of
 from nst_jax.tasks.pyramid import style_scales
 from nst_jax.tasks.stylize import MIN_SIDE
 from nst_jax.version import __version__
@@ -333,7 +334,7 @@ def _stylize_folder(job: FolderJob) -> FolderReport:
     if not job.overwrite:
         for k, e in enumerate(elements[process::processes]):
             mine[k] = finished(paths[e], settings[e], job.config.steps)
-    done_before = _gather(mine).T.reshape(-1)[: len(elements)].astype(bool)
+    done_before = gathered(mine).T.reshape(-1)[: len(elements)].astype(bool)
     todo = {e for e, done in zip(elements, done_before, strict=True) if not done}
     manifest = {
         "settings": {

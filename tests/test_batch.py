@@ -65,35 +65,35 @@ def test_contents_load_at_the_shape_planned_from_their_headers(tmp_path):
 def test_a_cluster_is_a_slurm_step_of_several_tasks_or_a_tpu_pod(monkeypatch):
     for name in ("SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(name, raising=False)
-    assert not nst_jax.batch.in_cluster()
+    assert not nst_jax.hosts.in_cluster()
     monkeypatch.setenv("SLURM_NTASKS", "4")  # A shell in an salloc -n4: one process.
-    assert not nst_jax.batch.in_cluster()
+    assert not nst_jax.hosts.in_cluster()
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")  # srun -n4: four.
-    assert nst_jax.batch.in_cluster()
+    assert nst_jax.hosts.in_cluster()
     monkeypatch.delenv("SLURM_STEP_NUM_TASKS")
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0,w1")
-    assert nst_jax.batch.in_cluster()
+    assert nst_jax.hosts.in_cluster()
 
 
 def test_processes_that_see_different_contents_are_refused(monkeypatch, tmp_path):
     """Each host reads the folder itself; where one could not read a file another could,
     or one refused the job, every process refuses, rather than split different lists or
     wait for the others. (A second process is played by what it sends.)"""
-    from nst_jax import batch
+    from nst_jax import hosts
 
     paths = [tmp_path / "a.png", tmp_path / "b.png"]
     mine, theirs = [(32, 40), (40, 32)], [(32, 40), None]  # b.png unreadable there.
     sent = []
-    monkeypatch.setattr(batch, "_gather", lambda v: (sent.append(v), v[None])[1])
-    batch._check_agreement(paths, theirs)  # What the other host sends; or, had it
+    monkeypatch.setattr(hosts, "gathered", lambda v: (sent.append(v), v[None])[1])
+    hosts.check_agreement(paths, theirs)  # What the other host sends; or, had it
     with pytest.raises(ValueError, match="no images found"):  # refused, this, as it
-        batch.agree(None, "no images found")  # raises its own error;
+        hosts.agree(None, "no images found")  # raises its own error;
     for other, match in [(sent[0], "see different contents"), (sent[1], "another process")]:
-        monkeypatch.setattr(batch, "_gather", lambda v, other=other: np.stack([v, other]))
+        monkeypatch.setattr(hosts, "gathered", lambda v, other=other: np.stack([v, other]))
         with pytest.raises(ValueError, match=match):  # and so does this host.
-            batch._check_agreement(paths, mine)
-    monkeypatch.setattr(batch, "_gather", lambda v: np.stack([v, sent[0]]))
-    batch._check_agreement(paths, theirs)  # The same view on both: agreed.
+            hosts.check_agreement(paths, mine)
+    monkeypatch.setattr(hosts, "gathered", lambda v: np.stack([v, sent[0]]))
+    hosts.check_agreement(paths, theirs)  # The same view on both: agreed.
 
 
 def test_contents_come_from_folders_globs_and_lists(tmp_path):

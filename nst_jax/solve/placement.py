@@ -91,10 +91,13 @@ class Placement:
         return np.concatenate(parts)
 
 
-def gathered(flags: Sequence[bool]) -> np.ndarray:
-    """``[processes, len(flags)]``: every process's ``flags``, by process index. A
-    collective: every process calls it at the same point."""
-    values = np.asarray(flags, np.int32)
+def gathered(values: np.ndarray | Sequence[bool]) -> np.ndarray:
+    """``[processes, ...]``: every process's ``values`` (the same shape on each; flags
+    travel as int32), by process index. A collective: every process calls it at the same
+    point. On one process it is free."""
+    values = np.asarray(values)
+    if values.dtype == bool:
+        values = values.astype(np.int32)
     if jax.process_count() == 1:
         return values[None]
     from jax.experimental import multihost_utils
