@@ -40,7 +40,8 @@ from nst_jax.image import (
     resize_longest,
     save_image,
 )
-from nst_jax.jobs import Inputs, Job, Outputs, invert_files, stylize_files, texture_files
+from nst_jax.inputs import Inputs
+from nst_jax.jobs import Job, Outputs, invert_files, stylize_files, texture_files
 from nst_jax.losses import content_loss, gram, gram_loss, total_variation
 from nst_jax.nets import (
     CAFFE,

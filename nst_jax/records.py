@@ -18,7 +18,8 @@ from nst_jax.image import check_writable
 from nst_jax.solve.driver import Result
 
 if TYPE_CHECKING:
-    from nst_jax.jobs import Inputs, Job
+    from nst_jax.inputs import Inputs
+    from nst_jax.jobs import Job
 
 
 def _same(a: Path, b: Path) -> bool:
