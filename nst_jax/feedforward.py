@@ -10,7 +10,6 @@ atomically; checkpoints are committed atomically by orbax.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -22,16 +21,13 @@ from nst_jax.data import Photos, check_photos, default_photos
 from nst_jax.grid import labelled_grid
 from nst_jax.image import check_writable, demo_images, load_image, save_image
 from nst_jax.nets.weights import load_weights
+from nst_jax.progress import say
 from nst_jax.records import check_written
 from nst_jax.tasks import train as training
 from nst_jax.tasks import trained
 from nst_jax.version import __version__
 
 DEMO_MODEL = "demo_model"
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def _check_report(report: str | None, taken: set[Path]) -> None:
@@ -83,7 +79,7 @@ def _training_photos(spec: str | None) -> list[Path]:
         found, _ = find_contents(spec)
     except ValueError:
         raise ValueError(f"no training images in --train_data {spec}") from None
-    return check_photos(found, warn=_say)
+    return check_photos(found, warn=say)
 
 
 def train_files(job: TrainJob) -> TrainReport:
@@ -304,7 +300,7 @@ def apply_folder(job: ApplyFolderJob):
                     if min(content.shape[:2]) < 16:
                         raise ValueError(f"it is {content.shape[1]}x{content.shape[0]}; need 16 px")
                 except ValueError as err:
-                    _say(f"warning: skipping {source}: {err}")
+                    say(f"warning: skipping {source}: {err}")
                     manifest["failed"].append({**entry, "reason": str(err)})
                 else:
                     image = np.asarray(fn(variables, content, key))

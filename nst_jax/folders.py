@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from nst_jax.config import Config
 from nst_jax.hosts import agree
 from nst_jax.image import check_writable, load_image, read_settings, save_image
 from nst_jax.nets.weights import load_weights
+from nst_jax.progress import say
 from nst_jax.signals import deferred
 from nst_jax.solve import programs
 from nst_jax.solve.placement import Placement, gathered, mesh_of
@@ -292,10 +292,6 @@ def finished(path: Path, settings: dict, steps: int | None) -> bool:
     return ended is True and found == json.loads(json.dumps(settings))
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def stylize_folder(job: FolderJob) -> FolderReport:
     """Runs a folder job; see the module docstring.
 
@@ -369,7 +365,7 @@ def _stylize_folder(job: FolderJob) -> FolderReport:
             save_image(paths[e], outcome.image, settings=data)
         if outcome.failure:
             if e.column == 0 or outcome.image is not None:
-                _say(f"warning: skipping {entry['input']}: {outcome.failure}")
+                say(f"warning: skipping {entry['input']}: {outcome.failure}")
             manifest["failed"].append({**entry, "reason": outcome.failure})
         elif outcome.interrupted:
             interrupted = True

@@ -4,15 +4,11 @@ the content's shape, with a note or a refusal for each kind of mismatch."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from nst_jax.image import load_mask
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
+from nst_jax.progress import say
 
 
 def _paths(name: str, paths: Sequence[str]) -> tuple[str, ...]:
@@ -95,12 +91,12 @@ def load_masks(inputs: Inputs, n: int, content_shape, headers: dict, size: int):
                     f"style mask {path} is empty: style {i + 1} would have no statistics"
                 )
             if mask is not None and mask.max() < 0.5:
-                _say(f"warning: style mask {path} is faint (no pixel above 0.5)")
+                say(f"warning: style mask {path} is faint (no pixel above 0.5)")
     masks = []
     for path in inputs.content_masks:
         if headers[path] != tuple(content_shape):
             h, w = headers[path]
-            _say(
+            say(
                 f"note: resizing mask {path} from {w}x{h} to the content's "
                 f"{content_shape[1]}x{content_shape[0]}"
             )

@@ -11,7 +11,6 @@ reached.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from nst_jax.image import (
 )
 from nst_jax.inputs import Inputs, aspect_differs, load_masks
 from nst_jax.nets.weights import load_weights
+from nst_jax.progress import say
 from nst_jax.records import check_outputs, report_data, run_record, snapshot_path
 from nst_jax.signals import deferred
 from nst_jax.tasks import sweeps
@@ -119,10 +119,6 @@ class Report(NamedTuple):
     interrupted: bool
     failure: str | None
     data: dict
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def _chunk(save_every: int) -> int:
@@ -240,12 +236,12 @@ def run_files(job: Job, mode: str) -> Report:
     if content_masks is not None:
         final = resized_shape(content.shape[:2], size)
         for problem in mask_problems(np.stack([resize_mask(m, final) for m in content_masks])):
-            _say(f"warning: {problem}")
+            say(f"warning: {problem}")
     init_image = None
     if inputs.init:
         if aspect_differs(headers[inputs.init], full):
             h, w = headers[inputs.init]
-            _say(f"note: stretching --init {inputs.init} from {w}x{h} to the content's shape")
+            say(f"note: stretching --init {inputs.init} from {w}x{h} to the content's shape")
         init_image = load_image(inputs.init, at_least=size)
     t_inputs = time.perf_counter()
     weights = load_weights(inputs.weights, progress=outputs.progress)

@@ -1,4 +1,5 @@
-"""Progress bars on stderr, named by what runs; ``False`` turns them off."""
+"""What a run tells its user on stderr: progress bars, named by what runs (``False``
+turns them off), and one-line notes and warnings (``say``)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,8 @@ def progress_bar(total: int | None, progress: bool | str, *, label: str = "", **
 def named(progress: bool | str, label: str) -> bool | str:
     """The progress setting, named ``label`` unless it is off or already named."""
     return label if progress is True else progress
+
+
+def say(message: str) -> None:
+    """One line to the user, on stderr: a note, a warning, a summary."""
+    print(message, file=sys.stderr)
