@@ -313,16 +313,19 @@ def test_a_run_that_reaches_no_step_leaves_an_earlier_output(
     out.write_bytes(b"the previous result")
     real = jobs.stylize_pyramid
 
+    def tiny_run(*extra):  # Content, style, out.png, and a one-layer objective at 32 px.
+        return command(
+            "--content", images / "content.png", "--style", images / "style.png",
+            "--output", out, "--size", "32", "--style_layers", "conv1_1",
+            "--content_layers", "conv1_2", *extra,
+        )  # fmt: skip
+
     def no_step(*args, level_steps, **kwargs):
         results = real(*args, level_steps=[0] * len(level_steps), **kwargs)
         return [r._replace(interrupted=True) for r in results]
 
     monkeypatch.setattr(jobs, "stylize_pyramid", no_step)
-    result = command(
-        "--content", images / "content.png", "--style", images / "style.png", "--output", out,
-        "--size", "32", "--steps", "3", "--style_layers", "conv1_1", "--content_layers",
-        "conv1_2",
-    )  # fmt: skip
+    result = tiny_run("--steps", "3")
     assert result.returncode == 128 + signal.SIGINT, result.stderr
     assert "interrupted before the first step; nothing saved" in result.stderr
     assert out.read_bytes() == b"the previous result"
@@ -334,11 +337,7 @@ def test_a_run_that_reaches_no_step_leaves_an_earlier_output(
         return nst_jax.save_image(path, image, **kw)
 
     monkeypatch.setattr(jobs, "save_image", save_and_signal)
-    result = command(
-        "--content", images / "content.png", "--style", images / "style.png", "--output", out,
-        "--size", "32", "--steps", "2", "--style_layers", "conv1_1", "--content_layers",
-        "conv1_2",
-    )  # fmt: skip
+    result = tiny_run("--steps", "2")
     assert result.returncode == 128 + signal.SIGINT, result.stderr
     assert f"interrupted; saved what was reached to {out}" in result.stderr
     assert nst_jax.read_settings(out)["step"] == 2
@@ -352,11 +351,7 @@ def test_a_run_that_reaches_no_step_leaves_an_earlier_output(
 
     monkeypatch.setattr(jobs, "write_json", write_and_signal)
     report = tmp_path / "report.json"
-    result = command(
-        "--content", images / "content.png", "--style", images / "style.png", "--output", out,
-        "--report", report, "--size", "32", "--steps", "2", "--style_layers", "conv1_1",
-        "--content_layers", "conv1_2",
-    )  # fmt: skip
+    result = tiny_run("--report", report, "--steps", "2")
     assert result.returncode == 128 + signal.SIGINT, result.stderr
     assert f"interrupted; saved {out}" in result.stderr
     assert json.loads(report.read_text())["runs"][0]["steps"] == 2
@@ -370,11 +365,7 @@ def test_a_run_that_reaches_no_step_leaves_an_earlier_output(
         return run_grid(rows, *args, **kwargs)._replace(interrupted=True)
 
     monkeypatch.setattr(jobs.sweeps, "run_grid", grid_interrupted_at_once)
-    result = command(
-        "--content", images / "content.png", "--style", images / "style.png", "--output", out,
-        "--size", "32", "--tv_weights", "0,0.1", "--style_layers", "conv1_1",
-        "--content_layers", "conv1_2",
-    )  # fmt: skip
+    result = tiny_run("--tv_weights", "0,0.1")
     assert result.returncode == 128 + signal.SIGINT, result.stderr
     assert "interrupted before the first step; nothing saved" in result.stderr
     assert out.read_bytes() == b"the previous result"
