@@ -27,7 +27,7 @@ from nst_jax.hosts import agree
 from nst_jax.image import check_writable, load_image, read_settings, save_image
 from nst_jax.nets.weights import load_weights
 from nst_jax.progress import say
-from nst_jax.signals import deferred
+from nst_jax.signals import stopped_during
 from nst_jax.solve import programs
 from nst_jax.solve.placement import Placement, gathered, mesh_of
 from nst_jax.tasks.pyramid import style_scales
@@ -383,20 +383,16 @@ def _stylize_folder(job: FolderJob) -> FolderReport:
             style_scale=job.style_scale, placement=placement, batch_size=job.batch_size,
             weights=weights, todo=todo, progress=job.progress, stop=stopped,
         ):  # fmt: skip
-            try:  # A signal while an outcome is saved waits for it, and for the
-                with deferred():  # batch's other outcomes; no new batch starts.
-                    record(outcome)
-            except KeyboardInterrupt:
+            # A signal while an outcome is saved waits for it, and for the batch's other
+            # outcomes; no new batch starts.
+            if stopped_during(record, outcome):
                 interrupted = True
     except KeyboardInterrupt:  # Here, or on another process (``stylize_many``).
         interrupted = True
     manifest["interrupted"] = interrupted = stopped()
     manifest["programs_compiled"] = programs.compiled_programs - compiled_before
     manifest["seconds"] = time.perf_counter() - t0
-    try:
-        with deferred():
-            write_json(manifest_path, manifest)
-    except KeyboardInterrupt:  # Written whole; it must say it was stopped.
+    if stopped_during(write_json, manifest_path, manifest):  # Written whole; now say so.
         interrupted = manifest["interrupted"] = True
         write_json(manifest_path, manifest)
     failed = sum(not f["reason"].startswith("interrupted") for f in manifest["failed"])

@@ -34,7 +34,7 @@ from nst_jax.inputs import Inputs, aspect_differs, load_masks
 from nst_jax.nets.weights import load_weights
 from nst_jax.progress import say
 from nst_jax.records import check_outputs, report_data, run_record, snapshot_path
-from nst_jax.signals import deferred
+from nst_jax.signals import stopped_during
 from nst_jax.tasks import sweeps
 from nst_jax.tasks.invert import INVERSION_LOSS
 from nst_jax.tasks.pyramid import pyramid_sizes, scaled_side, style_scales, stylize_pyramid
@@ -164,16 +164,6 @@ def _check_mode(job: Job, mode: str) -> None:
         raise ValueError("--style_blend mixes styles everywhere; --content_masks places them")
 
 
-def _saved(output: Path, image: np.ndarray, settings: dict) -> bool:
-    """Saves the result with stop signals held until it is written; whether one came."""
-    try:
-        with deferred():
-            save_image(output, image, settings=settings)
-    except KeyboardInterrupt:
-        return True
-    return False
-
-
 def run_files(job: Job, mode: str) -> Report:
     """Runs ``job`` in ``mode`` (``MODES``): checks, reads, runs, writes."""
     t0 = time.perf_counter()
@@ -275,7 +265,8 @@ def run_files(job: Job, mode: str) -> Report:
         # Stopped before a step: every tile is its start; an earlier output stays.
         stopped_early = result.interrupted or result.failure is not None
         reached = any(r.steps > 0 for r in result.results) or not stopped_early
-        late_stop = reached and _saved(output, sweeps.grid_image(result), settings)
+        picture = sweeps.grid_image(result)
+        late_stop = reached and stopped_during(save_image, output, picture, settings=settings)
         runs = [
             run_record(r, label, 0, cols.labels)
             for r, label in zip(result.results, result.row_labels, strict=False)
@@ -300,7 +291,9 @@ def run_files(job: Job, mode: str) -> Report:
         # Stopped before a step: the image is the start, and an earlier output stays.
         stopped_early = last.interrupted or last.failure is not None
         reached = len(results) > 1 or last.steps > 0 or not stopped_early
-        late_stop = reached and _saved(output, last.image, {**settings, "step": last.steps})
+        late_stop = reached and stopped_during(
+            save_image, output, last.image, settings={**settings, "step": last.steps}
+        )
         runs = [run_record(r, "", i, [""]) for i, r in enumerate(results)]
         interrupted, failure, shape = (
             last.interrupted or late_stop,
@@ -349,14 +342,10 @@ def run_files(job: Job, mode: str) -> Report:
         content_shape=shape,
         style_shapes=style_shapes,
     )
-    if outputs.report:
-        try:
-            with deferred():  # Its run is done; a stop signal waits for the record of it.
-                write_json(outputs.report, data)
-        except KeyboardInterrupt:  # Written whole, then stopped.
-            if not interrupted:
-                summary = f"interrupted; {summary}"
-            interrupted = True
+    if outputs.report and stopped_during(write_json, outputs.report, data):  # Then stopped.
+        if not interrupted:
+            summary = f"interrupted; {summary}"
+        interrupted = True
     return Report(output, summary, interrupted, failure, data)
 
 

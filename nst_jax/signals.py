@@ -53,6 +53,17 @@ def deferred():
             signal.raise_signal(s)
 
 
+def stopped_during(fn, *args, **kwargs) -> bool:
+    """Runs ``fn`` with the stop signals held (``deferred``), so that work done (a result
+    computed) is written whole; whether a stop signal came meanwhile."""
+    try:
+        with deferred():
+            fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
 _requests: list[int] | None = None  # The stop signals ``polled`` recorded, while active.
 _last: list[int] = []  # Every signal ``polled`` recorded in this process, for exit codes.
 
