@@ -38,7 +38,7 @@ from nst_jax.nets.vgg import widths_of
 from nst_jax.nets.weights import Weights, load_weights
 from nst_jax.objective import Terms
 from nst_jax.progress import progress_bar
-from nst_jax.solve.placement import Placement, gathered, mesh_of
+from nst_jax.solve.placement import Placement, gathered, mesh_of, raise_together
 from nst_jax.solve.solver import HISTORY_KEYS, term_weights_of
 from nst_jax.tasks import policy
 from nst_jax.tasks.pyramid import scaled_styles, style_scales
@@ -240,6 +240,9 @@ def stylize_many(
         failure, not an error.
       KeyboardInterrupt: with several processes, when another one stopped (a signal, or
         its caller's ``stop``): this one stops too, before the next batch.
+      placement.PeerFailed: with several processes, when another one failed (a memory
+        refusal, an error in a step, or its caller stopped reading the outcomes): every
+        process raises at the same batch start or sync, the failed one its own error.
     """
     styles = tuple(
         pixels("style", s) for s in (style if isinstance(style, (list, tuple)) else (style,))
@@ -263,10 +266,6 @@ def stylize_many(
         except ValueError as e:
             shapes.append(None)
             failed[i] = str(e)
-    for i in sorted(failed):  # Every process knows; the first reports.
-        for c in range(columns):
-            if process == 0 and (todo is None or Element(i, c) in todo):
-                yield Outcome(Element(i, c), None, None, 0, failed[i])
     hosts.check_agreement(contents, shapes)
     weights = weights or load_weights(progress=progress)
     widths = widths_of(weights.params)
@@ -293,21 +292,32 @@ def stylize_many(
     held = contextlib.ExitStack()
     if processes > 1:  # Stop signals are acted on where the processes agree.
         held.enter_context(signals.polled())
+    started = 0  # Batches past their start: the agreement below.
     try:
+        for i in sorted(failed):  # Every process knows; the first reports.
+            for c in range(columns):
+                if process == 0 and (todo is None or Element(i, c) in todo):
+                    yield Outcome(Element(i, c), None, None, 0, failed[i])
         halt = False  # This process was interrupted, or its caller asks to stop.
         for k, batch in enumerate(batches):
             # Every process asks before every batch, so all stop at the same one: a
             # signal lands on each at another moment, and one that left alone would
-            # leave the others waiting in this batch's collectives.
+            # leave the others waiting in this batch's collectives. An error (here, a
+            # memory refusal) stops them all too.
             halt = halt or (stop is not None and stop()) or signals.requested()
-            if gathered([halt]).any():
+            plan, error = None, None
+            try:
+                plan = policy.plan(
+                    config, batch.shape,
+                    share if jax.default_backend() == "cpu" else share // local, widths=widths,
+                )  # fmt: skip
+            except ValueError as e:
+                error = e
+            started = k + 1
+            if raise_together(error, [halt]).any():
                 if not halt:  # Another process stopped: this one stops as if signalled.
                     raise KeyboardInterrupt
                 return
-            plan = policy.plan(
-                config, batch.shape, share if jax.default_backend() == "cpu" else share // local,
-                widths=widths,
-            )  # fmt: skip
             if plan.net not in networks:
                 networks[plan.net] = plan.network(weights)
             content, ok, problems = [], [], {}
@@ -322,8 +332,6 @@ def stylize_many(
                 content.append(
                     image if image is not None else np.zeros((*batch.shape, 3), np.float32)
                 )
-            for element, why in problems.items():
-                yield Outcome(element, None, None, 0, why)
             side = max(batch.shape)
             level_styles = scaled_styles(styles, side, style_scales(style_scale, len(styles)))
             seeds = [config.seed + (e.index if e is not None else 0) for e in batch.elements]
@@ -349,6 +357,11 @@ def stylize_many(
                 network=networks[plan.net],
                 placement=placement,
             )
+            halt = halt or result.interrupted
+            # Yielded once the batch's collectives are done: a caller that fails on one
+            # (a full disk) meets the others at the next batch's start (below).
+            for element, why in problems.items():
+                yield Outcome(element, None, None, 0, why)
             for j, element in enumerate(batch.elements):
                 if element is None or not ok[j]:
                     continue
@@ -362,7 +375,10 @@ def stylize_many(
                     result.interrupted,
                 )
                 bar.update(1)
-            halt = halt or result.interrupted
+    except GeneratorExit as closed:  # The caller stopped reading: it failed, or is done.
+        if processes > 1 and started < len(batches):
+            raise_together(closed, [True])  # Where the others start the next batch.
+        raise
     finally:
         bar.close()
         held.close()

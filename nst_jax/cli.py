@@ -18,6 +18,7 @@ import dataclasses
 import signal
 import sys
 
+import jax
 from absl import app, flags, logging
 
 import nst_jax
@@ -359,6 +360,13 @@ def _exit_code(argv: list[str]) -> int:
         return USAGE
     except OSError as e:  # Weights could not be fetched, disk full, ...
         print(f"error: {e}", file=sys.stderr)
+        return OS_ERROR
+    except jax.errors.JaxRuntimeError as e:  # What the memory plan could not foresee.
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise  # A bug: its traceback is what to report.
+        first = str(e).strip().splitlines()[0]
+        print(f"error: out of device memory ({first}); a smaller --size or"
+              " --batch_size, or --remat, needs less", file=sys.stderr)  # fmt: skip
         return OS_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)  # Outside a run: what it saved, it said.

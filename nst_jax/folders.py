@@ -7,6 +7,7 @@ output folder preparation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -377,16 +378,19 @@ def _stylize_folder(job: FolderJob) -> FolderReport:
     def stopped() -> bool:
         return interrupted or signals.requested()
 
+    outcomes = stylize_many(
+        sources, styles, job.config, blends=blends, size=job.size, crop=job.crop,
+        style_scale=job.style_scale, placement=placement, batch_size=job.batch_size,
+        weights=weights, todo=todo, progress=job.progress, stop=stopped,
+    )  # fmt: skip
     try:
-        for outcome in stylize_many(
-            sources, styles, job.config, blends=blends, size=job.size, crop=job.crop,
-            style_scale=job.style_scale, placement=placement, batch_size=job.batch_size,
-            weights=weights, todo=todo, progress=job.progress, stop=stopped,
-        ):  # fmt: skip
-            # A signal while an outcome is saved waits for it, and for the batch's other
-            # outcomes; no new batch starts.
-            if stopped_during(record, outcome):
-                interrupted = True
+        # Closed at once if a save fails (a full disk), so that other processes stop too.
+        with contextlib.closing(outcomes):
+            for outcome in outcomes:
+                # A signal while an outcome is saved waits for it, and for the batch's
+                # other outcomes; no new batch starts.
+                if stopped_during(record, outcome):
+                    interrupted = True
     except KeyboardInterrupt:  # Here, or on another process (``stylize_many``).
         interrupted = True
     manifest["interrupted"] = interrupted = stopped()

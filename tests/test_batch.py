@@ -576,6 +576,88 @@ def test_a_non_finite_loss_on_one_process_fails_that_batch_not_the_job(folder, t
     assert sum(len(m["done"]) for m in manifests) == 4  # The other batches ran.
 
 
+# Where one process fails alone, and how: (process, patched attribute, replacement source).
+FAILURES = {
+    # ``stylize_many``'s memory plan refuses its second batch.
+    "plan": (
+        0,
+        "policy.plan",
+        """
+        def failing(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise ValueError("memory: this batch will not fit")
+            return original(*args, **kwargs)""",
+    ),
+    # The driver's compiled-step check refuses the second batch's program.
+    "compile": (
+        1,
+        "driver.programs.compile_run",
+        """
+        def failing(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise ValueError("memory: the compiled step will not fit")
+            return original(*args, **kwargs)""",
+    ),
+    # A step runs out of device memory on the first batch's second chunk.
+    "step": (
+        0,
+        "placement.Placement.local",
+        """
+        def failing(self, x):
+            if x.ndim == 2 and x.shape[-1] == 5:  # A step's [B, 5] losses.
+                calls.append(1)
+                if len(calls) == 2:
+                    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory")
+            return original(self, x)""",
+    ),
+    # The disk fills while the first batch is saved.
+    "save": (
+        1,
+        "folders.save_image",
+        """
+        def failing(*args, **kwargs):
+            raise OSError(28, "No space left on device")""",
+    ),
+}
+
+
+@pytest.mark.parametrize("where", FAILURES)
+def test_an_error_on_one_process_stops_every_process(folder, tmp_path, where):
+    """An error on one host (not a signal) stops the job on every host at the point
+    where they agree, each with one line: the failed one its own error, the others
+    that another process failed. Before, the others waited for it in their next
+    collective, and the failed one waited for them in its exit, for good."""
+    process, name, replacement = FAILURES[where]
+    owner, attribute = name.rsplit(".", 1)
+    program = tmp_path / "failing.py"
+    program.write_text(
+        textwrap.dedent(f"""
+        import sys
+        import jax
+        sys.path.insert(0, {str(ROOT)!r})
+        from nst_jax import cli, folders
+        from nst_jax.solve import driver, placement
+        from nst_jax.tasks import policy
+
+        if sys.argv[sys.argv.index("--process_id") + 1] == "{process}":
+            original, calls = {name}, []
+        """)
+        + textwrap.indent(textwrap.dedent(replacement), "    ")
+        + f"\n    {owner}.{attribute} = failing\ncli.run()\n"
+    )
+    out = tmp_path / "out"
+    port = 14300 + 500 * list(FAILURES).index(where) + os.getpid() % 500
+    codes, results = _two_processes(program, _job(folder, out, "--batch_size", "2"), port)
+    errors = [err.strip().splitlines()[-1] for _, err in results]
+    assert "Traceback" not in "".join(err for _, err in results), results
+    assert codes[1 - process] == cli.USAGE and "another process" in errors[1 - process], results
+    own = {"plan": "will not fit", "compile": "will not fit", "step": "out of device memory",
+           "save": "No space left"}[where]  # fmt: skip
+    assert codes[process] != 0 and own in errors[process], results
+
+
 def test_a_signal_saves_the_batch_in_flight_and_the_manifest(folder, tmp_path):
     """SIGTERM once the first batch is stepping (its progress bar says so)."""
     out = tmp_path / "out"

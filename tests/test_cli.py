@@ -287,6 +287,39 @@ def test_a_full_disk_keeps_the_old_output_and_says_so(command, images, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
+def test_running_out_of_device_memory_is_one_line_and_other_jax_errors_keep_theirs(
+    command, images, tmp_path, monkeypatch
+):
+    """An allocation the memory plan did not foresee fails in a step: one line, exit 1.
+    Any other error from inside JAX is a bug, and keeps its traceback."""
+    import jax
+
+    from nst_jax.solve import driver
+
+    compile_run = driver.programs.compile_run
+    message = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 bytes."
+
+    def failing(*args, **kwargs):
+        setup, step, losses_at = compile_run(*args, **kwargs)
+
+        def stepping(*a):
+            raise jax.errors.JaxRuntimeError(message)
+
+        return setup, stepping, losses_at
+
+    monkeypatch.setattr(driver.programs, "compile_run", failing)
+    args = ("--content", images / "content.png", "--style", images / "style.png",
+            "--output", tmp_path / "out.png", "--size", "32", "--steps", "2",
+            "--style_layers", "conv1_1", "--content_layers", "conv1_2")  # fmt: skip
+    result = command(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: out of device memory (RESOURCE_EXHAUSTED")
+    message = "INTERNAL: a bug"
+    with pytest.raises(jax.errors.JaxRuntimeError, match="a bug"):
+        command(*args)
+
+
 def test_a_loss_that_overflows_stops_the_run_with_exit_3(command, images, tmp_path):
     out, report = tmp_path / "out.png", tmp_path / "out.json"
     result = command(

@@ -26,7 +26,7 @@ from nst_jax.nets.network import Network
 from nst_jax.objective import Terms
 from nst_jax.progress import progress_bar
 from nst_jax.solve import programs
-from nst_jax.solve.placement import Placement, gathered
+from nst_jax.solve.placement import Placement, gathered, raise_together
 from nst_jax.solve.solver import HISTORY_KEYS
 
 Callback = Callable[[int, np.ndarray, dict[str, np.ndarray]], None]
@@ -173,9 +173,22 @@ def run(
         )
         local = placement.local
     args = (network, content, styles, init_images, blends, masks, keys)
-    setup, step, losses_at = programs.compile_run(args, term_weights, config, placement=placement)
-    if check is not None and step is not None:
-        check(step)
+    # A batch sharded across processes steps together (L-BFGS's step reduces over the
+    # whole batch), so they agree on every stop, and on every error before a step.
+    across = placement is not None and jax.process_count() > 1
+    error = None
+    try:
+        setup, step, losses_at = programs.compile_run(
+            args, term_weights, config, placement=placement
+        )
+        if check is not None and step is not None:
+            check(step)  # A memory refusal on one host refuses on all.
+    except Exception as e:  # noqa: BLE001 - raised below, on every process.
+        if not across:
+            raise
+        error = e
+    if across:
+        raise_together(error)
     targets, state = setup(*args)
     initial = local(losses_at(network, targets, state.image, term_weights))
     compile_seconds = time.perf_counter() - t0
@@ -186,27 +199,29 @@ def run(
     rows, done, interrupted, failure, run_seconds = [], 0, False, None, 0.0
     best, synced, stopped = [np.asarray(initial[..., 0])], [0], False
     settled = np.zeros(np.shape(best[0]), bool)  # Met the rule at some sync: stays met.
-    # A batch sharded across processes steps together (L-BFGS's step reduces over the
-    # whole batch), so they agree on every stop.
-    across = placement is not None and jax.process_count() > 1
     try:
         while done < config.steps:
             n = min(chunk, config.steps - done)
             t = time.perf_counter()
-            pending = []
-            for _ in range(n):
-                state, losses = step(network, targets, state, term_weights)
-                pending.append(losses)
-            hist = np.stack([local(losses) for losses in pending])  # Waits for the chunk.
-            latest_image = local(state.image)
+            pending, error, finite = [], None, False
+            try:
+                for _ in range(n):
+                    state, losses = step(network, targets, state, term_weights)
+                    pending.append(losses)
+                hist = np.stack([local(losses) for losses in pending])  # Waits for the chunk.
+                latest_image = local(state.image)
+                finite = np.all(np.isfinite(hist)) and np.all(np.isfinite(latest_image))
+            except Exception as e:  # noqa: BLE001 - raised at the sync, on every process.
+                if not across:
+                    raise
+                error = e
             run_seconds += time.perf_counter() - t
-            finite = np.all(np.isfinite(hist)) and np.all(np.isfinite(latest_image))
-            if not finite:
+            if error is None and not finite:
                 failure = f"stopped after step {done}: " + nonfinite_message(
                     hist[np.any(~np.isfinite(hist), axis=(1, 2))][0], term_weights
                 )
             if across:  # Every process stops at the same sync, or none.
-                flags = gathered([signals.requested(), not finite])
+                flags = raise_together(error, [signals.requested(), not finite])
                 if failure is None and flags[:, 1].any():
                     failure = f"stopped after step {done}: another process's images left float32"
                 if failure is not None:

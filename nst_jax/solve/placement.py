@@ -103,3 +103,22 @@ def gathered(values: np.ndarray | Sequence[bool]) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(values))
+
+
+class PeerFailed(ValueError):
+    """Another process of the job failed; its own error says why."""
+
+
+def raise_together(error: Exception | None, flags: Sequence[bool] = ()) -> np.ndarray:
+    """A collective that agrees on failure: ``error`` (this process's, or None) travels
+    with ``flags``, and where any process had one, every process raises: its own error
+    where it had one, ``PeerFailed`` elsewhere. So an error on one host (a memory
+    refusal, a full disk) stops the others at the same point, where before they waited
+    for it in their next collective for good. Returns ``[processes, len(flags)]``, every
+    process's flags, where none failed."""
+    everyone = gathered([error is not None, *flags])
+    if error is not None:
+        raise error
+    if everyone[:, 0].any():
+        raise PeerFailed("another process of the job failed (its own error says why)")
+    return everyone[:, 1:]
