@@ -266,7 +266,7 @@ def stylize_many(
         except ValueError as e:
             shapes.append(None)
             failed[i] = str(e)
-    hosts.check_agreement(contents, shapes)
+    hosts.check_agreement(contents, shapes, todo)
     weights = weights or load_weights(progress=progress)
     widths = widths_of(weights.params)
     pending = [s for s in shapes if s is not None]

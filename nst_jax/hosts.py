@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import jax
@@ -60,8 +60,10 @@ def agree(view: Any, problem: str | None = None) -> None:
         )
 
 
-def check_agreement(contents: Sequence, shapes: Sequence) -> None:
-    """``agree`` on the contents and the shapes each process read from them."""
+def check_agreement(contents: Sequence, shapes: Sequence, todo: Collection | None = None) -> None:
+    """``agree`` on the contents, the shapes each process read from them, and the
+    elements ``todo`` (all if None): a process given another list would plan other
+    batches, and wait in a collective the others never reach."""
     seen = [(str(c) if isinstance(c, (str, os.PathLike)) else np.shape(c), s)
             for c, s in zip(contents, shapes, strict=True)]  # fmt: skip
-    agree(seen)
+    agree((seen, None if todo is None else sorted(todo)))

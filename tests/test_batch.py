@@ -94,6 +94,15 @@ def test_processes_that_see_different_contents_are_refused(monkeypatch, tmp_path
             hosts.check_agreement(paths, mine)
     monkeypatch.setattr(hosts, "gathered", lambda v: np.stack([v, sent[0]]))
     hosts.check_agreement(paths, theirs)  # The same view on both: agreed.
+    # A library caller that gives each process its own ``todo`` is refused too: they
+    # would plan different batches.
+    todo = {Element(0, 0), Element(1, 0)}
+    monkeypatch.setattr(hosts, "gathered", lambda v: (sent.append(v), v[None])[1])
+    hosts.check_agreement(paths, mine, todo)  # What the other host sends.
+    monkeypatch.setattr(hosts, "gathered", lambda v, other=sent[-1]: np.stack([v, other]))
+    hosts.check_agreement(paths, mine, set(reversed(list(todo))))  # In any order.
+    with pytest.raises(ValueError, match="see different contents"):
+        hosts.check_agreement(paths, mine, {Element(0, 0)})
 
 
 def test_contents_come_from_folders_globs_and_lists(tmp_path):
