@@ -368,6 +368,44 @@ def test_an_interrupt_or_error_mid_step_keeps_every_step_computed(small, tmp_pat
     assert checkpoint.latest_step(tmp_path / "m2") == 2
 
 
+def test_a_stop_signal_while_a_checkpoint_is_written_waits_for_it(small, tmp_path, monkeypatch):
+    """Ctrl-C inside orbax's write of step 2: the write finishes, training stops there,
+    and step 2 restores. Before, the signal cut the write short, step 2 was lost, and
+    the save on the way out met its half-written folder and failed."""
+    import orbax.checkpoint as ocp
+
+    weights, style = small
+    photos = data.Photos(data.default_photos(), size=24, batch_size=2, seed=0)
+    save, finish, writing, raised = (
+        checkpoint.save,
+        ocp.CheckpointManager.wait_until_finished,
+        [],
+        [],
+    )
+
+    def saving(directory, step, *args):
+        writing.append(step)
+        return save(directory, step, *args)
+
+    def interrupted_while_writing(self):
+        if writing[-1] == 2 and not raised:
+            raised.append(signal.raise_signal(signal.SIGINT))
+        return finish(self)
+
+    monkeypatch.setattr(checkpoint, "save", saving)
+    monkeypatch.setattr(ocp.CheckpointManager, "wait_until_finished", interrupted_while_writing)
+    model = tmp_path / "model"
+    trained = training.train_generator(
+        style, _config(5), weights=weights, photos=photos, model_dir=model,
+        checkpoint_every=1, progress=False,
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert trained.interrupted and trained.step == 2 and checkpoint.latest_step(model) == 2
+    restored = checkpoint.restore(model, 2, jax.device_get(trained.state))
+    for a, b in zip(jax.tree.leaves(trained.state), jax.tree.leaves(restored), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_the_last_two_checkpoints_are_kept(small, tmp_path):
     weights, style = small
     photos = data.Photos(data.default_photos(), size=24, batch_size=2, seed=0)

@@ -365,12 +365,16 @@ def train_generator(
     def save() -> int:
         """Checkpoints the state under its own step count: an interrupt can land after a
         step is dispatched and before the loop counts it. A state that is not finite is
-        not saved: the last checkpoint stays the last good one. Returns the step."""
-        host = jax.device_get(state)
-        step = int(host.step)
-        finite = all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host))
-        if model_dir is not None and step > 0 and finite:
-            checkpoint.save(model_dir, step, host, {**meta, "step": step})
+        not saved: the last checkpoint stays the last good one. Written with the stop
+        signals held: one that cut orbax's write short lost the step (and the next save
+        met its half-written folder); it is raised once the step is saved. Returns the
+        step."""
+        with signals.deferred():
+            host = jax.device_get(state)
+            step = int(host.step)
+            finite = all(np.all(np.isfinite(x)) for x in jax.tree.leaves(host))
+            if model_dir is not None and step > 0 and finite:
+                checkpoint.save(model_dir, step, host, {**meta, "step": step})
         return step
 
     batches = (
@@ -417,6 +421,9 @@ def train_generator(
     finally:
         bar.close()
     if failure is None and (interrupted or done % checkpoint_every):
-        done = save()  # Interrupted: the step in flight, if it had been dispatched.
+        try:
+            done = save()  # Interrupted: the step in flight, if it had been dispatched.
+        except KeyboardInterrupt:  # Another signal, held until the save was whole.
+            done, interrupted = int(jax.device_get(state.step)), True
     per_step = float(np.median(times[1:] or times or [0.0]))
     return Trained(state, done, history, per_step, interrupted, resumed, compile_seconds, failure)
