@@ -265,7 +265,7 @@ def _config(steps, **kw):
     return training.TrainConfig(**{**base, "steps": steps, **kw})
 
 
-def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path):
+def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path, monkeypatch):
     """Four steps in one go equal two steps, a checkpoint, and two more resumed from it;
     the checkpoint applies to the same image as the state in memory."""
     weights, style = small
@@ -296,13 +296,20 @@ def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path):
     from_disk = trained.apply_generator(variables, g, content, seeds=(0, 1))
     in_memory = trained.apply_generator({"params": whole.state.params}, g, content, seeds=(0, 1))
     assert from_disk.shape == (2, 30, 20, 3) and np.array_equal(from_disk, in_memory)
-    programs = trained._apply_seeds._cache_size()  # Applying again compiles nothing.
+    compiled = nst_jax.solve.programs.compiled_programs  # Applying again compiles nothing.
     trained.apply_generator(variables, g, content[::-1], seeds=(3, 4))
-    assert trained._apply_seeds._cache_size() == programs
+    assert nst_jax.solve.programs.compiled_programs == compiled
     with pytest.raises(ValueError, match="at least one seed"):
         trained.apply_generator(variables, g, content, seeds=())
     with pytest.raises(ValueError, match="needs the output's shape"):
         trained.apply_generator(variables, g, None)
+    # Too large is refused before any pixel is made, or once compiled, by XLA's figure.
+    with pytest.raises(ValueError, match="above the limit of 100,000,000 pixels"):
+        trained.apply_generator(variables, g, None, seeds=(0, 1), shape=(8000, 7000))
+    with monkeypatch.context() as m:
+        m.setattr(nst_jax.memory, "available_bytes", lambda device=None: 2**10)
+        with pytest.raises(ValueError, match="GiB is free; the largest size that fits"):
+            trained.apply_generator(variables, g, content, seeds=(5, 6, 7))
     # A longer run of other settings must not resume from this one.
     with pytest.raises(ValueError, match=r"other train settings \(lr: .* there, 0.5 now\)"):
         training.train_generator(style, _config(6, lr=0.5), weights=weights, photos=photos,
@@ -636,6 +643,11 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypa
           "0"], "--inits must be >= 1"),
         (["--mode", "apply", "--model", model, "--content", files / "photo.png", "--report",
           tmp_path], "--report must end in .json"),
+        # Sizes that would not fit are refused before anything is resized to them.
+        (["--mode", "apply", "--model", model, "--content", files / "photo.png", "--size",
+          "60000", "--output", out], "above the limit of 100,000,000 pixels"),
+        ([*train, "--size", "100000"], "the largest size that fits"),
+        ([*train, "--style_scale", "5000"], "the largest size that fits"),
     ]:  # fmt: skip
         code, err = _cli(capsys, *args)
         last = err.strip().splitlines()[-1]

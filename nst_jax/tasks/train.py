@@ -236,6 +236,20 @@ def compile_step(network, style, state, photos, config, *, placement: Placement 
     return programs.memoized(key, lambda: step.lower(*args).compile())
 
 
+def memory_plan(config: TrainConfig, weights: Weights) -> policy.Plan:
+    """The plan of a training step at ``config``'s size and batch (``policy.plan``),
+    once the style's own pass at its scale is known to fit too: cheap, and asked before
+    anything is resized.
+
+    Raises:
+      ValueError: either will not fit in the free memory.
+    """
+    run_config, widths = Config(loss=config.loss, net=config.net), widths_of(weights.params)
+    side = max(16, round(config.size * config.style_scale))
+    policy.plan(run_config, (side, side), 1, widths=widths)
+    return policy.plan(run_config, (config.size,) * 2, config.batch_size, widths=widths)
+
+
 def style_hash(style: np.ndarray) -> str:
     """SHA-256 of the style image's pixels as trained on (float32, as loaded)."""
     return hashlib.sha256(np.ascontiguousarray(style, np.float32).tobytes()).hexdigest()
@@ -307,10 +321,8 @@ def train_generator(
     """
     g = config.generator
     s = config.size
-    side = max(16, round(s * config.style_scale))
-    style = resize_longest(np.asarray(style, np.float32), side)
-    run_config = Config(loss=config.loss, net=config.net)
-    plan = policy.plan(run_config, (s, s), config.batch_size, widths=widths_of(weights.params))
+    plan = memory_plan(config, weights)
+    style = resize_longest(np.asarray(style, np.float32), max(16, round(s * config.style_scale)))
     network = plan.network(weights)
     targets = programs.jit(
         lambda n, st: style_targets(n, st, config.loss, shape=(s, s)), once=True

@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import checkpoint
+from nst_jax import checkpoint, memory
+from nst_jax.image import MAX_PIXELS
 from nst_jax.nets import generator
 from nst_jax.nets.generator import GeneratorConfig
 from nst_jax.objective import LossConfig
+from nst_jax.solve import programs
 from nst_jax.tasks.train import TrainConfig, fresh_state, generator_variables
 
 
@@ -55,6 +57,20 @@ def load_generator(model_dir: str | Path) -> tuple[GeneratorConfig, dict, dict]:
     return g, generator_variables(state.params, state.batch_stats), meta
 
 
+def check_outputs(shape: tuple[int, int], count: int = 1) -> None:
+    """Refuses ``count`` outputs of ``shape`` above ``MAX_PIXELS`` in all, the inputs'
+    limit: cheap enough to ask before a content is resized to them.
+
+    Raises:
+      ValueError: they are.
+    """
+    if count * shape[0] * shape[1] > MAX_PIXELS:
+        raise ValueError(
+            f"{count} output(s) of {shape[1]}x{shape[0]} are above the limit of"
+            f" {MAX_PIXELS:,} pixels; ask for a smaller --size or fewer seeds"
+        )
+
+
 @functools.partial(jax.jit, static_argnames=("config", "shape"))
 def _apply_seeds(variables, config: GeneratorConfig, content, keys, shape):
     def one(key):
@@ -76,7 +92,9 @@ def apply_generator(
     program is compiled once per architecture, size and number of seeds in a process.
 
     Raises:
-      ValueError: no seeds, or neither a content nor a shape.
+      ValueError: no seeds; neither a content nor a shape; outputs above
+        ``MAX_PIXELS`` in all, or a program that will not fit in the free memory (the
+        message names the largest size that fits).
     """
     if not len(seeds):
         raise ValueError("apply_generator needs at least one seed")
@@ -88,4 +106,14 @@ def apply_generator(
         shape = content.shape[:2]
     elif shape is None:
         raise ValueError("a texture network needs the output's shape (H, W)")
-    return np.asarray(_apply_seeds(variables, config, content, keys, tuple(shape)))
+    shape = tuple(int(n) for n in shape)
+    check_outputs(shape, len(seeds))
+    args = (variables, config, content, keys, shape)
+    key = ("apply", config, shape, programs.shapes_of(variables, content, keys))
+
+    def build():
+        compiled = _apply_seeds.lower(*args).compile()
+        memory.check_compiled(compiled, shape, len(seeds))  # XLA's own figure.
+        return compiled
+
+    return np.asarray(programs.memoized(key, build)(variables, content, keys))
