@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nst_jax import checkpoint
 from nst_jax.atomic import resolved, write_json
 from nst_jax.data import Photos, check_photos, default_photos
 from nst_jax.grid import labelled_grid
@@ -161,7 +162,9 @@ def train_files(job: TrainJob) -> TrainReport:
         f" (loss {last['total']:.4g}, style {last['style']:.4g})" if last else ""
     )
     if result.failure:
-        summary = f"stopped: {result.failure}; kept {model}'s last checkpoint"
+        last = checkpoint.latest_step(model)
+        kept = f"kept {model}'s checkpoint of step {last}" if last else "no checkpoint was saved"
+        summary = f"stopped: {result.failure}; {kept}"
     return TrainReport(data, summary, result.interrupted, result.failure)
 
 

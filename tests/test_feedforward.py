@@ -22,6 +22,7 @@ import nst_jax
 from nst_jax import checkpoint, cli, data, signals
 from nst_jax.nets import generator
 from nst_jax.nets.generator import GeneratorConfig
+from nst_jax.nets.network import NetConfig
 from nst_jax.tasks import train as training
 from nst_jax.tasks import trained
 
@@ -265,7 +266,7 @@ def _config(steps, **kw):
     return training.TrainConfig(**{**base, "steps": steps, **kw})
 
 
-def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path, monkeypatch):
+def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path, monkeypatch, capsys):
     """Four steps in one go equal two steps, a checkpoint, and two more resumed from it;
     the checkpoint applies to the same image as the state in memory."""
     weights, style = small
@@ -311,9 +312,22 @@ def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path, monkeypat
         with pytest.raises(ValueError, match="GiB is free; the largest size that fits"):
             trained.apply_generator(variables, g, content, seeds=(5, 6, 7))
     # A longer run of other settings must not resume from this one.
-    with pytest.raises(ValueError, match=r"other train settings \(lr: .* there, 0.5 now\)"):
-        training.train_generator(style, _config(6, lr=0.5), weights=weights, photos=photos,
+    tv = dataclasses.replace(SHALLOW, tv_weight=0.5)
+    with pytest.raises(ValueError, match=r"other train settings \(loss.tv_weight: .* 0.5 now\)"):
+        training.train_generator(style, _config(6, loss=tv), weights=weights, photos=photos,
                        model_dir=model, progress=False)  # fmt: skip
+    # Another rate, or another way to compute VGG19, resumes (with a note for the rate):
+    # a run whose loss overflowed goes on at a lower rate from its last checkpoint.
+    again = tmp_path / "again"
+    shutil.copytree(model, again)
+    capsys.readouterr()
+    faster = training.train_generator(
+        style, _config(5, lr=0.5, net=NetConfig(convolution="direct")), weights=weights,
+        photos=photos, model_dir=again, progress=False,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert faster.resumed == 4 and faster.step == 5
+    assert "note: resuming" in err and "(lr: 0.03 there, 0.5 now)" in err, err
     with pytest.raises(ValueError, match="checkpoint of other style"):
         training.train_generator(style[::-1], _config(6), weights=weights, photos=photos,
                        model_dir=model, progress=False)  # fmt: skip
@@ -653,6 +667,12 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypa
         last = err.strip().splitlines()[-1]
         assert code == 2 and last.startswith("error: ") and match in last, (args, err)
         assert "Traceback" not in err
+    # A loss that overflows at once: exit 3, and no checkpoint to resume from, said so.
+    overflowing = [*train, "--model", tmp_path / "m3", "--style_weight", "3e38"]
+    code, err = _cli(capsys, *overflowing)
+    last = err.strip().splitlines()[-1]
+    assert code == cli.FAILED and last.startswith("stopped: the training loss became"), err
+    assert last.endswith("no checkpoint was saved"), err
 
 
 def test_a_texture_network_trains_and_applies_from_the_command_line(files, tmp_path, capsys):

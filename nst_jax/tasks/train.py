@@ -48,7 +48,7 @@ from nst_jax.objective import (
     style_targets,
     weighted_total,
 )
-from nst_jax.progress import progress_bar
+from nst_jax.progress import progress_bar, say
 from nst_jax.solve import programs
 from nst_jax.solve.placement import Placement
 from nst_jax.tasks import policy
@@ -268,11 +268,18 @@ def json_ready(x):
     return x
 
 
+# Training settings a resume may change: the rate's schedule (the host evaluates it,
+# and another rate is how a run whose loss overflowed goes on), and how VGG19 computes
+# (not what). Every other setting makes another model, and is refused.
+RESUMABLE = ("steps", "lr", "warmup", "net.convolution", "net.remat")
+
+
 def _comparable(key: str, value):
-    """A recorded setting as a resume compares it: more (or fewer) steps may follow."""
+    """A recorded setting as a resume compares it: ``RESUMABLE`` left out."""
     value = json_ready(value)
     if key == "train" and isinstance(value, dict):
-        value = {k: v for k, v in value.items() if k != "steps"}
+        net = {k: v for k, v in value.get("net", {}).items() if f"net.{k}" not in RESUMABLE}
+        value = {k: v for k, v in value.items() if k not in RESUMABLE} | {"net": net}
     return value
 
 
@@ -352,6 +359,12 @@ def train_generator(
                     " folder, or remove it"
                 )
         state = checkpoint.restore(model_dir, resumed, state)
+        changed = checkpoint.differences(
+            {k: found["train"].get(k) for k in ("lr", "warmup")},
+            {k: meta["train"][k] for k in ("lr", "warmup")},
+        )
+        if changed:
+            say(f"note: resuming {model_dir} at step {resumed} with another schedule{changed}")
     if resumed >= config.steps:  # Trained already: nothing to compile.
         return Trained(state, resumed, [], 0.0, False, resumed)
     if placement is not None:
@@ -411,7 +424,8 @@ def train_generator(
                 bad = [n for n, x in weighted.items() if not abs(x * values[n]) <= FLOAT32_MAX]
                 failure = (
                     f"the training loss became {values['total']} at step {k + 1}"
-                    f"{' (' + ', '.join(bad) + ')' if bad else ''}; lower --lr or the weights"
+                    f"{' (' + ', '.join(bad) + ')' if bad else ''}; resume with a lower --lr,"
+                    " or train anew with lower weights"
                 )
                 break
             times.append(time.perf_counter() - t)
