@@ -115,7 +115,8 @@ class Photos:
     ):
         if not 1.0 <= scales[0] <= scales[1]:
             raise ValueError(f"photo scales must satisfy 1 <= low <= high, got {scales}")
-        self.paths, self.size, self.batch_size, self.seed = list(paths), size, batch_size, seed
+        paths = list(dict.fromkeys(Path(p) for p in paths))  # A path twice: drawn once.
+        self.paths, self.size, self.batch_size, self.seed = paths, size, batch_size, seed
         self.scales = (float(scales[0]), float(scales[1]))
         self._decoded: OrderedDict[Path, np.ndarray] = OrderedDict()
         self._bad: set[Path] = set()
@@ -153,7 +154,7 @@ class Photos:
         rng = np.random.default_rng([self.seed, step])
         out = []
         while len(out) < self.batch_size:
-            if len(self._bad) == len(self.paths):
+            if self._bad.issuperset(self.paths):  # Else drawing again would never end.
                 raise ValueError("no readable training images left")
             image = self._photo(self.paths[rng.integers(len(self.paths))])
             if image is not None:

@@ -221,6 +221,15 @@ def test_photos_are_deterministic_augmented_crops(tmp_path, capsys):
     assert good == [tmp_path / "good.png"] and "skipping training file" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no readable training images"):
         data.check_photos([tmp_path / "bad.jpg"], warn=lambda m: None)
+    # A file whose header reads but whose pixels do not, named twice (as a caller of
+    # the API may): drawing gives up once every distinct file failed; it looped for good.
+    whole = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: whole.index(b"IDAT") + 8])
+    twice = data.Photos([tmp_path / "cut.png", str(tmp_path / "cut.png")], size=8,
+                        batch_size=1, seed=0)  # fmt: skip
+    assert twice.paths == [tmp_path / "cut.png"]
+    with pytest.raises(ValueError, match="no readable training images left"):
+        twice.batch(0)
 
 
 def test_large_photos_are_kept_at_four_times_what_a_sample_spans(tmp_path):
@@ -311,6 +320,13 @@ def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path, monkeypat
         m.setattr(nst_jax.memory, "available_bytes", lambda device=None: 2**10)
         with pytest.raises(ValueError, match="GiB is free; the largest size that fits"):
             trained.apply_generator(variables, g, content, seeds=(5, 6, 7))
+    # Photos made for other settings than the config's are refused before training.
+    for name, value in [("batch_size", 3), ("size", 32), ("seed", 5)]:
+        other = data.Photos(data.default_photos(), **{"size": 24, "batch_size": 2, "seed": 0,
+                                                      name: value})  # fmt: skip
+        with pytest.raises(ValueError, match=f"photos were made with {name} {value}, and"):
+            training.train_generator(style, _config(6), weights=weights, photos=other,
+                                     model_dir=model, progress=False)  # fmt: skip
     # A longer run of other settings must not resume from this one.
     tv = dataclasses.replace(SHALLOW, tv_weight=0.5)
     with pytest.raises(ValueError, match=r"other train settings \(loss.tv_weight: .* 0.5 now\)"):

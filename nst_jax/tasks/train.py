@@ -328,6 +328,13 @@ def train_generator(
     """
     g = config.generator
     s = config.size
+    for name in ("size", "batch_size", "seed") if photos is not None else ():
+        # What the checkpoint records must be what trains.
+        if getattr(photos, name) != getattr(config, name):
+            raise ValueError(
+                f"the photos were made with {name} {getattr(photos, name)}, and the config"
+                f" trains with {getattr(config, name)}"
+            )
     plan = memory_plan(config, weights)
     style = resize_longest(np.asarray(style, np.float32), max(16, round(s * config.style_scale)))
     network = plan.network(weights)
