@@ -673,6 +673,12 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypa
           "0"], "--inits must be >= 1"),
         (["--mode", "apply", "--model", model, "--content", files / "photo.png", "--report",
           tmp_path], "--report must end in .json"),
+        # Flags that do nothing in a mode (the colour, the optimiser) are refused.
+        (["--mode", "apply", "--model", model, "--content", files / "photo.png",
+          "--preserve_color", "luminance"], "--preserve_color does nothing in --mode apply"),
+        ([*train, "--optimizer", "lbfgs"], "--optimizer does nothing in --mode train"),
+        ([*train, "--inits", "2"], "--inits does nothing in --mode train"),
+        ([*train, "--generator", "residual"], "--scales is for --generator pyramid"),
         # Sizes that would not fit are refused before anything is resized to them.
         (["--mode", "apply", "--model", model, "--content", files / "photo.png", "--size",
           "60000", "--output", out], "above the limit of 100,000,000 pixels"),
