@@ -174,6 +174,17 @@ def test_the_generators_variable_names_are_the_checkpoints(label):
     )
 
 
+def test_a_kind_changed_by_replace_gets_its_own_width():
+    """The default width is the kind's own, however the config was made: replacing a
+    pyramid's kind gave a residual network of the pyramid's 8 channels, not 32.
+    Checkpoints record the width spelt out, as they always did."""
+    residual = dataclasses.replace(GeneratorConfig(), kind="residual")
+    assert _tree(residual) == _tree(GeneratorConfig(kind="residual"))
+    assert residual.channels == 32 and GeneratorConfig().channels == 8
+    recorded = training.settings(training.TrainConfig())["generator"]
+    assert recorded["width"] == 8 and GeneratorConfig(**recorded) == GeneratorConfig().resolved()
+
+
 def test_instance_norm_normalises_each_image_and_channel(rng):
     x = jnp.asarray(rng.normal(3.0, 5.0, (1, 13, 17, 4)), jnp.float32)
     norm = generator.Norm("instance", training=False)

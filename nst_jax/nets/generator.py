@@ -86,17 +86,29 @@ class GeneratorConfig:
     legacy_biases: bool = False
 
     def __post_init__(self):
-        if self.width == 0:
-            object.__setattr__(self, "width", 8 if self.kind == "pyramid" else 32)
         if self.kind not in KINDS:
             raise ValueError(f"--generator must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.norm not in NORMS:
             raise ValueError(f"--norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        for name in ("scales", "width", "blocks"):
+        for name in ("scales", "blocks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"generator {name} must be at least 1, got {getattr(self, name)}")
+        if self.width < 0:
+            raise ValueError(
+                f"generator width must be at least 1 (0: the kind's own), got {self.width}"
+            )
         if self.noise < 0 or (self.texture and self.noise < 1):
             raise ValueError(f"a generator needs noise channels >= {int(self.texture)}")
+
+    @property
+    def channels(self) -> int:
+        """``width``, or the kind's own where it is 0. Resolved here, not stored: a config
+        made by ``dataclasses.replace(pyramid, kind="residual")`` gets the residual's."""
+        return self.width or (8 if self.kind == "pyramid" else 32)
+
+    def resolved(self) -> GeneratorConfig:
+        """The same architecture with its width spelt out, as checkpoints record it."""
+        return dataclasses.replace(self, width=self.channels)
 
 
 def _pad(x: jax.Array, k: int) -> jax.Array:
@@ -211,11 +223,11 @@ class Pyramid(nn.Module):
             if content is not None:
                 small = _downsample(content, z.shape[1:3])
                 z = jnp.concatenate([norm()(small), z], axis=-1)
-            y = self.block(z, c.width)
+            y = self.block(z, c.channels)
             if x is not None:
                 x = _upsample(x, y.shape[1:3])
                 x = jnp.concatenate([norm()(x), norm()(y)], axis=-1)
-                y = self.block(x, c.width * (k + 1))
+                y = self.block(x, c.channels * (k + 1))
             x = y
         return nn.sigmoid(Conv(3, (1, 1))(x))
 
@@ -231,16 +243,16 @@ class Residual(nn.Module):
         if content is not None:
             content = Norm(c.norm, t, shift=c.legacy_biases)(content)
         x = noise[0] if content is None else jnp.concatenate([content, *noise], -1)
-        x = conv_norm(c.width, 9)(x)
+        x = conv_norm(c.channels, 9)(x)
         skips = []
         for m in (2, 4):
             skips.append(x.shape[1:3])
-            x = conv_norm(c.width * m, 3, stride=2)(x)
+            x = conv_norm(c.channels * m, 3, stride=2)(x)
         for _ in range(c.blocks):
-            y = conv_norm(c.width * 4, 3)(x)
-            x = x + conv_norm(c.width * 4, 3, relu=False)(y)
+            y = conv_norm(c.channels * 4, 3)(x)
+            x = x + conv_norm(c.channels * 4, 3, relu=False)(y)
         for m, shape in zip((2, 1), reversed(skips), strict=True):
-            x = conv_norm(c.width * m, 3)(_upsample(x, shape))
+            x = conv_norm(c.channels * m, 3)(_upsample(x, shape))
         return nn.sigmoid(Conv(3, (9, 9), padding="VALID")(_pad(x, 9)))
 
 

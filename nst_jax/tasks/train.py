@@ -256,8 +256,9 @@ def style_hash(style: np.ndarray) -> str:
 
 
 def settings(config: TrainConfig) -> dict:
-    """The training settings as JSON: what a checkpoint records and a resume must match."""
-    return json_ready(dataclasses.asdict(config))
+    """The training settings as JSON: what a checkpoint records and a resume must match
+    (the generator's width spelt out, as checkpoints always had it)."""
+    return json_ready(dataclasses.asdict(config.replace(generator=config.generator.resolved())))
 
 
 def json_ready(x):
@@ -343,7 +344,7 @@ def train_generator(
     )(network, style)
     meta = {
         "nst_jax": __version__,
-        "generator": dataclasses.asdict(g),
+        "generator": dataclasses.asdict(g.resolved()),
         "train": settings(config),
         "style_sha256": style_hash(style),
         "weights_sha256": weights.sha256,
