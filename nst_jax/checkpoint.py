@@ -7,22 +7,45 @@ an interrupted save leaves the earlier steps as they were. Each step holds ``sta
 (the arrays: step, params, batch statistics, optimiser state) and ``meta``: the
 format, the architecture (``GeneratorConfig``), the training settings, the style
 image's SHA-256 and the VGG weights' SHA-256, so that a checkpoint is applied only with
-its own architecture, and resumed only by its own training.
+its own architecture, and resumed only by its own training; and the arrays' own SHA-256,
+so that a damaged step is known (``load`` then takes the one kept before it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
+
+from nst_jax.progress import say
 
 FORMAT = "nst_jax.generator/2"
 # Format 1's generators carried biases that normalisation cancels; they still apply
 # (``GeneratorConfig.legacy_biases``), and ``read_meta`` says so in the meta it returns.
 LEGACY_FORMAT = "nst_jax.generator/1"
 KEEP = 2  # Step folders kept: the last, and one before it in case the last is damaged.
+
+
+class Damaged(ValueError):
+    """A checkpoint's files do not read, or its arrays are not the ones saved."""
+
+
+def tree_hash(tree: Any) -> str:
+    """SHA-256 of a pytree's arrays: names, shapes, dtypes and values."""
+    digest = hashlib.sha256()
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        x = np.ascontiguousarray(x)
+        digest.update(f"{jax.tree_util.keystr(path)} {x.shape} {x.dtype}".encode())
+        digest.update(x.tobytes())
+    return digest.hexdigest()
 
 
 def _manager(directory: Path, *, create: bool):
@@ -43,7 +66,7 @@ def save(directory: str | os.PathLike, step: int, state: Any, meta: dict) -> Non
     if step in manager.all_steps():  # Saved already (a signal right after a save, say).
         manager.close()
         return
-    meta = {"format": FORMAT, **meta, "shapes": _shapes(state)}
+    meta = {"format": FORMAT, **meta, "shapes": _shapes(state), "arrays_sha256": tree_hash(state)}
     manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -82,7 +105,7 @@ def read_meta(directory: str | os.PathLike, step: int | None = None) -> tuple[in
         manager = _manager(directory, create=False)
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     except Exception as e:  # noqa: BLE001 - damaged or foreign files fail in many ways.
-        raise ValueError(
+        raise Damaged(
             f"{directory} is not a readable nst_jax checkpoint ({e.__class__.__name__})"
         ) from None
     if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, LEGACY_FORMAT):
@@ -106,18 +129,77 @@ def restore(directory: str | os.PathLike, step: int, like: Any) -> Any:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     try:
         manager = _manager(Path(directory), create=False)
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        ).state
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(
-            f"the checkpoint in {directory} does not fit this generator ({e.__class__.__name__})"
+        try:
+            restored = manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            ).state
+        finally:
+            manager.close()
+    except Exception as e:  # noqa: BLE001 - the shapes fit: its files are damaged.
+        raise Damaged(
+            f"the checkpoint of step {step} in {directory} is damaged ({e.__class__.__name__})"
         ) from None
     got = jax.tree.map(lambda x: (x.shape, x.dtype), restored)
     want = jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
     if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
         raise ValueError(f"the checkpoint in {directory} does not fit this generator")
+    if "arrays_sha256" in meta and tree_hash(restored) != meta["arrays_sha256"]:
+        raise Damaged(
+            f"the checkpoint of step {step} in {directory} is damaged: its arrays are not"
+            " the ones saved"
+        )
     return restored
+
+
+@contextlib.contextmanager
+def _held_stderr():
+    """Holds what is written to file descriptor 2 inside the block; yields a list whose
+    first item, once set, says whether to pass it on. A damaged checkpoint makes orbax's
+    reader threads print a traceback each ("Event loop is closed"), some while the next
+    step is read, after the error that says what happened."""
+    sys.stderr.flush()
+    saved, keep = os.dup(2), []
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield keep
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if keep and keep[0]:
+                held.seek(0)
+                sys.stderr.buffer.write(held.read())
+                sys.stderr.flush()
+
+
+def load(directory: str | os.PathLike, like: Callable[[dict], Any]) -> tuple[int, dict, Any]:
+    """``(step, meta, arrays)`` of the last checkpoint in ``directory`` that reads whole,
+    its arrays in the structure of ``like(meta)`` (which may refuse the meta with a
+    ValueError). An earlier kept step stands in for a damaged later one (a disk error,
+    a copy cut short), with a note: ``KEEP`` keeps one for this.
+
+    Raises:
+      ValueError: no checkpoint there; ``like`` refused the last one; or every kept
+        step is damaged (``Damaged``, the last one's).
+    """
+    directory = Path(directory)
+    steps = [] if not directory.is_dir() else _manager(directory, create=False).all_steps()
+    damaged, found = None, None
+    with _held_stderr() as keep:
+        for step in sorted(steps, reverse=True) or [None]:
+            try:
+                step, meta = read_meta(directory, step)
+                found = step, meta, restore(directory, step, like(meta))
+                break
+            except Damaged as e:
+                damaged = damaged or e
+        keep.append(damaged is None)  # Else orbax's noise about it.
+    if found is None:
+        raise damaged
+    if damaged is not None:
+        say(f"note: {damaged}; using step {found[0]}, kept before it")
+    return found
 
 
 def differences(there, here) -> str:

@@ -351,22 +351,25 @@ def train_generator(
     }
     state, resumed = init_state(config), 0
     if model_dir is not None and checkpoint.latest_step(model_dir) is not None:
-        resumed, found = checkpoint.read_meta(model_dir)
-        if found["format"] == checkpoint.LEGACY_FORMAT:
-            raise ValueError(
-                f"{model_dir} holds a checkpoint of an earlier format ({found['format']}), which"
-                " --mode apply still reads but training cannot resume; train into another"
-                " --model folder"
-            )
-        for key in ("generator", "train", "style_sha256", "weights_sha256"):
-            there, here = _comparable(key, found.get(key)), _comparable(key, meta[key])
-            if there != here:
+
+        def like(found: dict) -> TrainState:  # Refuses what is not this training's.
+            if found["format"] == checkpoint.LEGACY_FORMAT:
                 raise ValueError(
-                    f"{model_dir} holds a checkpoint of other {key.replace('_sha256', '')}"
-                    f" settings{checkpoint.differences(there, here)}; train into another --model"
-                    " folder, or remove it"
+                    f"{model_dir} holds a checkpoint of an earlier format ({found['format']}),"
+                    " which --mode apply still reads but training cannot resume; train into"
+                    " another --model folder"
                 )
-        state = checkpoint.restore(model_dir, resumed, state)
+            for key in ("generator", "train", "style_sha256", "weights_sha256"):
+                there, here = _comparable(key, found.get(key)), _comparable(key, meta[key])
+                if there != here:
+                    raise ValueError(
+                        f"{model_dir} holds a checkpoint of other {key.replace('_sha256', '')}"
+                        f" settings{checkpoint.differences(there, here)}; train into another"
+                        " --model folder, or remove it"
+                    )
+            return state
+
+        resumed, found, state = checkpoint.load(model_dir, like)
         changed = checkpoint.differences(
             {k: found["train"].get(k) for k in ("lr", "warmup")},
             {k: meta["train"][k] for k in ("lr", "warmup")},

@@ -5,7 +5,6 @@ output records which generator made it. Training them is ``train.py``'s."""
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 import jax
@@ -28,12 +27,7 @@ def generator_config(meta: dict) -> GeneratorConfig:
 def variables_hash(variables: dict) -> str:
     """SHA-256 of a generator's arrays (names, shapes, dtypes and values): which trained
     generator made an output, beyond its architecture and step count."""
-    digest = hashlib.sha256()
-    for path, x in jax.tree_util.tree_flatten_with_path(variables)[0]:
-        x = np.ascontiguousarray(x)
-        digest.update(f"{jax.tree_util.keystr(path)} {x.shape} {x.dtype}".encode())
-        digest.update(x.tobytes())
-    return digest.hexdigest()
+    return checkpoint.tree_hash(variables)
 
 
 def load_generator(model_dir: str | Path) -> tuple[GeneratorConfig, dict, dict]:
@@ -43,18 +37,20 @@ def load_generator(model_dir: str | Path) -> tuple[GeneratorConfig, dict, dict]:
       ValueError: no checkpoint there, a foreign one, or one that does not fit its
         recorded architecture.
     """
-    step, meta = checkpoint.read_meta(model_dir)
-    try:
-        g = generator_config(meta)
-        layers = () if g.texture else LossConfig().content_layers
-        config = TrainConfig(generator=g, loss=LossConfig(content_layers=layers))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{model_dir}: a checkpoint this version cannot read ({e})") from None
-    # Only the shapes: initialising the arrays would compile and run a program whose
-    # values the restore throws away.
-    like = jax.eval_shape(lambda key: fresh_state(key, config), jax.random.key(0))
-    state = checkpoint.restore(model_dir, step, like)
-    return g, generator_variables(state.params, state.batch_stats), meta
+
+    def like(meta: dict):
+        try:
+            g = generator_config(meta)
+            layers = () if g.texture else LossConfig().content_layers
+            config = TrainConfig(generator=g, loss=LossConfig(content_layers=layers))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{model_dir}: a checkpoint this version cannot read ({e})") from None
+        # Only the shapes: initialising the arrays would compile and run a program whose
+        # values the restore throws away.
+        return jax.eval_shape(lambda key: fresh_state(key, config), jax.random.key(0))
+
+    _, meta, state = checkpoint.load(model_dir, like)
+    return generator_config(meta), generator_variables(state.params, state.batch_stats), meta
 
 
 def check_outputs(shape: tuple[int, int], count: int = 1) -> None:
