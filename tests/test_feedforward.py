@@ -355,6 +355,11 @@ def test_training_lowers_the_loss_and_resumes_exactly(small, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert faster.resumed == 4 and faster.step == 5
     assert "note: resuming" in err and "(lr: 0.03 there, 0.5 now)" in err, err
+    assert "other training photos" not in err
+    fewer = data.Photos(data.default_photos()[:5], size=24, batch_size=2, seed=0)
+    training.train_generator(style, _config(6), weights=weights, photos=fewer,
+                             model_dir=again, progress=False)  # fmt: skip
+    assert "on other training photos (13 trained it, 5 now)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="checkpoint of other style"):
         training.train_generator(style[::-1], _config(6), weights=weights, photos=photos,
                        model_dir=model, progress=False)  # fmt: skip

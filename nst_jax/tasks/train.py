@@ -250,6 +250,15 @@ def memory_plan(config: TrainConfig, weights: Weights) -> policy.Plan:
     return policy.plan(run_config, (config.size,) * 2, config.batch_size, widths=widths)
 
 
+def photos_record(paths) -> dict:
+    """Which photos train: their count, and a SHA-256 of their names and sizes (cheap
+    for a folder of 100,000; a resume on others is told so)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(f"{Path(path).name} {Path(path).stat().st_size}\n".encode())
+    return {"count": len(paths), "sha256": digest.hexdigest()}
+
+
 def style_hash(style: np.ndarray) -> str:
     """SHA-256 of the style image's pixels as trained on (float32, as loaded)."""
     return hashlib.sha256(np.ascontiguousarray(style, np.float32).tobytes()).hexdigest()
@@ -348,6 +357,7 @@ def train_generator(
         "train": settings(config),
         "style_sha256": style_hash(style),
         "weights_sha256": weights.sha256,
+        "photos": None if photos is None else photos_record(photos.paths),
     }
     state, resumed = init_state(config), 0
     if model_dir is not None and checkpoint.latest_step(model_dir) is not None:
@@ -376,6 +386,12 @@ def train_generator(
         )
         if changed:
             say(f"note: resuming {model_dir} at step {resumed} with another schedule{changed}")
+        before = found.get("photos")
+        if before and meta["photos"] and before["sha256"] != meta["photos"]["sha256"]:
+            say(
+                f"note: resuming {model_dir} on other training photos ({before['count']}"
+                f" trained it, {meta['photos']['count']} now): batches from here on differ"
+            )
     if resumed >= config.steps:  # Trained already: nothing to compile.
         return Trained(state, resumed, [], 0.0, False, resumed)
     if placement is not None:
