@@ -58,14 +58,17 @@ def _manager(directory: Path, *, create: bool):
 
 
 def save(directory: str | os.PathLike, step: int, state: Any, meta: dict) -> None:
-    """Writes ``state`` (a pytree of arrays) and ``meta`` as step ``step``, atomically;
-    a step already saved is left as it is (a step's state is the same each time)."""
+    """Writes ``state`` (a pytree of arrays) and ``meta`` as step ``step``, atomically.
+    A step already saved whole is left as it is (a step's state is the same each time);
+    a damaged one, which a resume went back past, is written anew."""
     import orbax.checkpoint as ocp
 
     manager = _manager(Path(directory), create=True)
     if step in manager.all_steps():  # Saved already (a signal right after a save, say).
-        manager.close()
-        return
+        if _whole(Path(directory), step, state):
+            manager.close()
+            return
+        manager.delete(step)
     meta = {"format": FORMAT, **meta, "shapes": _shapes(state), "arrays_sha256": tree_hash(state)}
     manager.save(
         step,
@@ -74,6 +77,17 @@ def save(directory: str | os.PathLike, step: int, state: Any, meta: dict) -> Non
     )
     manager.wait_until_finished()
     manager.close()
+
+
+def _whole(directory: Path, step: int, state: Any) -> bool:
+    """Whether step ``step`` reads whole, as ``state``'s structure."""
+    with _held_stderr() as held:
+        try:
+            restore(directory, step, state)
+            return True
+        except ValueError:  # Damaged, or not this state's: written anew.
+            held.drop = True
+            return False
 
 
 def _shapes(tree: Any) -> list:
@@ -151,26 +165,39 @@ def restore(directory: str | os.PathLike, step: int, like: Any) -> Any:
     return restored
 
 
+class _Held:
+    """What ``_held_stderr`` holds: passed on when the block ends unless ``drop``."""
+
+    drop = False
+
+
 @contextlib.contextmanager
 def _held_stderr():
-    """Holds what is written to file descriptor 2 inside the block; yields a list whose
-    first item, once set, says whether to pass it on. A damaged checkpoint makes orbax's
-    reader threads print a traceback each ("Event loop is closed"), some while the next
-    step is read, after the error that says what happened."""
-    sys.stderr.flush()
-    saved, keep = os.dup(2), []
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
+    """Holds what is written to file descriptor 2 inside the block, and passes it on
+    after it unless the block set ``drop`` (then a damaged checkpoint was met: orbax's
+    reader threads print a traceback each, "Event loop is closed", some while the next
+    step is read, after the error that says what happened). Holds nothing where there
+    is no descriptor 2 to hold."""
+    held = _Held()
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # Closed: nothing to hold.
+        yield held
+        return
+    with tempfile.TemporaryFile() as file:
+        os.dup2(file.fileno(), 2)
         try:
-            yield keep
+            yield held
         finally:
-            sys.stderr.flush()
+            if sys.stderr is not None:
+                sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            if keep and keep[0]:
-                held.seek(0)
-                sys.stderr.buffer.write(held.read())
-                sys.stderr.flush()
+            if not held.drop:
+                file.seek(0)
+                os.write(2, file.read())
 
 
 def load(directory: str | os.PathLike, like: Callable[[dict], Any]) -> tuple[int, dict, Any]:
@@ -186,15 +213,14 @@ def load(directory: str | os.PathLike, like: Callable[[dict], Any]) -> tuple[int
     directory = Path(directory)
     steps = [] if not directory.is_dir() else _manager(directory, create=False).all_steps()
     damaged, found = None, None
-    with _held_stderr() as keep:
+    with _held_stderr() as held:
         for step in sorted(steps, reverse=True) or [None]:
             try:
                 step, meta = read_meta(directory, step)
                 found = step, meta, restore(directory, step, like(meta))
                 break
             except Damaged as e:
-                damaged = damaged or e
-        keep.append(damaged is None)  # Else orbax's noise about it.
+                damaged, held.drop = damaged or e, True  # And orbax's noise about it.
     if found is None:
         raise damaged
     if damaged is not None:

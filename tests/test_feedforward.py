@@ -508,7 +508,12 @@ def test_a_damaged_last_checkpoint_gives_way_to_the_one_before(small, tmp_path, 
         resumed = training.train_generator(style, _config(4), weights=weights, photos=photos,
                                            model_dir=damaged, progress=False)  # fmt: skip
         assert resumed.resumed == 2 and resumed.step == 4
+        assert "using step 2" in capsys.readouterr().err
+        # Step 4 is written anew: the next load is its, with no note.
+        assert trained.load_generator(damaged)[2]["step"] == 4
+        assert "damaged" not in capsys.readouterr().err
     damaged = tmp_path / "cut"
+    cut(damaged / "4")
     # From the command line, in a process of its own (where orbax's reader threads print
     # a traceback each about the damaged step, into the next step's reading): the note,
     # and none of them.
@@ -523,6 +528,26 @@ def test_a_damaged_last_checkpoint_gives_way_to_the_one_before(small, tmp_path, 
     cut(damaged / "4")
     with pytest.raises(ValueError, match="step 4 in .* is damaged"):
         trained.load_generator(damaged)
+
+
+def test_what_loading_holds_back_from_stderr_is_only_the_damaged_steps_noise(capfd):
+    """Output while checkpoints load is passed on, errors or not, unless a damaged step
+    was met; under a ``sys.stderr`` with no file behind it too."""
+    import contextlib
+    import io
+    import os
+
+    with checkpoint._held_stderr():
+        os.write(2, b"kept\n")
+    with pytest.raises(ValueError), checkpoint._held_stderr():
+        os.write(2, b"kept too\n")
+        raise ValueError("not damage")
+    with checkpoint._held_stderr() as held:
+        os.write(2, b"dropped\n")
+        held.drop = True
+    with contextlib.redirect_stderr(io.StringIO()), checkpoint._held_stderr():
+        os.write(2, b"and under a redirect\n")
+    assert capfd.readouterr().err == "kept\nkept too\nand under a redirect\n"
 
 
 def test_stop_signals_wait_for_the_step_in_flight():
