@@ -780,7 +780,7 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypa
         (["--mode", "apply", "--model", model, "--content", files / "photo.png", "--size",
           "60000", "--output", out], "above the limit of 100,000,000 pixels"),
         ([*train, "--size", "100000"], "the largest size that fits"),
-        ([*train, "--style_scale", "5000"], "the largest size that fits"),
+        ([*train, "--style_scale", "5000"], "(--style_scale 5000 x --size 24) will not fit"),
     ]:  # fmt: skip
         code, err = _cli(capsys, *args)
         last = err.strip().splitlines()[-1]

@@ -245,9 +245,16 @@ def memory_plan(config: TrainConfig, weights: Weights) -> policy.Plan:
       ValueError: either will not fit in the free memory.
     """
     run_config, widths = Config(loss=config.loss, net=config.net), widths_of(weights.params)
+    step = policy.plan(run_config, (config.size,) * 2, config.batch_size, widths=widths)
     side = max(16, round(config.size * config.style_scale))
-    policy.plan(run_config, (side, side), 1, widths=widths)
-    return policy.plan(run_config, (config.size,) * 2, config.batch_size, widths=widths)
+    try:
+        policy.plan(run_config, (side, side), 1, widths=widths)
+    except ValueError:  # Its message would name a --size for the style's side.
+        raise ValueError(
+            f"the style's pass at {side} px a side (--style_scale {config.style_scale:g} x"
+            f" --size {config.size}) will not fit in the free memory; lower --style_scale"
+        ) from None
+    return step
 
 
 def photos_record(paths) -> dict:
