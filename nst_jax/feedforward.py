@@ -20,7 +20,14 @@ from nst_jax import checkpoint
 from nst_jax.atomic import resolved, write_json
 from nst_jax.data import Photos, check_photos, default_photos
 from nst_jax.grid import labelled_grid
-from nst_jax.image import check_writable, demo_images, load_image, save_image
+from nst_jax.image import (
+    check_writable,
+    demo_images,
+    image_size,
+    load_image,
+    resized_shape,
+    save_image,
+)
 from nst_jax.nets.weights import load_weights
 from nst_jax.progress import say
 from nst_jax.records import check_written
@@ -230,7 +237,7 @@ def apply_files(job: ApplyJob) -> ApplyReport:
             raise ValueError(f"{job.model_dir} stylises a photo: give --content (or --demo)")
         content = demo_images()[0] if job.content is None else load_image(job.content)
         if job.size is not None:
-            from nst_jax.image import resize_longest, resized_shape
+            from nst_jax.image import resize_longest
 
             trained.check_outputs(resized_shape(content.shape[:2], job.size), len(job.seeds))
             content = resize_longest(content, job.size)
@@ -273,7 +280,6 @@ class ApplyFolderJob:
 def apply_folder(job: ApplyFolderJob):
     """Runs an ``ApplyFolderJob``: a ``folders.FolderReport``. One compiled forward pass
     per image shape; a Ctrl-C or signal stops after the image in flight."""
-    import jax
 
     from nst_jax.folders import FolderReport, finished, manifest_name, plan_outputs
     from nst_jax.progress import progress_bar
@@ -285,8 +291,6 @@ def apply_folder(job: ApplyFolderJob):
     if g.texture:
         raise ValueError(f"{job.model_dir} is a texture network: it takes no --content")
     sources, out, paths = plan_outputs(job.contents, job.output_dir, [""], overwrite=job.overwrite)
-    fn = jax.jit(lambda v, x, k: training.generator.apply(v, g, x, k))
-    key = jax.random.key(job.seed)
     common = _apply_settings(job.model_dir, None, job.size, [job.seed], meta, variables)
     shared = {k: v for k, v in common.items() if k != "content"}
     manifest = {"settings": shared, "done": [], "skipped": [], "failed": [], "interrupted": False}
@@ -301,14 +305,17 @@ def apply_folder(job: ApplyFolderJob):
                 manifest["skipped"].append({**entry, "reason": "done before"})
             else:
                 try:
+                    if job.size is not None:  # Before anything is resized to it.
+                        trained.check_outputs(resized_shape(image_size(source), job.size))
                     content = load_image(source, size=job.size)
                     if min(content.shape[:2]) < 16:
                         raise ValueError(f"it is {content.shape[1]}x{content.shape[0]}; need 16 px")
+                    # Compiled once a shape, and checked against the free memory.
+                    image = trained.apply_generator(variables, g, content, seeds=(job.seed,))[0]
                 except ValueError as err:
                     say(f"warning: skipping {source}: {err}")
                     manifest["failed"].append({**entry, "reason": str(err)})
                 else:
-                    image = np.asarray(fn(variables, content, key))
                     path.parent.mkdir(parents=True, exist_ok=True)
                     save_image(path, image, settings={**settings, "step": None})
                     manifest["done"].append(entry)

@@ -729,6 +729,12 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypa
         "p1.png",
         "p2.png",
     ]
+    # A folder's image is the one apply makes of it alone (the same seed).
+    alone = tmp_path / "alone.png"
+    code, err = _cli(capsys, "--mode", "apply", "--model", model, "--content",
+                     files / "photos" / "p1.png", "--output", alone)  # fmt: skip
+    by_folder = [Path(d["output"]) for d in manifest["done"] if "p1" in d["output"]][0]
+    assert np.array_equal(nst_jax.load_image(alone), nst_jax.load_image(by_folder)), err
     code, err = _cli(capsys, *folder)
     manifest = json.loads((tmp_path / "styled" / "manifest.json").read_text())
     assert code == cli.SOME_FAILED and len(manifest["skipped"]) == 3 and not manifest["done"]
@@ -744,6 +750,12 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypa
     monkeypatch.undo()
     manifest = json.loads((tmp_path / "styled" / "manifest.json").read_text())
     assert len(manifest["done"]) == 3 and not manifest["skipped"], err
+    # A size too large fails each image before it is resized, and the job goes on.
+    code, err = _cli(capsys, *folder, "--size", "60000", "--overwrite")
+    manifest = json.loads((tmp_path / "styled" / "manifest.json").read_text())
+    reasons = [f["reason"] for f in manifest["failed"] if "broken" not in f["input"]]
+    assert code == cli.SOME_FAILED and not manifest["done"] and len(reasons) == 3, err
+    assert all("above the limit of 100,000,000 pixels" in r for r in reasons), reasons
     for args, match in [
         (["--mode", "apply", "--model", tmp_path / "none", "--content", files / "photo.png"],
          "no checkpoint"),
