@@ -38,7 +38,7 @@ from nst_jax.nets.vgg import widths_of
 from nst_jax.nets.weights import Weights, load_weights
 from nst_jax.objective import Terms
 from nst_jax.progress import progress_bar
-from nst_jax.solve.placement import Placement, gathered, mesh_of, raise_together
+from nst_jax.solve.placement import Placement, mesh_of, raise_together
 from nst_jax.solve.solver import HISTORY_KEYS, term_weights_of
 from nst_jax.tasks import policy
 from nst_jax.tasks.pyramid import scaled_styles, style_scales
@@ -267,12 +267,16 @@ def stylize_many(
             shapes.append(None)
             failed[i] = str(e)
     hosts.check_agreement(contents, shapes, todo)
-    weights = weights or load_weights(progress=progress)
-    widths = widths_of(weights.params)
-    pending = [s for s in shapes if s is not None]
-    if batch_size is None:  # Each host's own memory decides; the smallest choice counts.
-        batch_size = _default_batch(config, pending, columns, devices, widths, todo)
-        batch_size = int(gathered(np.array([batch_size], np.int64)).min())
+    pending, error, own = [s for s in shapes if s is not None], None, 0
+    try:  # A download that fails on one host fails the job on all.
+        weights = weights or load_weights(progress=progress)
+        widths = widths_of(weights.params)
+        if batch_size is None:  # Each host's own memory decides; the smallest counts.
+            own = _default_batch(config, pending, columns, devices, widths, todo)
+    except Exception as e:  # noqa: BLE001 - raised on every process.
+        error = e
+    chosen = raise_together(error, [own])
+    batch_size = batch_size or int(chosen.min())
     if batch_size < 1 or batch_size % devices:
         raise ValueError(
             f"--batch_size must be a multiple of the {devices} devices, got {batch_size}"
@@ -311,15 +315,15 @@ def stylize_many(
                     config, batch.shape,
                     share if jax.default_backend() == "cpu" else share // local, widths=widths,
                 )  # fmt: skip
-            except ValueError as e:
+                if plan.net not in networks:
+                    networks[plan.net] = plan.network(weights)
+            except Exception as e:  # noqa: BLE001 - raised on every process.
                 error = e
             started = k + 1
             if raise_together(error, [halt]).any():
                 if not halt:  # Another process stopped: this one stops as if signalled.
                     raise KeyboardInterrupt
                 return
-            if plan.net not in networks:
-                networks[plan.net] = plan.network(weights)
             content, ok, problems = [], [], {}
             for element in batch.elements:
                 image = None

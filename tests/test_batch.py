@@ -621,6 +621,30 @@ FAILURES = {
                     raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory")
             return original(self, x)""",
     ),
+    # Setting up the second batch runs out of device memory.
+    "setup": (
+        0,
+        "driver.programs.compile_run",
+        """
+        def failing(*args, **kwargs):
+            calls.append(1)
+            setup, step, losses_at = original(*args, **kwargs)
+            if len(calls) < 2:
+                return setup, step, losses_at
+
+            def failing_setup(*a):
+                raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory")
+
+            return failing_setup, step, losses_at""",
+    ),
+    # The weights cannot be fetched on one host.
+    "weights": (
+        1,
+        "folders.load_weights",
+        """
+        def failing(*args, **kwargs):
+            raise OSError("the weights could not be fetched")""",
+    ),
     # The disk fills while the first batch is saved.
     "save": (
         1,
@@ -663,6 +687,7 @@ def test_an_error_on_one_process_stops_every_process(folder, tmp_path, where):
     assert "Traceback" not in "".join(err for _, err in results), results
     assert codes[1 - process] == cli.USAGE and "another process" in errors[1 - process], results
     own = {"plan": "will not fit", "compile": "will not fit", "step": "out of device memory",
+           "setup": "out of device memory", "weights": "could not be fetched",
            "save": "No space left"}[where]  # fmt: skip
     assert codes[process] != 0 and own in errors[process], results
 

@@ -165,32 +165,32 @@ def run(
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     t0 = time.perf_counter()
-    local = np.asarray
-    if placement is not None:
-        network, styles, masks = placement.shared((network, styles, masks))
-        content, init_images, blends, keys, term_weights = placement.batched(
-            (content, init_images, blends, keys, term_weights)
-        )
-        local = placement.local
-    args = (network, content, styles, init_images, blends, masks, keys)
+    local = placement.local if placement is not None else np.asarray
     # A batch sharded across processes steps together (L-BFGS's step reduces over the
-    # whole batch), so they agree on every stop, and on every error before a step.
+    # whole batch), so they agree on every stop, and on every error before a step: a
+    # memory refusal or an allocation that fails on one host fails on all.
     across = placement is not None and jax.process_count() > 1
     error = None
     try:
+        if placement is not None:
+            network, styles, masks = placement.shared((network, styles, masks))
+            content, init_images, blends, keys, term_weights = placement.batched(
+                (content, init_images, blends, keys, term_weights)
+            )
+        args = (network, content, styles, init_images, blends, masks, keys)
         setup, step, losses_at = programs.compile_run(
             args, term_weights, config, placement=placement
         )
         if check is not None and step is not None:
-            check(step)  # A memory refusal on one host refuses on all.
+            check(step)
+        targets, state = setup(*args)
+        initial = local(losses_at(network, targets, state.image, term_weights))
     except Exception as e:  # noqa: BLE001 - raised below, on every process.
         if not across:
             raise
         error = e
     if across:
         raise_together(error)
-    targets, state = setup(*args)
-    initial = local(losses_at(network, targets, state.image, term_weights))
     compile_seconds = time.perf_counter() - t0
 
     bar = progress_bar(config.steps, progress, label="stylize", unit="step")
@@ -259,11 +259,18 @@ def run(
     history = np.concatenate(rows) if rows else np.zeros((0, *initial.shape), np.float32)
     final = history[-1] if len(history) else initial  # The last finite step's losses.
     if not (interrupted or failure):  # The image's own, unless stopped: skip more compute.
+        error = None
         try:
             images = jnp.asarray(image) if placement is None else placement.batched(image)
             final = local(losses_at(network, targets, images, term_weights))
         except KeyboardInterrupt:
             interrupted = True
+        except Exception as e:  # noqa: BLE001 - raised below, on every process.
+            if not across:
+                raise
+            error = e
+        if across:
+            raise_together(error)
     return Result(
         image=image,
         history=_by_key(history),
