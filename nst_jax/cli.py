@@ -206,10 +206,8 @@ def _feedforward():
     model = F.model or (feedforward.DEMO_MODEL if F.demo else None)
     if not model:
         raise ValueError(f"--mode {F.mode} needs --model DIR")
-    if F.output_dir and F.mode == "train":
-        raise ValueError("--output_dir is for --mode stylize and apply, not train")
     if F.mode == "apply" and F.output_dir:
-        for name in ("output", "report", "inits", "demo", "save_every"):
+        for name in ("output", "report", "inits", "demo"):
             if F[name].present:
                 raise ValueError(f"--{name} is for one content; --output_dir takes a folder")
         if not F.content:
@@ -388,12 +386,19 @@ def _exit_code(argv: list[str]) -> int:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise  # A bug: its traceback is what to report.
         first = str(e).strip().splitlines()[0]
-        print(f"error: out of device memory ({first}); a smaller --size or"
-              " --batch_size, or --remat, needs less", file=sys.stderr)  # fmt: skip
+        print(f"error: out of device memory ({first}); {_needs_less()} needs less",
+              file=sys.stderr)  # fmt: skip
         return OS_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)  # Outside a run: what it saved, it said.
         return _interrupted()
+
+
+def _needs_less() -> str:
+    """The flags that make this command need less memory, as advice."""
+    batched = F.mode == "train" or (F.output_dir and F.mode != "apply")
+    flags = ["a smaller --size", *(["--batch_size"] * bool(batched))]
+    return ", ".join(flags) + (", or --remat" if F.mode != "apply" else "")
 
 
 def execute(argv: list[str]) -> int:

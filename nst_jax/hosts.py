@@ -40,7 +40,13 @@ def in_cluster() -> bool:
     return slurm or pod
 
 
-def agree(view: Any, problem: str | None = None) -> None:
+DIFFERENT_CONTENTS = (
+    "the processes see different contents (a file added, changed or unreadable on some"
+    " hosts); make the folder the same on every host and run again"
+)
+
+
+def agree(view: Any, problem: str | None = None, *, differs: str = DIFFERENT_CONTENTS) -> None:
     """A collective every process calls with its ``view`` of the work (anything with a
     stable ``repr``), or the ``problem`` that stopped it: all raise together where one
     has a problem or the views differ, and none is left waiting for the others.
@@ -54,10 +60,7 @@ def agree(view: Any, problem: str | None = None) -> None:
     if everyone[:, -1].any():
         raise ValueError("another process refused this job (its own error says why)")
     if not np.all(everyone == everyone[0]):
-        raise ValueError(
-            "the processes see different contents (a file added, changed or unreadable on"
-            " some hosts); make the folder the same on every host and run again"
-        )
+        raise ValueError(differs)
 
 
 def check_agreement(contents: Sequence, shapes: Sequence, todo: Collection | None = None) -> None:
@@ -66,4 +69,8 @@ def check_agreement(contents: Sequence, shapes: Sequence, todo: Collection | Non
     batches, and wait in a collective the others never reach."""
     seen = [(str(c) if isinstance(c, (str, os.PathLike)) else np.shape(c), s)
             for c, s in zip(contents, shapes, strict=True)]  # fmt: skip
-    agree((seen, None if todo is None else sorted(todo)))
+    agree(seen)
+    agree(
+        None if todo is None else sorted((int(i), int(c)) for i, c in todo),
+        differs="the processes were given different elements to do (todo)",
+    )

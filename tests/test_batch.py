@@ -88,20 +88,24 @@ def test_processes_that_see_different_contents_are_refused(monkeypatch, tmp_path
     hosts.check_agreement(paths, theirs)  # What the other host sends; or, had it
     with pytest.raises(ValueError, match="no images found"):  # refused, this, as it
         hosts.agree(None, "no images found")  # raises its own error;
-    for other, match in [(sent[0], "see different contents"), (sent[1], "another process")]:
+    for other, match in [(sent[0], "see different contents"), (sent[2], "another process")]:
         monkeypatch.setattr(hosts, "gathered", lambda v, other=other: np.stack([v, other]))
         with pytest.raises(ValueError, match=match):  # and so does this host.
             hosts.check_agreement(paths, mine)
-    monkeypatch.setattr(hosts, "gathered", lambda v: np.stack([v, sent[0]]))
+    theirs_now = sent[:2]
+    monkeypatch.setattr(hosts, "gathered", lambda v: np.stack([v, theirs_now.pop(0)]))
     hosts.check_agreement(paths, theirs)  # The same view on both: agreed.
     # A library caller that gives each process its own ``todo`` is refused too: they
     # would plan different batches.
     todo = {Element(0, 0), Element(1, 0)}
     monkeypatch.setattr(hosts, "gathered", lambda v: (sent.append(v), v[None])[1])
-    hosts.check_agreement(paths, mine, todo)  # What the other host sends.
-    monkeypatch.setattr(hosts, "gathered", lambda v, other=sent[-1]: np.stack([v, other]))
-    hosts.check_agreement(paths, mine, set(reversed(list(todo))))  # In any order.
-    with pytest.raises(ValueError, match="see different contents"):
+    hosts.check_agreement(paths, mine, todo)  # What the other host sends: two views.
+    theirs_now = sent[-2:]
+    monkeypatch.setattr(hosts, "gathered", lambda v: np.stack([v, theirs_now.pop(0)]))
+    hosts.check_agreement(paths, mine, {(1, 0), (0, 0)})  # In any order or spelling.
+    theirs_now = sent[-2:]
+    monkeypatch.setattr(hosts, "gathered", lambda v: np.stack([v, theirs_now.pop(0)]))
+    with pytest.raises(ValueError, match="given different elements to do"):
         hosts.check_agreement(paths, mine, {Element(0, 0)})
 
 

@@ -315,6 +315,7 @@ def test_running_out_of_device_memory_is_one_line_and_other_jax_errors_keep_thei
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: out of device memory (RESOURCE_EXHAUSTED")
+    assert lines[0].endswith("; a smaller --size, or --remat needs less")  # Not a folder's.
     message = "INTERNAL: a bug"
     with pytest.raises(jax.errors.JaxRuntimeError, match="a bug"):
         command(*args)
