@@ -31,8 +31,8 @@ from nst_jax.image import (
 from nst_jax.nets.weights import load_weights
 from nst_jax.progress import say
 from nst_jax.records import check_written
+from nst_jax.tasks import resume, trained
 from nst_jax.tasks import train as training
-from nst_jax.tasks import trained
 from nst_jax.version import __version__
 
 DEMO_MODEL = "demo_model"
@@ -150,7 +150,7 @@ def train_files(job: TrainJob) -> TrainReport:
         "style": job.style or "demo",
         "train_data": job.train_data or "scikit-image",
         "photos": len(paths),
-        "settings": training.settings(config),
+        "settings": resume.settings(config),
         "weights_sha256": weights.sha256,
         "resumed_from": result.resumed,
         "steps_done": result.step,

@@ -23,8 +23,8 @@ from nst_jax import checkpoint, cli, data, signals
 from nst_jax.nets import generator
 from nst_jax.nets.generator import GeneratorConfig
 from nst_jax.nets.network import NetConfig
+from nst_jax.tasks import resume, trained
 from nst_jax.tasks import train as training
-from nst_jax.tasks import trained
 
 from .conftest import SMALL_WIDTHS, smooth_image
 
@@ -181,7 +181,7 @@ def test_a_kind_changed_by_replace_gets_its_own_width():
     residual = dataclasses.replace(GeneratorConfig(), kind="residual")
     assert _tree(residual) == _tree(GeneratorConfig(kind="residual"))
     assert residual.channels == 32 and GeneratorConfig().channels == 8
-    recorded = training.settings(training.TrainConfig())["generator"]
+    recorded = resume.settings(training.TrainConfig())["generator"]
     assert recorded["width"] == 8 and GeneratorConfig(**recorded) == GeneratorConfig().resolved()
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,11 +47,10 @@ from nst_jax.objective import (
     style_targets,
     weighted_total,
 )
-from nst_jax.progress import progress_bar, say
+from nst_jax.progress import progress_bar
 from nst_jax.solve import programs
 from nst_jax.solve.placement import Placement
-from nst_jax.tasks import policy
-from nst_jax.version import __version__
+from nst_jax.tasks import policy, resume
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -257,49 +255,6 @@ def memory_plan(config: TrainConfig, weights: Weights) -> policy.Plan:
     return step
 
 
-def photos_record(paths) -> dict:
-    """Which photos train: their count, and a SHA-256 of their names and sizes (cheap
-    for a folder of 100,000; a resume on others is told so)."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(f"{Path(path).name} {Path(path).stat().st_size}\n".encode())
-    return {"count": len(paths), "sha256": digest.hexdigest()}
-
-
-def style_hash(style: np.ndarray) -> str:
-    """SHA-256 of the style image's pixels as trained on (float32, as loaded)."""
-    return hashlib.sha256(np.ascontiguousarray(style, np.float32).tobytes()).hexdigest()
-
-
-def settings(config: TrainConfig) -> dict:
-    """The training settings as JSON: what a checkpoint records and a resume must match
-    (the generator's width spelt out, as checkpoints always had it)."""
-    return json_ready(dataclasses.asdict(config.replace(generator=config.generator.resolved())))
-
-
-def json_ready(x):
-    if isinstance(x, dict):
-        return {k: json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_ready(v) for v in x]
-    return x
-
-
-# Training settings a resume may change: the rate's schedule (the host evaluates it,
-# and another rate is how a run whose loss overflowed goes on), and how VGG19 computes
-# (not what). Every other setting makes another model, and is refused.
-RESUMABLE = ("steps", "lr", "warmup", "net.convolution", "net.remat")
-
-
-def _comparable(key: str, value):
-    """A recorded setting as a resume compares it: ``RESUMABLE`` left out."""
-    value = json_ready(value)
-    if key == "train" and isinstance(value, dict):
-        net = {k: v for k, v in value.get("net", {}).items() if f"net.{k}" not in RESUMABLE}
-        value = {k: v for k, v in value.items() if k not in RESUMABLE} | {"net": net}
-    return value
-
-
 class Trained(NamedTuple):
     """What ``train_generator`` returns: the final ``state``, its ``step``, ``history`` (per step
     ``{term: value}``), ``seconds_per_step``, whether it was ``interrupted``, the step
@@ -358,47 +313,10 @@ def train_generator(
     targets = programs.jit(
         lambda n, st: style_targets(n, st, config.loss, shape=(s, s)), once=True
     )(network, style)
-    meta = {
-        "nst_jax": __version__,
-        "generator": dataclasses.asdict(g.resolved()),
-        "train": settings(config),
-        "style_sha256": style_hash(style),
-        "weights_sha256": weights.sha256,
-        "photos": None if photos is None else photos_record(photos.paths),
-    }
+    meta = resume.record(config, style, weights, photos)
     state, resumed = init_state(config), 0
     if model_dir is not None and checkpoint.latest_step(model_dir) is not None:
-
-        def like(found: dict) -> TrainState:  # Refuses what is not this training's.
-            if found["format"] == checkpoint.LEGACY_FORMAT:
-                raise ValueError(
-                    f"{model_dir} holds a checkpoint of an earlier format ({found['format']}),"
-                    " which --mode apply still reads but training cannot resume; train into"
-                    " another --model folder"
-                )
-            for key in ("generator", "train", "style_sha256", "weights_sha256"):
-                there, here = _comparable(key, found.get(key)), _comparable(key, meta[key])
-                if there != here:
-                    raise ValueError(
-                        f"{model_dir} holds a checkpoint of other {key.replace('_sha256', '')}"
-                        f" settings{checkpoint.differences(there, here)}; train into another"
-                        " --model folder, or remove it"
-                    )
-            return state
-
-        resumed, found, state = checkpoint.load(model_dir, like)
-        changed = checkpoint.differences(
-            {k: found["train"].get(k) for k in ("lr", "warmup")},
-            {k: meta["train"][k] for k in ("lr", "warmup")},
-        )
-        if changed:
-            say(f"note: resuming {model_dir} at step {resumed} with another schedule{changed}")
-        before = found.get("photos")
-        if before and meta["photos"] and before["sha256"] != meta["photos"]["sha256"]:
-            say(
-                f"note: resuming {model_dir} on other training photos ({before['count']}"
-                f" trained it, {meta['photos']['count']} now): batches from here on differ"
-            )
+        resumed, state = resume.resume(model_dir, meta, state)
     if resumed >= config.steps:  # Trained already: nothing to compile.
         return Trained(state, resumed, [], 0.0, False, resumed)
     if placement is not None:
