@@ -30,7 +30,7 @@ from nst_jax.nets.weights import load_weights
 from nst_jax.progress import say
 from nst_jax.signals import stopped_during
 from nst_jax.solve import programs
-from nst_jax.solve.placement import Placement, gathered, mesh_of, raise_together
+from nst_jax.solve.placement import Placement, failing_together, gathered, mesh_of
 from nst_jax.tasks.pyramid import style_scales
 from nst_jax.tasks.stylize import MIN_SIDE
 from nst_jax.version import __version__
@@ -319,13 +319,9 @@ def _stylize_folder(job: FolderJob) -> FolderReport:
     except ValueError as e:  # Every process refuses, or none does (``agree``).
         agree(None, str(e))
     agree([str(p) for p in sources])
-    error = None
-    try:  # A download or a file that fails on one host fails the job on all.
+    with failing_together():  # A download or a file that fails on one host: on all.
         weights = load_weights(job.weights, progress=job.progress)
         styles = [load_image(p) for p in job.styles]
-    except Exception as e:  # noqa: BLE001 - raised on every process.
-        error = e
-    raise_together(error)
     elements = [Element(i, c) for i in range(len(sources)) for c in range(len(labels))]
     settings = {
         e: _settings(job, sources[e.index], e.column, blends, weights.sha256) for e in elements

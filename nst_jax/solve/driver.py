@@ -26,7 +26,7 @@ from nst_jax.nets.network import Network
 from nst_jax.objective import Terms
 from nst_jax.progress import progress_bar
 from nst_jax.solve import programs
-from nst_jax.solve.placement import Placement, gathered, raise_together
+from nst_jax.solve.placement import Placement, failing_together, gathered, raise_together
 from nst_jax.solve.solver import HISTORY_KEYS
 
 Callback = Callable[[int, np.ndarray, dict[str, np.ndarray]], None]
@@ -170,8 +170,7 @@ def run(
     # whole batch), so they agree on every stop, and on every error before a step: a
     # memory refusal or an allocation that fails on one host fails on all.
     across = placement is not None and jax.process_count() > 1
-    error = None
-    try:
+    with failing_together(across):
         if placement is not None:
             network, styles, masks = placement.shared((network, styles, masks))
             content, init_images, blends, keys, term_weights = placement.batched(
@@ -185,12 +184,6 @@ def run(
             check(step)
         targets, state = setup(*args)
         initial = local(losses_at(network, targets, state.image, term_weights))
-    except Exception as e:  # noqa: BLE001 - raised below, on every process.
-        if not across:
-            raise
-        error = e
-    if across:
-        raise_together(error)
     compile_seconds = time.perf_counter() - t0
 
     bar = progress_bar(config.steps, progress, label="stylize", unit="step")
@@ -259,18 +252,12 @@ def run(
     history = np.concatenate(rows) if rows else np.zeros((0, *initial.shape), np.float32)
     final = history[-1] if len(history) else initial  # The last finite step's losses.
     if not (interrupted or failure):  # The image's own, unless stopped: skip more compute.
-        error = None
-        try:
-            images = jnp.asarray(image) if placement is None else placement.batched(image)
-            final = local(losses_at(network, targets, images, term_weights))
-        except KeyboardInterrupt:
-            interrupted = True
-        except Exception as e:  # noqa: BLE001 - raised below, on every process.
-            if not across:
-                raise
-            error = e
-        if across:
-            raise_together(error)
+        with failing_together(across):
+            try:
+                images = jnp.asarray(image) if placement is None else placement.batched(image)
+                final = local(losses_at(network, targets, images, term_weights))
+            except KeyboardInterrupt:
+                interrupted = True
     return Result(
         image=image,
         history=_by_key(history),

@@ -10,6 +10,7 @@ step is the same program, placed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 
@@ -122,3 +123,19 @@ def raise_together(error: Exception | None, flags: Sequence[bool] = ()) -> np.nd
     if everyone[:, 0].any():
         raise PeerFailed("another process of the job failed (its own error says why)")
     return everyone[:, 1:]
+
+
+@contextlib.contextmanager
+def failing_together(active: bool = True):
+    """Runs the block; where ``active``, an error in it on any process is raised on every
+    process as the block ends (``raise_together``), so that none goes on alone to a
+    collective the failed one never reaches. A collective where ``active``."""
+    error = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - raised below, on every process.
+        if not active:
+            raise
+        error = e
+    if active:
+        raise_together(error)
