@@ -4,6 +4,7 @@
 VGG19s throughout; one real-weights run at 64 px."""
 
 import dataclasses
+import gc
 import json
 import shutil
 import signal
@@ -469,6 +470,8 @@ def test_the_last_two_checkpoints_are_kept(small, tmp_path):
     assert steps == [4, 6] and checkpoint.latest_step(model) == 6
 
 
+# orbax's readers leave coroutines behind when a step's files are cut short.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_damaged_last_checkpoint_gives_way_to_the_one_before(small, tmp_path, capsys):
     """Step 4's files cut short, or its arrays not the ones saved (the record's hash):
     applying and resuming use step 2, kept for this, with a note; with every kept step
@@ -528,6 +531,7 @@ def test_a_damaged_last_checkpoint_gives_way_to_the_one_before(small, tmp_path, 
     cut(damaged / "4")
     with pytest.raises(ValueError, match="step 4 in .* is damaged"):
         trained.load_generator(damaged)
+    gc.collect()  # The coroutines orbax left behind go here, not in the next test.
 
 
 def test_what_loading_holds_back_from_stderr_is_only_the_damaged_steps_noise(capfd):
@@ -547,7 +551,10 @@ def test_what_loading_holds_back_from_stderr_is_only_the_damaged_steps_noise(cap
         held.drop = True
     with contextlib.redirect_stderr(io.StringIO()), checkpoint._held_stderr():
         os.write(2, b"and under a redirect\n")
-    assert capfd.readouterr().err == "kept\nkept too\nand under a redirect\n"
+    err = capfd.readouterr().err  # (orbax threads of an earlier test may print here too)
+    passed_on = ["kept\n", "kept too\n", "and under a redirect\n"]
+    assert all(line in err for line in passed_on) and "dropped" not in err, err
+    assert [err.index(line) for line in passed_on] == sorted(err.index(line) for line in passed_on)
 
 
 def test_stop_signals_wait_for_the_step_in_flight():
