@@ -38,7 +38,7 @@ from nst_jax.nets.vgg import widths_of
 from nst_jax.nets.weights import Weights, load_weights
 from nst_jax.objective import Terms
 from nst_jax.progress import progress_bar
-from nst_jax.solve.placement import Placement, mesh_of, raise_together
+from nst_jax.solve.placement import Placement, failing_together, mesh_of, raise_together
 from nst_jax.solve.solver import HISTORY_KEYS, term_weights_of
 from nst_jax.tasks import policy
 from nst_jax.tasks.pyramid import scaled_styles, style_scales
@@ -315,15 +315,16 @@ def stylize_many(
                     config, batch.shape,
                     share if jax.default_backend() == "cpu" else share // local, widths=widths,
                 )  # fmt: skip
-                if plan.net not in networks:
-                    networks[plan.net] = plan.network(weights)
-            except Exception as e:  # noqa: BLE001 - raised on every process.
+            except ValueError as e:
                 error = e
             started = k + 1
             if raise_together(error, [halt]).any():
                 if not halt:  # Another process stopped: this one stops as if signalled.
                     raise KeyboardInterrupt
                 return
+            with failing_together(processes > 1):
+                if plan.net not in networks:
+                    networks[plan.net] = plan.network(weights)
             content, ok, problems = [], [], {}
             for element in batch.elements:
                 image = None

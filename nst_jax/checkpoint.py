@@ -58,17 +58,15 @@ def _manager(directory: Path, *, create: bool):
 
 
 def save(directory: str | os.PathLike, step: int, state: Any, meta: dict) -> None:
-    """Writes ``state`` (a pytree of arrays) and ``meta`` as step ``step``, atomically.
-    A step already saved whole is left as it is (a step's state is the same each time);
-    a damaged one, which a resume went back past, is written anew."""
+    """Writes ``state`` (a pytree of arrays) and ``meta`` as step ``step``, atomically;
+    a step already saved is left as it is (a step's state is the same each time; a
+    damaged one a resume went back past is gone: ``load(..., remove_damaged=True)``)."""
     import orbax.checkpoint as ocp
 
     manager = _manager(Path(directory), create=True)
     if step in manager.all_steps():  # Saved already (a signal right after a save, say).
-        if _whole(Path(directory), step, state):
-            manager.close()
-            return
-        manager.delete(step)
+        manager.close()
+        return
     meta = {"format": FORMAT, **meta, "shapes": _shapes(state), "arrays_sha256": tree_hash(state)}
     manager.save(
         step,
@@ -77,17 +75,6 @@ def save(directory: str | os.PathLike, step: int, state: Any, meta: dict) -> Non
     )
     manager.wait_until_finished()
     manager.close()
-
-
-def _whole(directory: Path, step: int, state: Any) -> bool:
-    """Whether step ``step`` reads whole, as ``state``'s structure."""
-    with _held_stderr() as held:
-        try:
-            restore(directory, step, state)
-            return True
-        except ValueError:  # Damaged, or not this state's: written anew.
-            held.drop = True
-            return False
 
 
 def _shapes(tree: Any) -> list:
@@ -184,6 +171,8 @@ def _held_stderr():
     try:
         saved = os.dup(2)
     except OSError:  # Closed: nothing to hold.
+        saved = None
+    if saved is None:
         yield held
         return
     with tempfile.TemporaryFile() as file:
@@ -197,14 +186,18 @@ def _held_stderr():
             os.close(saved)
             if not held.drop:
                 file.seek(0)
-                os.write(2, file.read())
+                with open(2, "wb", closefd=False) as stderr:  # Writes it all.
+                    stderr.write(file.read())
 
 
-def load(directory: str | os.PathLike, like: Callable[[dict], Any]) -> tuple[int, dict, Any]:
+def load(
+    directory: str | os.PathLike, like: Callable[[dict], Any], *, remove_damaged: bool = False
+) -> tuple[int, dict, Any]:
     """``(step, meta, arrays)`` of the last checkpoint in ``directory`` that reads whole,
     its arrays in the structure of ``like(meta)`` (which may refuse the meta with a
     ValueError). An earlier kept step stands in for a damaged later one (a disk error,
-    a copy cut short), with a note: ``KEEP`` keeps one for this.
+    a copy cut short), with a note: ``KEEP`` keeps one for this. ``remove_damaged``:
+    delete the damaged later ones, for training, which will write their steps anew.
 
     Raises:
       ValueError: no checkpoint there; ``like`` refused the last one; or every kept
@@ -212,7 +205,7 @@ def load(directory: str | os.PathLike, like: Callable[[dict], Any]) -> tuple[int
     """
     directory = Path(directory)
     steps = [] if not directory.is_dir() else _manager(directory, create=False).all_steps()
-    damaged, found = None, None
+    damaged, found, passed = None, None, []
     with _held_stderr() as held:
         for step in sorted(steps, reverse=True) or [None]:
             try:
@@ -221,10 +214,19 @@ def load(directory: str | os.PathLike, like: Callable[[dict], Any]) -> tuple[int
                 break
             except Damaged as e:
                 damaged, held.drop = damaged or e, True  # And orbax's noise about it.
+                passed.append(step)
     if found is None:
         raise damaged
     if damaged is not None:
-        say(f"note: {damaged}; using step {found[0]}, kept before it")
+        if remove_damaged:
+            manager = _manager(directory, create=False)
+            for step in passed:
+                manager.delete(step)
+            manager.close()
+        say(
+            f"note: {damaged}; using step {found[0]}, kept before it"
+            + (" (the damaged one is removed: training writes its step anew)" * remove_damaged)
+        )
     return found
 
 

@@ -511,7 +511,8 @@ def test_a_damaged_last_checkpoint_gives_way_to_the_one_before(small, tmp_path, 
         resumed = training.train_generator(style, _config(4), weights=weights, photos=photos,
                                            model_dir=damaged, progress=False)  # fmt: skip
         assert resumed.resumed == 2 and resumed.step == 4
-        assert "using step 2" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "using step 2" in err and "the damaged one is removed" in err, err
         # Step 4 is written anew: the next load is its, with no note.
         assert trained.load_generator(damaged)[2]["step"] == 4
         assert "damaged" not in capsys.readouterr().err

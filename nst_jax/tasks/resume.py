@@ -60,7 +60,7 @@ def resume(model_dir: str | Path, meta: dict, state: Any) -> tuple[int, Any]:
                 )
         return state
 
-    step, found, state = checkpoint.load(model_dir, like)
+    step, found, state = checkpoint.load(model_dir, like, remove_damaged=True)
     changed = checkpoint.differences(
         {k: found["train"].get(k) for k in ("lr", "warmup")},
         {k: meta["train"][k] for k in ("lr", "warmup")},

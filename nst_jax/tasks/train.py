@@ -247,10 +247,11 @@ def memory_plan(config: TrainConfig, weights: Weights) -> policy.Plan:
     side = max(16, round(config.size * config.style_scale))
     try:
         policy.plan(run_config, (side, side), 1, widths=widths)
-    except ValueError:  # Its message would name a --size for the style's side.
+    except ValueError as e:  # Its message names a --size for the style's side.
+        need = str(e).split("; the largest size")[0]
         raise ValueError(
             f"the style's pass at {side} px a side (--style_scale {config.style_scale:g} x"
-            f" --size {config.size}) will not fit in the free memory; lower --style_scale"
+            f" --size {config.size}) will not fit: {need}; lower --style_scale"
         ) from None
     return step
 
