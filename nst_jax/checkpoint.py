@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import sys
 import tempfile
@@ -190,6 +191,36 @@ def _held_stderr():
                     stderr.write(file.read())
 
 
+_READER = "_read_array_index_and_device_put"  # orbax's coroutine that reads an array.
+
+
+def _quiet_damaged_readers() -> None:
+    """Once a damaged step was read: orbax leaves a reader coroutine per array behind,
+    and each prints a traceback when it is finalised, later ("Exception ignored in
+    <coroutine _read_array_index_and_device_put>"). Those alone are dropped, for the
+    rest of the process; every other unraisable exception is reported as before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets", None) == _READER:
+        return
+
+    def hook(unraisable):
+        if getattr(unraisable.object, "__qualname__", "").endswith(_READER):
+            return
+        previous(unraisable)
+
+    hook.quiets = _READER
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_not_a_damaged_read)  # Their gathered futures.
+
+
+def _not_a_damaged_read(record: logging.LogRecord) -> bool:
+    """False for asyncio's "exception was never retrieved" about a damaged read."""
+    error = record.exc_info[1] if record.exc_info else None
+    context = getattr(record, "args", None)
+    text = f"{record.getMessage()} {error!r} {context!r}"
+    return "Encountered error while reading array index" not in text
+
+
 def load(
     directory: str | os.PathLike, like: Callable[[dict], Any], *, remove_damaged: bool = False
 ) -> tuple[int, dict, Any]:
@@ -213,8 +244,9 @@ def load(
                 found = step, meta, restore(directory, step, like(meta))
                 break
             except Damaged as e:
-                damaged, held.drop = damaged or e, True  # And orbax's noise about it.
+                damaged, held.drop = damaged or e, True  # And orbax's noise about it,
                 passed.append(step)
+                _quiet_damaged_readers()  # now and later.
     if found is None:
         raise damaged
     if damaged is not None:
