@@ -83,12 +83,19 @@ def _shapes(tree: Any) -> list:
     return [[list(x.shape), str(x.dtype)] for x in jax.tree.leaves(tree)]
 
 
+def _steps(directory: Path) -> list[int]:
+    """The steps saved in ``directory`` (none if it is not a folder)."""
+    if not directory.is_dir():
+        return []
+    manager = _manager(directory, create=False)
+    steps = list(manager.all_steps())
+    manager.close()
+    return steps
+
+
 def latest_step(directory: str | os.PathLike) -> int | None:
     """The last step saved in ``directory``; None if it holds no checkpoint."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    return _manager(directory, create=False).latest_step()
+    return max(_steps(Path(directory)), default=None)
 
 
 def read_meta(directory: str | os.PathLike, step: int | None = None) -> tuple[int, dict]:
@@ -216,9 +223,7 @@ def _quiet_damaged_readers() -> None:
 def _not_a_damaged_read(record: logging.LogRecord) -> bool:
     """False for asyncio's "exception was never retrieved" about a damaged read."""
     error = record.exc_info[1] if record.exc_info else None
-    context = getattr(record, "args", None)
-    text = f"{record.getMessage()} {error!r} {context!r}"
-    return "Encountered error while reading array index" not in text
+    return "Encountered error while reading array index" not in f"{record.getMessage()} {error!r}"
 
 
 def load(
@@ -235,10 +240,9 @@ def load(
         step is damaged (``Damaged``, the last one's).
     """
     directory = Path(directory)
-    steps = [] if not directory.is_dir() else _manager(directory, create=False).all_steps()
     damaged, found, passed = None, None, []
     with _held_stderr() as held:
-        for step in sorted(steps, reverse=True) or [None]:
+        for step in sorted(_steps(directory), reverse=True) or [None]:
             try:
                 step, meta = read_meta(directory, step)
                 found = step, meta, restore(directory, step, like(meta))

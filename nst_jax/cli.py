@@ -332,8 +332,8 @@ def _refuse_flags_that_do_nothing() -> None:
         for name in ("crop", "blends", "batch_size", "devices"):
             if F[name].present:
                 raise ValueError(f"--{name} is for --mode stylize folder jobs")
-    for flag in F.get_flags_for_module(nst_jax.cli_flags.__name__):
-        if F.mode in READS and flag.present and flag.name not in READS[F.mode]:
+    for flag in F.get_flags_for_module(nst_jax.cli_flags.__name__) if F.mode in READS else ():
+        if flag.present and flag.name not in READS[F.mode]:
             raise ValueError(f"--{flag.name} does nothing in --mode {F.mode}")
     if F.output_dir:
         return

@@ -25,6 +25,7 @@ from nst_jax.image import (
     demo_images,
     image_size,
     load_image,
+    resize_longest,
     resized_shape,
     save_image,
 )
@@ -113,8 +114,6 @@ def train_files(job: TrainJob) -> TrainReport:
     weights = load_weights(job.weights, progress=job.progress)
     config = job.config
     training.memory_plan(config, weights)  # Before anything is resized to the size.
-    from nst_jax.image import resize_longest
-
     sample = resize_longest(sample, max(config.size, 256)) if job.save_every else None
     photos = None if config.generator.texture else Photos(
         paths, size=config.size, batch_size=config.batch_size, seed=config.seed
@@ -237,8 +236,6 @@ def apply_files(job: ApplyJob) -> ApplyReport:
             raise ValueError(f"{job.model_dir} stylises a photo: give --content (or --demo)")
         content = demo_images()[0] if job.content is None else load_image(job.content)
         if job.size is not None:
-            from nst_jax.image import resize_longest
-
             trained.check_outputs(resized_shape(content.shape[:2], job.size), len(job.seeds))
             content = resize_longest(content, job.size)
         shape = content.shape[:2]
