@@ -49,6 +49,7 @@ KINDS = ("sum", "sq", "gram")
         (5, (), "conv5_1", True, 9, "avg"),  # Sums alone: a halo of one row.
         (5, (), "conv5_2", False, 11, "max"),
         (2, ("pool",), "pool2", True, 21, "avg"),  # Sums of the pooled output.
+        (2, (), "pool2", False, 21, "max"),  # Unmasked, odd: no row past the image counts.
     ],
 )
 def test_strips_give_the_blocks_values_sums_and_gradients(

@@ -97,7 +97,11 @@ def _strip(
         x = x * ((rows >= 0) & (rows < height))[None, :, None, None].astype(x.dtype)
         out[name] = x[:, lost : x.shape[1] - lost]
     if "pool" in names:
-        out["pool"] = pool2x2(out[layers[-1]], pooling)
+        pooled = pool2x2(out[layers[-1]], pooling)
+        # An odd height pools its last row with a zero row past the image into a row
+        # that VGG's pooling floors away: zero it, so that it adds nothing to the sums.
+        rows = first // 2 + jnp.arange(pooled.shape[1])
+        out["pool"] = pooled * (rows < height // 2)[None, :, None, None].astype(pooled.dtype)
     return {name: out[name] for name in names}
 
 
