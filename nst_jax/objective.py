@@ -12,6 +12,7 @@ needs the style's once and the content's per batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -233,7 +234,7 @@ def _blend(loss: LossConfig, n: int, blend: jax.Array | None) -> jax.Array:
         blend = loss.style_blend or (1.0,) * n
     blend = jnp.asarray(blend, jnp.float32)
     if blend.shape != (n,):
-        raise ValueError(f"{blend.shape[0]} style blend weights for {n} style images")
+        raise ValueError(f"style blend weights of shape {blend.shape} for {n} style images")
     return blend / jnp.sum(blend)
 
 
@@ -247,7 +248,7 @@ class StyleTargets(NamedTuple):
       masks: ``{layer: [R, h, w]}`` content masks at each style layer's resolution, or
         empty without spatial control.
       scales: ``{"statistic/layer": scalar}``, what each distance is multiplied by
-        (``LossConfig.style_norm``).
+        (``LossConfig.style_norm``); ``[R]``, each region's own, with content masks.
     """
 
     statistics: dict[str, Any]
@@ -290,7 +291,9 @@ def style_targets(
       key: PRNG key for the style samples of the pairwise MMD kernels.
       blend: ``[S]`` style mix weights (traceable); ``loss.style_blend`` if None.
       content_masks: ``[S, H, W]`` masks in [0, 1]: style ``i`` applies where mask ``i``
-        is on (Gatys et al. 2017, spatial control). Then ``blend`` is unused.
+        is on (Gatys et al. 2017, spatial control); each region's loss is relative to its
+        own style (``style_norm="relative"``), and an empty region adds nothing. Not with
+        ``blend`` or ``loss.style_blend``, which mix the styles everywhere instead.
       style_masks: per style, an optional ``[H'_i, W'_i]`` mask restricting which of its
         positions count.
     """
@@ -299,6 +302,8 @@ def style_targets(
     if not loss.style_on:
         return StyleTargets({}, {}, {})
     if content_masks is not None:
+        if blend is not None or loss.style_blend:
+            raise ValueError("a style blend mixes the styles everywhere; content masks place them")
         content_masks = jnp.asarray(content_masks, jnp.float32)
         if content_masks.shape != (len(styles), *shape):
             raise ValueError(
@@ -355,7 +360,14 @@ def style_targets(
             else:
                 targets[f"{stat}/{name}"] = jax.tree.map(lambda *ts: jnp.stack(ts), *each)
                 masks[name] = statistics.layer_masks(content_masks, name)
-    scales = {k: statistics.scale(k.partition("/")[0], t, loss) for k, t in targets.items()}
+
+    def scale(key, target):
+        stat = key.partition("/")[0]
+        if content_masks is None:
+            return statistics.scale(stat, target, loss)
+        return jax.vmap(lambda t: statistics.scale(stat, t, loss))(target)  # Each region's.
+
+    scales = {k: scale(k, t) for k, t in targets.items()}
     return jax.lax.stop_gradient(StyleTargets(targets, masks, scales))
 
 
@@ -396,11 +408,16 @@ def loss_terms(
             key, sub = jax.random.split(key)
             target = targets.style.statistics[f"{stat}/{name}"]
             scale = targets.style.scales[f"{stat}/{name}"]
+            masks = targets.style.masks.get(name)
             if m is None:
-                value = statistics.feature_distance(stat, feats[name], target, loss, sub)
-            else:  # With masks, the regions' losses add up, each against its own style.
-                value = m.distance(stats[name], target, loss)
-            style = style + mix * w * scale * value
+                value = scale * statistics.feature_distance(stat, feats[name], target, loss, sub)
+            elif masks is None:
+                value = scale * m.distance(stats[name], target, loss)
+            else:  # The regions' losses add up, each against its own style; empty ones drop.
+                each = jax.vmap(functools.partial(m.distance, loss=loss))(stats[name], target)
+                present = statistics.count(image.shape[:2], name, masks) > 0
+                value = jnp.sum(jnp.where(present, scale * each, 0.0))
+            style = style + mix * w * value
     alpha = losses.alpha_norm(image, alpha=loss.alpha) if loss.alpha_norm_weight else 0.0
     return Terms(
         content=jnp.asarray(content, jnp.float32),

@@ -173,6 +173,39 @@ def test_mask_errors_and_warnings(small_net, styles):
     assert mask_problems(np.stack([masks[0], 1.0 - masks[0]])) == []
 
 
+@pytest.mark.parametrize("style_norm", ["relative", "gatys"])
+def test_masked_regions_each_count_against_their_own_style(small_net, rng, styles, style_norm):
+    """Two regions' style loss is the sum of each region's alone (each relative to its own
+    style, not to the styles' total); a third, empty region adds nothing."""
+    network, shape = small_net(), (24, 32)
+    content, image = smooth_image(rng, *shape), smooth_image(rng, *shape)
+    loss = _loss(style_norm=style_norm)
+    top = np.zeros((1, *shape), np.float32)
+    top[0, :12] = 1.0
+    regions = np.concatenate([top, 1.0 - top])
+    content_side = jax.jit(lambda n, c: content_targets(n, c, loss))(network, content)
+
+    def style_term(chosen, masks):
+        targets = _style(network, shape, chosen, loss, content_masks=jnp.asarray(masks))
+        return float(_terms(network, image, Targets(content_side, targets), loss).style)
+
+    both = style_term(list(styles), regions)
+    alone = [style_term([s], m[None]) for s, m in zip(styles, regions, strict=True)]
+    np.testing.assert_allclose(both, sum(alone), rtol=1e-5)
+    empty = np.concatenate([regions, np.zeros((1, *shape), np.float32)])
+    np.testing.assert_allclose(style_term([*styles, styles[1] * 0.5], empty), both, rtol=1e-5)
+
+
+def test_masks_and_blends_are_refused_together(small_net, styles):
+    network, masks = small_net(), jnp.ones((2, 24, 32))
+    with pytest.raises(ValueError, match="content masks place them"):
+        _style(network, (24, 32), list(styles), _loss(), content_masks=masks, blend=jnp.ones(2))
+    with pytest.raises(ValueError, match="content masks place them"):
+        _style(network, (24, 32), list(styles), _loss(style_blend=(1.0, 2.0)), content_masks=masks)
+    with pytest.raises(ValueError, match=r"shape \(\) for 2 style images"):
+        _style(network, (24, 32), list(styles), _loss(), blend=jnp.float32(1.0))
+
+
 def test_style_masks_restrict_the_style(small_net, styles):
     network = small_net()
     half = np.zeros((32, 32), np.float32)

@@ -149,33 +149,38 @@ def test_each_region_moves_towards_its_own_style(small_weights, small_net, rng, 
     result = nst_jax.stylize(
         content,
         list(styles),
-        Config(loss=loss, steps=40),
+        Config(loss=loss, steps=80, stop_tol=0.0),
         content_masks=masks,
         weights=small_weights,
         progress=False,
     )
-    assert result.final["style"] < 0.3 * result.initial["style"]
+    assert result.final["style"] < 0.05 * result.initial["style"]
     network = small_net()
+    features = jax.jit(lambda n, x: n.features(x, LAYERS))
+    style_feats = [features(network, s) for s in styles]
 
     def distances(image):
-        """[region, style]: Gram distance of the region to each style, summed over layers."""
-        out = np.zeros((2, 2))
-        features = jax.jit(lambda n, x: n.features(x, LAYERS))
+        """[region, style]: Gram distances of the region to each style, summed over
+        layers, as they are (``raw``) and relative to the style's Gram (``relative``)."""
+        raw, relative = np.zeros((2, 2)), np.zeros((2, 2))
         feats = features(network, jnp.asarray(image))
-        style_feats = [features(network, s) for s in styles]
         for layer in LAYERS:
             m = nst_jax.statistics.layer_masks(jnp.asarray(masks), layer)
             for s in range(2):
                 g_style = losses.gram(style_feats[s][layer])
                 for r in range(2):
                     g = losses.gram(feats[layer], mask=m[r])
-                    out[r, s] += float(jnp.sum(jnp.square(g - g_style)))
-        return out
+                    d = float(jnp.sum(jnp.square(g - g_style)))
+                    raw[r, s] += d
+                    relative[r, s] += d / float(jnp.sum(jnp.square(g_style)))
+        return raw, relative
 
-    before, after = distances(content), distances(result.image)
+    (_, before), (raw, after) = distances(content), distances(result.image)
     for r in range(2):
-        assert after[r, r] < 0.2 * before[r, r], (r, before, after)  # Moved to its style,
-        assert after[r, r] < 0.5 * after[r, 1 - r], (r, after)  # and not to the other.
+        # Each region moved to its own style, as the objective measures it (relative to
+        # that style, the one the stripes' faint deeper layers make large),
+        assert after[r, r] < 0.05 * before[r, r], (r, before, after)
+        assert raw[r, r] < 0.75 * raw[r, 1 - r], (r, raw)  # and is nearer it than the other.
     with pytest.raises(ValueError, match="style masks need content masks"):
         nst_jax.stylize(
             content, list(styles), Config(steps=1), style_masks=[None, None], weights=small_weights
