@@ -950,6 +950,14 @@ def test_a_loss_that_overflows_stops_training_and_keeps_the_checkpoint(small, tm
     assert result.failure and "style" in result.failure and result.step == 0
     assert checkpoint.latest_step(tmp_path / "m2") is None  # Nothing non-finite is saved.
     assert checkpoint.latest_step(model) == 2
+    # A loss that fits float32 with a gradient that does not: before, Adam's moment
+    # overflowed and training went on with zero updates, saving nothing, silently.
+    loss = dataclasses.replace(SHALLOW, style_weight=1e30)
+    result = training.train_generator(
+        style, _config(4, loss=loss), weights=weights, photos=photos,
+        model_dir=tmp_path / "m3", progress=False,
+    )  # fmt: skip
+    assert result.step == 0 and "the gradient overflowed float32 (style weight" in result.failure
 
 
 if __name__ == "__main__":

@@ -199,6 +199,19 @@ def test_a_loss_that_overflows_stops_at_the_last_finite_image(small_weights, pai
     assert message == "the style loss became nan"
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_a_gradient_that_overflows_stops_the_run(small_weights, pair, optimizer):
+    """A weight whose loss stays in float32's range but whose gradient leaves it (Adam's
+    g², L-BFGS's inner products) stops the run and says so, where before every step was
+    a silent no-op and the content came back as the result."""
+    content, style = pair
+    cfg = _config(steps=4, optimizer=optimizer, loss=shallow(style_weight=1e37))
+    result = nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False, chunk=2)
+    assert np.isfinite(result.initial["total"]) and result.initial["total"] > 1e36
+    assert result.failure is not None and result.steps == 0, result.failure
+    assert "the gradient overflowed float32 (style weight x style loss is" in result.failure
+
+
 def test_the_stopping_rule_ends_the_run_where_the_loss_stops_falling(small_weights, pair):
     """With ``stop_tol``, the run ends at the first host sync where the lowest total so
     far fell by less than that fraction over the window, and not at a sync before."""

@@ -118,6 +118,12 @@ def nonfinite_message(losses: np.ndarray, term_weights: Terms) -> str:
     for name, value in weighted.items():
         if not np.all(np.isfinite(value)):
             return f"{name} weight x {name} loss overflowed float32"
+    with np.errstate(over="ignore"):
+        total = sum(weighted.values())
+    if np.all(np.isfinite(total)):  # The step's flag: its gradient left float32's range.
+        name = max(weighted, key=lambda k: np.max(np.abs(weighted[k])))
+        largest = np.max(np.abs(weighted[name]))
+        return f"the gradient overflowed float32 ({name} weight x {name} loss is {largest:.3g})"
     return "the total loss overflowed float32"
 
 

@@ -215,8 +215,21 @@ def step(
             grad, state.opt_state, state.image, value=value, grad=grad, value_fn=value_fn
         )
         image = optax.apply_updates(state.image, updates)
+    # Such a step reports an infinite total, which stops the run as a loss past float32 does.
+    value = jnp.where(overflowed(grad, adam=config.optimizer == "adam"), jnp.inf, value)
     losses = jnp.stack([value, *terms]).astype(jnp.float32)
     return State(image, opt_state, key), losses
+
+
+def overflowed(grads, *, adam: bool = True) -> jax.Array:
+    """Whether a gradient (any pytree) has left float32's range for its optimiser:
+    Adam's second moment (each ``g²``), or L-BFGS's inner products (``Σ g²``). A finite
+    loss can have one, and then every later step is a silent no-op: Adam divides by an
+    infinite moment. A scalar bool."""
+    leaves = [g.astype(jnp.float32) for g in jax.tree.leaves(grads)]
+    if adam:
+        return ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(jnp.square(g))) for g in leaves]))
+    return ~jnp.isfinite(sum(jnp.vdot(g, g) for g in leaves))
 
 
 def losses_at(

@@ -48,11 +48,10 @@ from nst_jax.objective import (
     weighted_total,
 )
 from nst_jax.progress import progress_bar
-from nst_jax.solve import programs
+from nst_jax.solve import programs, solver
+from nst_jax.solve.driver import nonfinite_message
 from nst_jax.solve.placement import Placement
 from nst_jax.tasks import policy, resume
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # Training's style weight β: twice optimisation's. A generator cannot fit each photo as
 # optimisation does, and at optimisation's β it settles on a compromise that paints too
@@ -209,6 +208,7 @@ def train_step(
     )
     updates, opt_state = optax.scale_by_adam().update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates))
+    total = jnp.where(solver.overflowed(grads), jnp.inf, total)  # Stops training, as a loss would.
     metrics = {"total": total, "content": terms.content.mean(), "style": terms.style.mean(),
                "tv": terms.tv.mean()}  # fmt: skip
     return TrainState(state.step + 1, params, stats, opt_state), metrics
@@ -372,13 +372,11 @@ def train_generator(
                 state, metrics = step_fn(network, targets, state, batch, lr, key)
             values = {name: float(v) for name, v in metrics.items()}
             if not np.isfinite(values["total"]):
-                w = config.loss.term_weights
-                weighted = {"content": w.content, "style": w.style, "tv": w.tv}
-                bad = [n for n, x in weighted.items() if not abs(x * values[n]) <= FLOAT32_MAX]
+                row = [[values[n] for n in ("total", "content", "style", "tv")] + [0.0]]
                 failure = (
-                    f"the training loss became {values['total']} at step {k + 1}"
-                    f"{' (' + ', '.join(bad) + ')' if bad else ''}; resume with a lower --lr,"
-                    " or train anew with lower weights"
+                    f"the training loss became {values['total']} at step {k + 1}: "
+                    f"{nonfinite_message(np.array(row), config.loss.term_weights)}; resume"
+                    " with a lower --lr, or train anew with lower weights"
                 )
                 break
             times.append(time.perf_counter() - t)
