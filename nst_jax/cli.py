@@ -304,44 +304,6 @@ def _interrupted() -> int:
     return 128 + (last if last is not None else int(signal.SIGINT))
 
 
-# What a generator's modes read; any other flag given with them is refused. Every mode
-# reads these:
-EVERY_MODE = ("mode", "weights", "demo", "seed", "report", "progress", "compilation_cache",
-              "distributed", "coordinator", "num_processes", "process_id")  # fmt: skip
-LOSS_FLAGS = ("content_weight", "style_weight", "tv_weight", "content_layers", "content_loss",
-              "style_layers", "style_layer_weights", "style_loss", "stat_layers", "style_norm",
-              "tv_beta", "alpha_norm_weight", "alpha", "mmd_c", "mmd_degree", "mmd_sigma",
-              "mmd_samples")  # fmt: skip
-READS = {
-    "train": (*EVERY_MODE, *LOSS_FLAGS, "style", "style_scale", "model", "train_data",
-              "generator", "norm", "scales", "width", "texture_net", "checkpoint_every",
-              "size", "steps", "lr", "batch_size", "devices", "pooling", "convolution",
-              "remat", "save_every", "content"),
-    "apply": (*EVERY_MODE, "model", "content", "output", "output_dir", "overwrite", "size",
-              "inits", "generator", "norm", "texture_net"),
-}  # fmt: skip
-
-
-def _refuse_flags_that_do_nothing() -> None:
-    """A flag given where it does nothing is refused: a user who sets it expects it to."""
-    joined = F.distributed or F.coordinator or nst_jax.hosts.in_cluster()
-    for name in ("num_processes", "process_id"):
-        if F[name].present and not joined:
-            raise ValueError(f"--{name} goes with --distributed (and --coordinator)")
-    if F.output_dir and F.mode == "apply":  # A generator's folder job: one pass each.
-        for name in ("crop", "blends", "batch_size", "devices"):
-            if F[name].present:
-                raise ValueError(f"--{name} is for --mode stylize folder jobs")
-    for flag in F.get_flags_for_module(nst_jax.cli_flags.__name__) if F.mode in READS else ():
-        if flag.present and flag.name not in READS[F.mode]:
-            raise ValueError(f"--{flag.name} does nothing in --mode {F.mode}")
-    if F.output_dir:
-        return
-    for name in ("crop", "blends", "overwrite", *(("batch_size", "devices") * (F.mode != "train"))):
-        if F[name].present:
-            raise ValueError(f"--{name} is for folder jobs (--output_dir)")
-
-
 def main(argv: list[str]) -> int:
     """Runs the command ``argv`` (flags already parsed); returns the exit code."""
     logging.set_verbosity(logging.WARNING)  # JAX logs backend probing at INFO under absl.
@@ -349,7 +311,7 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"unexpected argument {argv[1]!r} (flags look like --name=value)")
     if F.compilation_cache:
         nst_jax.solve.enable_compilation_cache()
-    _refuse_flags_that_do_nothing()
+    nst_jax.cli_flags.refuse_unread()
     if F.distributed or F.coordinator or nst_jax.hosts.in_cluster():
         nst_jax.hosts.connect(
             coordinator=F.coordinator, num_processes=F.num_processes, process_id=F.process_id

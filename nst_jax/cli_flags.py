@@ -1,4 +1,5 @@
-"""The command line's flags: every ``--name``, its default and its help.
+"""The command line's flags: every ``--name``, its default, its help, and the modes and
+settings it does something in (``refuse_unread``).
 
 ``cli.py`` turns them into frozen configs and runs one job per mode; the defaults come
 from the configs (``Config``, ``LossConfig``, ``NetConfig``), so the two cannot drift.
@@ -284,3 +285,84 @@ flags.DEFINE_bool(
     "Keep compiled programs in the user cache folder (or $NST_JAX_COMPILATION_CACHE), so "
     "that a run at sizes and settings seen before skips most of its compiling.",
 )
+
+
+F = flags.FLAGS
+
+# What a generator's modes read; any other flag given with them is refused. Every mode
+# reads these:
+EVERY_MODE = ("mode", "weights", "demo", "seed", "report", "progress", "compilation_cache",
+              "distributed", "coordinator", "num_processes", "process_id")  # fmt: skip
+CONTENT_FLAGS = ("content_weight", "content_layers", "content_loss")
+STYLE_FLAGS = ("style_weight", "style_layers", "style_layer_weights", "style_loss",
+               "stat_layers", "style_norm", "mmd_c", "mmd_degree", "mmd_sigma",
+               "mmd_samples")  # fmt: skip
+LOSS_FLAGS = (*CONTENT_FLAGS, *STYLE_FLAGS, "tv_weight", "tv_beta", "alpha_norm_weight", "alpha")
+READS = {
+    "train": (*EVERY_MODE, *LOSS_FLAGS, "style", "style_scale", "model", "train_data",
+              "generator", "norm", "scales", "width", "texture_net", "checkpoint_every",
+              "size", "steps", "lr", "batch_size", "devices", "pooling", "convolution",
+              "remat", "save_every", "content"),
+    "apply": (*EVERY_MODE, "model", "content", "output", "output_dir", "overwrite", "size",
+              "inits", "generator", "norm", "texture_net"),
+}  # fmt: skip
+# What the optimisation modes do not read: the generators' flags, and what each mode
+# sets itself (a texture has no content and starts from noise; an inversion matches one
+# layer, --layer, from noise, with no style).
+FEEDFORWARD_FLAGS = ("model", "train_data", "generator", "norm", "scales", "width",
+                     "texture_net", "checkpoint_every")  # fmt: skip
+UNREAD = {
+    "stylize": (*FEEDFORWARD_FLAGS, "layer"),
+    "texture": (*FEEDFORWARD_FLAGS, "layer", "init", *CONTENT_FLAGS),
+    "invert": (*FEEDFORWARD_FLAGS, "init", *CONTENT_FLAGS, *STYLE_FLAGS, "style_scale",
+               "style_blend"),
+}  # fmt: skip
+# Flags that one setting makes moot: (flag, whether the setting is on, what it is).
+MOOT = (
+    ("lr", lambda: F.optimizer == "lbfgs", "--optimizer lbfgs (its line search sets the step)"),
+    ("lr_half_life", lambda: F.optimizer == "lbfgs", "--optimizer lbfgs"),
+    ("lbfgs_memory", lambda: F.optimizer == "adam", "--optimizer adam"),
+    ("linesearch", lambda: F.optimizer == "adam", "--optimizer adam"),
+    ("linesearch_steps", lambda: F.optimizer == "adam", "--optimizer adam"),
+    ("stop_window", lambda: F.stop_tol == 0, "--stop_tol 0 (no stopping rule)"),
+    ("style_weight", lambda: bool(F.ratios), "--ratios (each sets beta = alpha / r)"),
+    ("tv_weight", lambda: bool(F.tv_weights), "--tv_weights (one column each)"),
+    ("style_layers", lambda: bool(F.style_layer_sets), "--style_layer_sets (one row each)"),
+    ("style_layer_weights", lambda: bool(F.style_layer_sets),
+     "--style_layer_sets (equal weights within a set)"),
+    ("stat_layers", lambda: bool(F.style_layer_sets), "--style_layer_sets (one row each)"),
+)  # fmt: skip
+
+
+def refuse_unread() -> None:
+    """A flag given where it does nothing is refused: a user who sets it expects it to.
+
+    Raises:
+      ValueError: naming the flag, and the mode or setting that makes it do nothing.
+    """
+    for name in ("output", "output_dir", "report", "model", "train_data", "weights"):
+        if F[name].present and not F[name].value:
+            raise ValueError(f"--{name} is empty")
+    joined = F.distributed or F.coordinator or nst_jax.hosts.in_cluster()
+    for name in ("num_processes", "process_id"):
+        if F[name].present and not joined:
+            raise ValueError(f"--{name} goes with --distributed (and --coordinator)")
+    if F.output_dir and F.mode == "apply":  # A generator's folder job: one pass each.
+        for name in ("crop", "blends", "batch_size", "devices"):
+            if F[name].present:
+                raise ValueError(f"--{name} is for --mode stylize folder jobs")
+    for flag in F.get_flags_for_module(__name__) if F.mode in READS else ():
+        if flag.present and flag.name not in READS[F.mode]:
+            raise ValueError(f"--{flag.name} does nothing in --mode {F.mode}")
+    for name in UNREAD.get(F.mode, ()):
+        if F[name].present:
+            hint = " (--layer picks the layer)" if name == "content_layers" else ""
+            raise ValueError(f"--{name} does nothing in --mode {F.mode}{hint}")
+    for name, on, setting in MOOT if F.mode in UNREAD else ():
+        if F[name].present and on():
+            raise ValueError(f"--{name} does nothing with {setting}")
+    if F.output_dir:
+        return
+    for name in ("crop", "blends", "overwrite", *(("batch_size", "devices") * (F.mode != "train"))):
+        if F[name].present:
+            raise ValueError(f"--{name} is for folder jobs (--output_dir)")

@@ -49,7 +49,7 @@ def _check_report(report: str | None, taken: set[Path]) -> None:
         raise ValueError(f"--report must end in .json, got {report}")
     if path.is_dir():
         raise ValueError(f"--report {report} is a folder")
-    check_written(sorted(taken), [path])
+    check_written(sorted(taken), [], reports=[path])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from nst_jax import IMPORT_STARTED
+from nst_jax import IMPORT_STARTED, statistics
 from nst_jax.atomic import write_json
 from nst_jax.config import Config
 from nst_jax.image import (
@@ -162,6 +162,13 @@ def _check_mode(job: Job, mode: str) -> None:
         raise ValueError("--style_masks needs --content_masks")
     if job.config.loss.style_blend and inputs.content_masks:
         raise ValueError("--style_blend mixes styles everywhere; --content_masks places them")
+    loss = job.config.loss
+    drawn = any(statistics.sampled(stat, loss) for stat, _ in loss.style_loss)
+    if job.seeds > 1 and mode == "stylize" and job.config.init != "noise" and not drawn:
+        raise ValueError(
+            f"--inits {job.seeds} would give {job.seeds} identical images: a seed varies only "
+            "a noise start (--init noise) and sampled kernels (mmd_gauss, mmd_poly of degree != 2)"
+        )
 
 
 def run_files(job: Job, mode: str) -> Report:

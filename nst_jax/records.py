@@ -63,8 +63,8 @@ def check_outputs(
     """Refuses, before any compute, an output that is an input (or resolves to one), a
     snapshot whose name an input has, and an output folder that is missing or read-only.
 
-    ``written[0]`` is the image; its snapshots are every ``save_every`` steps of each
-    level's ``steps``.
+    ``written[0]`` is the image, and the rest are reports; the image's snapshots are every
+    ``save_every`` steps of each level's ``steps``.
 
     Raises:
       ValueError: naming the output.
@@ -81,26 +81,30 @@ def check_outputs(
         pattern = f"{glob.escape(out.stem)}.*{glob.escape(out.suffix)}"
         snapshots = [p for p in out.parent.glob(pattern) if _is_snapshot(p, out, save_every, steps)]
         check_written(sources, snapshots, role="--save_every snapshot")
-    check_written(sources, written)
+    check_written(sources, written[:1], reports=written[1:])
 
 
 def check_written(
-    sources: Sequence[Path], written: Sequence[Path], *, role: str | None = None
+    sources: Sequence[Path],
+    images: Sequence[Path],
+    *,
+    reports: Sequence[Path] = (),
+    role: str | None = None,
 ) -> None:
-    """Refuses, before any compute, a path in ``written`` (images, and ``.json``
-    reports) that is one of ``sources`` or resolves to one, or is a folder, or whose
-    folder is missing or read-only. ``role`` names them in the error (by default
-    ``--output``, or ``--report`` for JSON).
+    """Refuses, before any compute, an image or report path that is one of ``sources``
+    or resolves to one, or is a folder, or whose folder is missing or read-only, and an
+    image of a format it cannot be saved in. ``role`` names them in the error (by
+    default ``--output``, or ``--report`` for a report).
 
     Raises:
       ValueError: naming the output.
     """
-    for path in written:
+    written = [*((p, False) for p in images), *((p, True) for p in reports)]
+    for path, _ in written:
         for source in sources:
             if _same(path, source):
                 raise ValueError(f"{path} is an input file ({source}); refusing to overwrite it")
-    for path in written:
-        report = path.suffix.lower() == ".json"
+    for path, report in written:
         try:
             if is_link_loop(path):
                 raise ValueError(f"output path is a symbolic link loop: {path}")

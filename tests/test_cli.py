@@ -158,7 +158,7 @@ BAD_INPUTS = [
     (["--weights", "{d}/truncated.npz"], "not a readable nst_jax weights file"),
     (["--layers", "conv1_1"], "--layers is for --mode invert"),
     (["--mode", "invert"], "takes no --style"),
-    (["--save_every=2", "--inits=2"], "--save_every is for single runs"),
+    (["--save_every=2", "--inits=2", "--init", "noise"], "--save_every is for single runs"),
     (["--content_masks", "{d}/mask.png,{d}/mask.png"], "2 --content_masks for 1 styles"),
     (["--style_masks", "{d}/mask.png"], "--style_masks needs --content_masks"),
     (["--style_blend", "1,2"], "2 --style_blend weights for 1 style images"),
@@ -177,6 +177,18 @@ BAD_INPUTS = [
     (["--crop", "32x32"], "--crop is for folder jobs"),
     (["--overwrite"], "--overwrite is for folder jobs"),
     (["--batch_size", "2"], "--batch_size is for folder jobs"),
+    (["--output", ""], "--output is empty"),
+    (["--report", ""], "--report is empty"),
+    (["--layer", "conv1_1"], "--layer does nothing in --mode stylize"),
+    (["--model", "{d}"], "--model does nothing in --mode stylize"),
+    (["--texture_net"], "--texture_net does nothing in --mode stylize"),
+    (["--optimizer", "lbfgs", "--lr", "0.5"], "--lr does nothing with --optimizer lbfgs"),
+    (["--lbfgs_memory", "3"], "--lbfgs_memory does nothing with --optimizer adam"),
+    (["--stop_tol", "0", "--stop_window", "5"], "--stop_window does nothing with --stop_tol 0"),
+    (["--ratios", "1,2", "--style_weight", "3"], "--style_weight does nothing with --ratios"),
+    (["--tv_weights", "0,1", "--tv_weight", "3"], "--tv_weight does nothing with --tv_weights"),
+    (["--ratios", "1,2", "--content_weight", "0"], "they need a content weight alpha > 0"),
+    (["--inits", "2"], "--inits 2 would give 2 identical images"),
 ]
 
 
@@ -189,6 +201,45 @@ def test_bad_input_gets_one_line_and_exit_2(command, images, extra, match):
     _one_line_error(result, match)
     assert (images / "content.png").read_bytes() == before
     assert not (images / "out.png").exists()
+
+
+MODE_FLAGS = [
+    (["--mode", "texture", "--content_weight", "1"], "--content_weight does nothing in --mode"),
+    (["--mode", "texture", "--init", "noise"], "--init does nothing in --mode texture"),
+    (["--mode", "texture", "--style_layer_sets", "growing", "--style_layer_weights", "1,1,1,1,1"],
+     "--style_layer_weights does nothing with --style_layer_sets"),
+    (["--mode", "invert", "--content_layers", "conv1_1"], "(--layer picks the layer)"),
+    (["--mode", "invert", "--style_weight", "2"], "--style_weight does nothing in --mode invert"),
+    (["--mode", "invert", "--style_scale", "2"], "--style_scale does nothing in --mode invert"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra, match", MODE_FLAGS, ids=[m for _, m in MODE_FLAGS])
+def test_a_flag_that_a_mode_sets_itself_is_refused(command, images, extra, match):
+    """Texture and inversion set their own content, init and (inversion) style terms: a
+    flag for those would be silently overridden, so it is refused."""
+    given = "--style" if "texture" in extra else "--content"
+    out = images / "out.png"
+    result = command(*extra, given, images / "style.png", "--output", out, "--size", "32",
+                     "--steps", "1")  # fmt: skip
+    _one_line_error(result, match)
+    assert not out.exists()
+
+
+def test_an_output_of_a_format_that_cannot_be_saved_is_refused_before_compute(
+    command, images, monkeypatch
+):
+    """``--output x.json`` was taken for a report and checked as one: the run computed
+    every step and then could not save its image."""
+    from nst_jax import jobs
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the run went on to load the weights")
+
+    monkeypatch.setattr(jobs, "load_weights", loaded)
+    args = ["--content", images / "content.png", "--style", images / "style.png"]
+    for output in ("out.json", "out.JSON"):
+        _one_line_error(command(*args, "--output", images / output), "unsupported output format")
 
 
 def test_missing_inputs_and_mode_errors(command, images, tmp_path):

@@ -79,6 +79,8 @@ def columns(
     if not seeds:
         raise ValueError("need at least one seed")
     base = loss.term_weights
+    if ratios and not base.content:
+        raise ValueError("ratios set beta = alpha / r: they need a content weight alpha > 0")
     rows, labels, out_seeds = [], [], []
     for ratio, tv, seed in itertools.product(ratios or [None], tv_weights or [None], seeds):
         w = base._replace(
