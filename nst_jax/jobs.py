@@ -280,7 +280,8 @@ def run_files(job: Job, mode: str) -> Report:
         ]
         interrupted, failure = result.interrupted or late_stop, result.failure
         shape = result.images.shape[2:4]
-        summary = f"saved {output} ({len(rows)}x{len(cols.labels)} grid)"
+        drawn = "x".join(map(str, sweeps.drawn_shape(result)))
+        summary = f"saved {output} ({drawn} grid)"
     else:
         config = dataclasses.replace(rows[0][1], steps=steps[-1])
 

@@ -583,7 +583,9 @@ def test_invert_sweep_writes_a_labelled_grid(command, images, tmp_path, real_wei
         "cols": ["seed 0", "seed 1"],
         "done": 2,
     }
-    layout = nst_jax.grid.grid_layout((24, 32), 2, 2, ["conv1_1", "pool1"])
+    layout = nst_jax.grid.grid_layout(
+        (24, 32), 2, 2, ["conv1_1", "pool1"], col_labels=["seed 0", "seed 1"]
+    )
     assert np.asarray(Image.open(out)).shape == (*layout.shape, 3)
     data = json.loads(report.read_text())
     assert [run["label"] for run in data["runs"]] == ["conv1_1", "pool1"]
@@ -600,9 +602,11 @@ def test_texture_layer_sets_and_ratio_sweep(command, images, tmp_path, real_weig
         "conv1_1;conv1_1,conv2_1", "--size", "32", "--steps", "2", "--output", out,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    # One column of rows is written as one labelled row.
-    assert nst_jax.read_settings(out)["grid"]["rows"] == ["conv1_1", "conv1_1+2_1"]
-    layout = nst_jax.grid.grid_layout((32, 32), 1, 2)
+    # One column of rows is written as one labelled row, and reported as that.
+    labels = ["conv1_1", "conv1_1+2_1"]
+    assert nst_jax.read_settings(out)["grid"]["rows"] == labels
+    assert f"saved {out} (1x2 grid)" in result.stderr
+    layout = nst_jax.grid.grid_layout((32, 32), 1, 2, col_labels=labels)
     assert np.asarray(Image.open(out)).shape == (*layout.shape, 3)
     out = tmp_path / "ratios.png"
     result = command(

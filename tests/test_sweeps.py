@@ -129,6 +129,57 @@ def test_grid_layout_and_labels(rng):
         nst_jax.labelled_grid(tiles, ["a"], rows)
 
 
+LONG_LABEL = "conv1_1+2_1+3_1+4_1+5_1"  # 178 px at the full 13 px.
+
+
+@pytest.mark.parametrize("w", [160, 96, 48])
+def test_column_labels_stay_over_their_own_tiles(rng, w):
+    """A label wider than its tile is drawn inside its column: nothing over a neighbour's
+    label or past the canvas, and the same wherever it stands."""
+    h = 12
+
+    def band(labels):
+        grid = nst_jax.labelled_grid(rng.random((1, len(labels), h, w, 3)), labels)
+        return grid[: grid.shape[0] - h].min(axis=-1) < 0.99  # Ink above the tiles.
+
+    lefts = [left for _, left in grid_layout((h, w), 1, 3).boxes[0]]
+    for c in range(3):  # Alone over column c of three.
+        ink = band([LONG_LABEL if i == c else "" for i in range(3)])
+        assert ink[:, lefts[c] : lefts[c] + w].any()
+        outside = np.ones(ink.shape[1], bool)
+        outside[lefts[c] : lefts[c] + w] = False
+        stray = np.flatnonzero(outside & ink.any(axis=0))
+        assert not stray.size, f"label over column {c} has ink at x = {stray}"
+    # In the last column it is not cut by the canvas's edge: the same ink as with a column
+    # to spare, and none over the spare one.
+    last, spare = band(["", LONG_LABEL]), band(["", LONG_LABEL, ""])
+    np.testing.assert_array_equal(last, spare[:, : last.shape[1]])
+    assert not spare[:, last.shape[1] :].any()
+
+
+def test_fit_labels_shrinks_then_wraps_then_elides():
+    grid = nst_jax.grid
+    full, floor = grid.GRID_FONT_SIZE, grid.GRID_MIN_FONT_SIZE
+    # Labels that fit keep the full size, one line each, in a band of one line.
+    assert grid.fit_labels(["a", "bb"], 40) == (full, (("a",), ("bb",)))
+    assert grid_layout((12, 40), 1, 2, col_labels=["a", "bb"]).boxes[0][0][0] == GRID_LABEL_HEIGHT
+    # One size for all: the largest at which the widest fits on one line.
+    size, lines = grid.fit_labels(["a", LONG_LABEL], 158)
+    assert floor <= size < full and lines == (("a",), (LONG_LABEL,))
+    # Too wide on one line even at the floor: two lines, broken after a "+", at the
+    # largest size they fit, in a band a line taller.
+    size, lines = grid.fit_labels(["a", LONG_LABEL], 94)
+    assert size >= floor and lines[1] == ("conv1_1+2_1+", "3_1+4_1+5_1")
+    band = grid_layout((12, 96), 1, 2, col_labels=["a", LONG_LABEL]).boxes[0][0][0]
+    assert band == GRID_LABEL_HEIGHT + sum(grid._font(size).getmetrics())
+    # Too wide on two: one line, both ends kept around an ellipsis.
+    size, ((line,),) = grid.fit_labels([LONG_LABEL], 46)
+    assert size == floor and line.startswith("conv") and line.endswith("5_1") and "…" in line
+    assert grid._text_width(line, size) <= 46
+    with pytest.raises(ValueError, match="column labels"):
+        grid_layout((12, 40), 1, 2, col_labels=["a"])
+
+
 def test_run_grid_inversion_rows_loss_falls(small_weights, picture, monkeypatch):
     config = _small(steps=6)
     rows = sweeps.inversion_rows(config, ["conv1_1", "pool3"])

@@ -199,12 +199,23 @@ def run_grid(
     )
 
 
-def grid_image(grid: Grid) -> np.ndarray:
-    """The grid as one labelled ``[H, W, 3]`` image; a single column is laid out as a row."""
+def _as_drawn(grid: Grid) -> tuple[np.ndarray, list[str], list[str] | None]:
+    """Tiles ``[R, C, H, W, 3]``, column and row labels as drawn: a single column as a row."""
     tiles, cols, rows = grid.images, grid.col_labels, grid.row_labels
     if len(cols) == 1:
         tiles, cols, rows = tiles.swapaxes(0, 1), rows, [""]
-    return labelled_grid(tiles, cols, rows if any(rows) else None)
+    return tiles, cols, rows if any(rows) else None
+
+
+def grid_image(grid: Grid) -> np.ndarray:
+    """The grid as one labelled ``[H, W, 3]`` image; a single column is laid out as a row."""
+    return labelled_grid(*_as_drawn(grid))
+
+
+def drawn_shape(grid: Grid) -> tuple[int, int]:
+    """``(rows, columns)`` of tiles in ``grid_image``: ``(1, R)`` for a single column."""
+    rows, cols = _as_drawn(grid)[0].shape[:2]
+    return rows, cols
 
 
 def tile_losses(grid: Grid) -> list[dict]:
