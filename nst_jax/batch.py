@@ -41,7 +41,7 @@ from nst_jax.progress import progress_bar
 from nst_jax.solve.placement import Placement, failing_together, mesh_of, raise_together
 from nst_jax.solve.solver import HISTORY_KEYS, term_weights_of
 from nst_jax.tasks import policy
-from nst_jax.tasks.pyramid import scaled_styles, style_scales
+from nst_jax.tasks.pyramid import check_styles, scaled_styles, style_scales
 from nst_jax.tasks.stylize import MIN_SIDE, check_batch_weights, check_image, pixels, run
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
@@ -249,6 +249,7 @@ def stylize_many(
     )
     if config.preserve_color != "none":
         raise ValueError("preserve_color works one content at a time, not on a batch")
+    scales = style_scales(style_scale, len(styles))
     columns = 1 if blends is None else len(blends)
     if blends is not None:
         blends = np.asarray(blends, np.float32)
@@ -310,11 +311,13 @@ def stylize_many(
             # memory refusal) stops them all too.
             halt = halt or (stop is not None and stop()) or signals.requested()
             plan, error = None, None
+            side = max(batch.shape)
             try:
                 plan = policy.plan(
                     config, batch.shape,
                     share if jax.default_backend() == "cpu" else share // local, widths=widths,
                 )  # fmt: skip
+                check_styles(plan, config, styles, side, scales)
             except ValueError as e:
                 error = e
             started = k + 1
@@ -337,8 +340,7 @@ def stylize_many(
                 content.append(
                     image if image is not None else np.zeros((*batch.shape, 3), np.float32)
                 )
-            side = max(batch.shape)
-            level_styles = scaled_styles(styles, side, style_scales(style_scale, len(styles)))
+            level_styles = scaled_styles(styles, side, scales)
             seeds = [config.seed + (e.index if e is not None else 0) for e in batch.elements]
             mixes = None
             if blends is not None:

@@ -345,7 +345,9 @@ def _exit_code(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return OS_ERROR
     except jax.errors.JaxRuntimeError as e:  # What the memory plan could not foresee.
-        if "RESOURCE_EXHAUSTED" not in str(e):
+        # XLA:CPU reports an allocation that fails as INTERNAL, "Out of memory allocating
+        # N bytes"; accelerators as RESOURCE_EXHAUSTED.
+        if not any(why in str(e) for why in ("RESOURCE_EXHAUSTED", "Out of memory")):
             raise  # A bug: its traceback is what to report.
         first = str(e).strip().splitlines()[0]
         print(f"error: out of device memory ({first}); {_needs_less()} needs less",

@@ -37,7 +37,13 @@ from nst_jax.records import check_outputs, report_data, run_record, snapshot_pat
 from nst_jax.signals import stopped_during
 from nst_jax.tasks import sweeps
 from nst_jax.tasks.invert import INVERSION_LOSS
-from nst_jax.tasks.pyramid import pyramid_sizes, scaled_side, style_scales, stylize_pyramid
+from nst_jax.tasks.pyramid import (
+    pyramid_sizes,
+    scaled_shape,
+    scaled_side,
+    style_scales,
+    stylize_pyramid,
+)
 from nst_jax.tasks.stylize import check_image
 from nst_jax.tasks.texture import texture_config
 from nst_jax.version import __version__
@@ -315,7 +321,7 @@ def run_files(job: Job, mode: str) -> Report:
             f"{last.final[term]:.4g})"
         )
     style_shapes = [
-        resized_shape(s.shape[:2], scaled_side(sizes[-1], k, s.shape[:2]))
+        scaled_shape(s.shape[:2], sizes[-1], k)
         for s, k in zip(styles, scales, strict=True)
         if mode != "invert"
     ]

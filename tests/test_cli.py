@@ -9,13 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 import nst_jax
+import nst_jax.tasks.pyramid
 from nst_jax import cli
 
+from .conftest import SMALL_WIDTHS
 from .test_image import png_header
 from .test_weights import fake_params
 
@@ -242,6 +245,52 @@ def test_an_output_of_a_format_that_cannot_be_saved_is_refused_before_compute(
         _one_line_error(command(*args, "--output", images / output), "unsupported output format")
 
 
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory):
+    """A small random VGG19 as a weights file, for jobs whose network's size does not
+    matter."""
+    params = jax.tree.map(np.asarray, nst_jax.init_params(jax.random.key(0), widths=SMALL_WIDTHS))
+    path = tmp_path_factory.mktemp("weights") / "small.npz"
+    return nst_jax.nets.weights.save_npz(path, params, nst_jax.CAFFE, "small")
+
+
+STYLE_TOO_LARGE = {
+    "one run": ["--content", "{d}/content.png", "--output", "{o}/out.png"],
+    "grid": ["--content", "{d}/content.png", "--output", "{o}/out.png", "--inits", "2",
+             "--init", "noise"],
+    "texture": ["--mode", "texture", "--output", "{o}/out.png"],
+    "folder job": ["--content", "{o}/photos", "--output_dir", "{o}/styled"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", STYLE_TOO_LARGE.values(), ids=STYLE_TOO_LARGE.keys())
+def test_a_style_too_large_for_memory_is_refused_before_it_is_resized(
+    command, images, small_npz, tmp_path, monkeypatch, extra
+):
+    """A --style_scale whose style's pass won't fit gets one line naming it and exit 2,
+    as a --size too large does (``BAD_INPUTS``), before the style is resized (it was
+    resized, then its pass failed to allocate, with a traceback)."""
+    monkeypatch.setattr(nst_jax.memory, "available_bytes", lambda device=None: 64 * 2**20)
+    resize = nst_jax.image.resize
+
+    def small_only(image, shape):
+        assert shape[0] * shape[1] <= 10**6, f"resized to {shape[1]}x{shape[0]}"
+        return resize(image, shape)
+
+    for module in (nst_jax.image, nst_jax.tasks.pyramid):
+        monkeypatch.setattr(module, "resize", small_only)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "content.png").write_bytes((images / "content.png").read_bytes())
+    result = command(
+        "--style", images / "style.png", "--size", "32", "--style_scale", "100",
+        "--steps", "1", "--weights", small_npz,
+        *[e.format(d=images, o=tmp_path) for e in extra],
+    )  # fmt: skip
+    _one_line_error(result, "the style's pass (--style_scale 100 x --size 32) will not fit")
+    assert result.stderr.strip().endswith("; lower --style_scale"), result.stderr
+    assert not (tmp_path / "out.png").exists() and not list(tmp_path.glob("styled/*.png"))
+
+
 def test_missing_inputs_and_mode_errors(command, images, tmp_path):
     out = tmp_path / "x.png"
     _one_line_error(command("--output", out), "give --content and --style, or --demo")
@@ -343,8 +392,6 @@ def test_running_out_of_device_memory_is_one_line_and_other_jax_errors_keep_thei
 ):
     """An allocation the memory plan did not foresee fails in a step: one line, exit 1.
     Any other error from inside JAX is a bug, and keeps its traceback."""
-    import jax
-
     from nst_jax.solve import driver
 
     compile_run = driver.programs.compile_run
@@ -367,6 +414,12 @@ def test_running_out_of_device_memory_is_one_line_and_other_jax_errors_keep_thei
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: out of device memory (RESOURCE_EXHAUSTED")
     assert lines[0].endswith("; a smaller --size, or --remat needs less")  # Not a folder's.
+    # XLA:CPU's word for it (a style's pass of 73 GiB, say).
+    message = "INTERNAL: Error dispatching computation: Out of memory allocating 78649491520 bytes."
+    result = command(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: out of device memory (INTERNAL: Error dispatching")
     message = "INTERNAL: a bug"
     with pytest.raises(jax.errors.JaxRuntimeError, match="a bug"):
         command(*args)

@@ -51,3 +51,26 @@ def test_a_folder_jobs_default_batch_surely_fits(monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda: int(3 * one / 0.9) + 1)
     policy.plan(config, shape, 4)  # Not refused at 4 (2.2 of the 3 that fit),
     assert batch._default_batch(config, [shape] * 8, 1, 1, memory.WIDTHS, None) == 3  # but 3.
+
+
+def test_a_styles_pass_is_refused_by_xlas_figure_not_the_steps_estimate(monkeypatch):
+    """A style's pass holds no gradients: where the step's estimate at the style's shape
+    won't fit but XLA's figure for the pass does, the style runs; below that figure it
+    is refused, naming --style_scale."""
+    from nst_jax.solve import programs
+
+    from .conftest import SMALL_WIDTHS
+
+    config = Config(net=NetConfig(convolution="direct"))
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 2**40)
+    plan = policy.plan(config, (24, 32), widths=SMALL_WIDTHS)
+    shape = (192, 256)
+    step = memory.estimate_bytes(shape, config.loss, plan.net, widths=SMALL_WIDTHS)
+    network = policy._shapes_only(plan.net, SMALL_WIDTHS)
+    xla = memory.analysis_bytes(programs.style_memory(network, shape, config, output=plan.shape))
+    assert step > 3 * xla, (step, xla)  # 5.8x here.
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: int(1.5 * xla / 0.9))
+    plan.check_style(config, shape, scale=8, size=32)  # Even SURELY of the step's won't fit.
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: int(0.8 * xla / 0.9))
+    with pytest.raises(ValueError, match=r"\(--style_scale 8 x --size 32\) will not fit: 256x192"):
+        plan.check_style(config, shape, scale=8, size=32)

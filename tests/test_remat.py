@@ -11,7 +11,8 @@ import pytest
 import nst_jax
 from nst_jax import Config, LossConfig, NetConfig, losses, memory, solve
 from nst_jax.nets import conv, remat
-from nst_jax.nets.vgg import BLOCKS, pool2x2
+from nst_jax.nets.vgg import BLOCKS, WIDTHS, pool2x2
+from nst_jax.tasks import policy
 
 from .conftest import SMALL_WIDTHS
 
@@ -139,9 +140,7 @@ def test_features_equal_the_network_with_prepared_params(
 
 def full_network(convolution="direct", remat=False):
     """The full-size VGG19, as shapes only: compiling needs no memory for its weights."""
-    net = NetConfig(convolution=convolution, remat=remat)
-    weights = lambda: nst_jax.Weights(nst_jax.init_params(jax.random.key(0)), nst_jax.CAFFE, "")  # noqa: E731
-    return jax.eval_shape(lambda: nst_jax.prepare(weights(), net))
+    return policy._shapes_only(NetConfig(convolution=convolution, remat=remat), WIDTHS)
 
 
 def _step_bytes(shape, loss, remat):

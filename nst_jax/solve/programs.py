@@ -2,8 +2,9 @@
 
 ``compile_step`` compiles the step every run takes, ``jax.vmap``-ed over a batch (a
 single run is a batch of one), with the state donated; the host driver, the memory
-checks (``step_memory``), the GPU lowering test (``lower_step``) and ``benchmarks/`` all
-get it from here, so what they measure is what runs.
+checks (``step_memory``, and ``style_memory`` for a style's pass), the GPU lowering test
+(``lower_step``) and ``benchmarks/`` all get it from here, so what they measure is what
+runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nst_jax import objective
 from nst_jax.config import Config
 from nst_jax.nets.network import Network
 from nst_jax.objective import Terms
@@ -248,6 +250,18 @@ def step_memory(network: Network, shape: tuple[int, int], config: Config, *, bat
     needed for the activations, so any size can be asked about. Returns
     ``compiled.memory_analysis()``, None where a backend has none."""
     return lower_step(network, shape, config, batch=batch).compile().memory_analysis()
+
+
+def style_memory(
+    network: Network, shape: tuple[int, int], config: Config, *, output: tuple[int, int]
+):
+    """XLA's memory analysis of a style's pass at ``shape`` = (H, W): the statistics a
+    run whose output is ``output`` = (H, W) takes of it, compiled from shapes alone, as
+    ``step_memory``. Returns ``compiled.memory_analysis()``, None where a backend has
+    none."""
+    style = jax.ShapeDtypeStruct((*shape, 3), jnp.float32)
+    targets = jit(lambda n, s: objective.style_targets(n, s, config.loss, shape=output), once=True)
+    return targets.lower(network, style).compile().memory_analysis()
 
 
 def cache_folder() -> Path:

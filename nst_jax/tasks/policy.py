@@ -1,7 +1,8 @@
 """Decisions a run makes once, from where it runs: the convolution algorithm behind
 ``"auto"``, and whether the step fits in memory (``memory.py``).
 
-``plan`` decides both before anything is resized or compiled; ``fits_compiled`` checks
+``plan`` decides both before anything is resized or compiled, and ``Plan.check_style``
+whether a style's own pass fits before the style is resized; ``fits_compiled`` checks
 XLA's own figure once the step is compiled, before any compute.
 """
 
@@ -16,8 +17,9 @@ import jax
 from nst_jax import memory
 from nst_jax.config import Config
 from nst_jax.nets.network import NetConfig, Network, prepare
-from nst_jax.nets.vgg import WIDTHS
-from nst_jax.nets.weights import Weights
+from nst_jax.nets.vgg import WIDTHS, init_params
+from nst_jax.nets.weights import CAFFE, Weights
+from nst_jax.solve import programs
 
 # "auto" uses Winograd from this short side on: below it, the seconds Winograd adds to
 # compiling outweigh what a few hundred steps save (``benchmarks/step.py``).
@@ -66,6 +68,48 @@ class Plan(NamedTuple):
             memory.check_compiled(compiled, self.shape, self.batch, lean=lean)
 
         return check
+
+    def check_style(self, config: Config, shape: tuple[int, int], *, scale: float, size: int):
+        """Refuses a style whose pass at ``shape`` = (H, W), ``scale`` times an output of
+        longest side ``size``, won't fit, before the style is resized to that.
+
+        A run takes a style's statistics from a pass of its network over the style at
+        the style's own shape, which the step's checks (at the content's) do not cover.
+        The pass holds no gradients nor optimiser: the step's estimate at its shape errs
+        4-8x high for it (``memory.SURELY`` of it would refuse passes that fit). Where
+        even that estimate fits, so does the pass; elsewhere XLA's own figure for the
+        pass, compiled from shapes (no memory, about half a second), decides.
+
+        Raises:
+          ValueError: it won't fit; the message names ``--style_scale``.
+        """
+        shape = (int(shape[0]), int(shape[1]))
+        need = memory.estimate_bytes(shape, config.loss, self.net, widths=self.widths)
+        if memory.fits(need):
+            return
+        network = _shapes_only(self.net, self.widths)
+        analysis = programs.style_memory(network, shape, config, output=self.shape)
+        sure = memory.SURELY  # Without XLA's figure, what surely won't fit.
+        if analysis is not None:
+            need, sure = memory.analysis_bytes(analysis), 1.0
+        try:
+            memory.check(need, shape, sure=sure)
+        except ValueError as e:  # Its message names a --size for the style's side.
+            need = str(e).split("; the largest size")[0]
+            raise ValueError(
+                f"the style's pass (--style_scale {scale:g} x --size {size}) will not fit:"
+                f" {need}; lower --style_scale"
+            ) from None
+
+
+def _shapes_only(net: NetConfig, widths: Sequence[int]) -> Network:
+    """The network ``net`` runs with VGG19's topology at ``widths``, as shapes only:
+    compiling with it needs no memory for its weights."""
+
+    def network():
+        return prepare(Weights(init_params(jax.random.key(0), widths=widths), CAFFE, ""), net)
+
+    return jax.eval_shape(network)
 
 
 def plan(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from nst_jax.config import Config
-from nst_jax.image import resize, resize_longest, resize_mask, resized_shape
+from nst_jax.image import resize, resize_mask, resized_shape
 from nst_jax.nets.vgg import WIDTHS, widths_of
 from nst_jax.nets.weights import Weights, load_weights
 from nst_jax.objective import Terms
@@ -62,14 +62,32 @@ def scaled_side(size: int, scale: float, shape: tuple[int, int] | None = None) -
     return side
 
 
+def scaled_shape(shape: tuple[int, int], size: int, scale: float) -> tuple[int, int]:
+    """The (H, W) a style of ``shape`` runs at, for an output of longest side ``size``:
+    its longest side at its ``scaled_side``."""
+    return resized_shape(shape, scaled_side(size, scale, shape))
+
+
 def scaled_styles(
     styles: Sequence[np.ndarray], size: int, scales: Sequence[float]
 ) -> tuple[np.ndarray, ...]:
-    """Each style resized to its ``scaled_side``."""
+    """Each style resized to its ``scaled_shape``."""
     return tuple(
-        resize_longest(s, scaled_side(size, k, s.shape[:2]))
-        for s, k in zip(styles, scales, strict=True)
+        resize(s, scaled_shape(s.shape[:2], size, k)) for s, k in zip(styles, scales, strict=True)
     )
+
+
+def check_styles(
+    plan: policy.Plan,
+    config: Config,
+    styles: Sequence[np.ndarray],
+    size: int,
+    scales: Sequence[float],
+) -> None:
+    """Refuses, before any is resized, a style whose pass at its ``scaled_shape`` won't
+    fit in the run ``plan`` plans (``Plan.check_style``)."""
+    for s, k in zip(styles, scales, strict=True):
+        plan.check_style(config, scaled_shape(s.shape[:2], size, k), scale=k, size=size)
 
 
 def stylize_pyramid(
@@ -95,7 +113,8 @@ def stylize_pyramid(
     side, each style to ``style_scale`` times it (``scaled_styles``), the masks and the
     start image like the content. Level 0 starts as ``config.init`` says (or from
     ``init_image``); each later level starts from the previous result, upsampled. Each
-    level's memory is checked before anything is resized for it.
+    level's memory, the styles' passes included, is checked before anything is resized
+    for it.
 
     Args:
       content: ``[H, W, 3]`` at any resolution.
@@ -126,6 +145,7 @@ def stylize_pyramid(
             shape = resized_shape(content.shape[:2], size)
             level_config = dataclasses.replace(config, steps=n)
             plan = policy.plan(level_config, shape, widths=widths)  # Before resizing.
+            check_styles(plan, level_config, styles, size, scales)
             weights = weights or load_weights(progress=bool(progress))
             start = results[-1].image if results else init_image
             masks = None

@@ -26,7 +26,7 @@ from nst_jax.progress import named
 from nst_jax.solve.driver import Result
 from nst_jax.tasks import policy
 from nst_jax.tasks.invert import invert_config
-from nst_jax.tasks.pyramid import scaled_styles, style_scales
+from nst_jax.tasks.pyramid import check_styles, scaled_styles, style_scales
 from nst_jax.tasks.stylize import _styles, run
 from nst_jax.tasks.texture import texture_config
 
@@ -136,7 +136,8 @@ def run_grid(
 ) -> Grid:
     """Runs each row's config as one batched program over ``cols``.
 
-    Every row's memory is checked before anything runs or is resized.
+    Every row's memory, and its styles' passes, are checked before anything runs or is
+    resized.
 
     Args:
       rows: ``(label, config)`` per row.
@@ -152,10 +153,14 @@ def run_grid(
     widths = WIDTHS if weights is None else widths_of(weights.params)
     b = len(cols.labels)
     plans = [policy.plan(config, shape, b, widths=widths) for _, config in rows]
+    if size is not None:
+        scales = style_scales(style_scale, len(styles))
+        for (_, config), plan in zip(rows, plans, strict=True):
+            check_styles(plan, config, styles, size, scales)
     weights = weights or load_weights(progress=bool(progress))
     if size is not None:
         content = resize(content, shape)
-        styles = scaled_styles(styles, size, style_scales(style_scale, len(styles)))
+        styles = scaled_styles(styles, size, scales)
     init_images = None
     if init_image is not None:
         init_images = np.broadcast_to(resize(init_image, shape), (b, *shape, 3))

@@ -236,8 +236,8 @@ def compile_step(network, style, state, photos, config, *, placement: Placement 
 
 def memory_plan(config: TrainConfig, weights: Weights) -> policy.Plan:
     """The plan of a training step at ``config``'s size and batch (``policy.plan``),
-    once the style's own pass at its scale is known to fit too: cheap, and asked before
-    anything is resized.
+    once the style's own pass at its scale is known to fit too (``Plan.check_style``):
+    asked before anything is resized.
 
     Raises:
       ValueError: either will not fit in the free memory.
@@ -245,14 +245,7 @@ def memory_plan(config: TrainConfig, weights: Weights) -> policy.Plan:
     run_config, widths = Config(loss=config.loss, net=config.net), widths_of(weights.params)
     step = policy.plan(run_config, (config.size,) * 2, config.batch_size, widths=widths)
     side = max(16, round(config.size * config.style_scale))
-    try:
-        policy.plan(run_config, (side, side), 1, widths=widths)
-    except ValueError as e:  # Its message names a --size for the style's side.
-        need = str(e).split("; the largest size")[0]
-        raise ValueError(
-            f"the style's pass at {side} px a side (--style_scale {config.style_scale:g} x"
-            f" --size {config.size}) will not fit: {need}; lower --style_scale"
-        ) from None
+    step.check_style(run_config, (side, side), scale=config.style_scale, size=config.size)
     return step
 
 
