@@ -44,7 +44,7 @@ from nst_jax.tasks.pyramid import (
     style_scales,
     stylize_pyramid,
 )
-from nst_jax.tasks.stylize import check_image
+from nst_jax.tasks.stylize import check_shape
 from nst_jax.tasks.texture import texture_config
 from nst_jax.version import __version__
 
@@ -224,7 +224,7 @@ def run_files(job: Job, mode: str) -> Report:
         ]
     if mode == "texture":  # A blank canvas of the style's shape: only the shape counts.
         content = np.zeros((*styles[0].shape[:2], 3), np.float32)
-        check_image("texture", np.zeros((*resized_shape(content.shape[:2], sizes[0]), 3)))
+        check_shape("texture", (*resized_shape(content.shape[:2], sizes[0]), 3))
     elif inputs.content:
         content = load_image(inputs.content, at_least=size)
     else:

@@ -59,10 +59,7 @@ def check_image(name: str, x: np.ndarray | None) -> None:
     here: the run reports them as its failure."""
     if x is None:
         return
-    if x.ndim != 3 or x.shape[-1] != 3:
-        raise ValueError(f"{name} must be [H, W, 3] RGB, got shape {x.shape}")
-    if min(x.shape[:2]) < MIN_SIDE:
-        raise ValueError(f"{name} is {x.shape[1]}x{x.shape[0]}; need at least {MIN_SIDE} px a side")
+    check_shape(name, x.shape)
     # Another scale (0-255, -1 to 1, centred on 0) is refused; a resampler's overshoot,
     # a few hundredths, is not.
     finite = x[np.isfinite(x)]
@@ -70,6 +67,15 @@ def check_image(name: str, x: np.ndarray | None) -> None:
         raise ValueError(
             f"{name} must be in [0, 1], got values from {finite.min():.4g} to {finite.max():.4g}"
         )
+
+
+def check_shape(name: str, shape: tuple[int, ...]) -> None:
+    """``check_image``'s test of the shape alone: for an image that is not made yet (a
+    blank canvas, whose pixels need not be)."""
+    if len(shape) != 3 or shape[-1] != 3:
+        raise ValueError(f"{name} must be [H, W, 3] RGB, got shape {tuple(shape)}")
+    if min(shape[:2]) < MIN_SIDE:
+        raise ValueError(f"{name} is {shape[1]}x{shape[0]}; need at least {MIN_SIDE} px a side")
 
 
 def check_batch_weights(term_weights: Terms, blends: np.ndarray | None, config, styles: int):
