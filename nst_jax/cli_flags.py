@@ -108,7 +108,12 @@ flags.DEFINE_string(
     "--mode texture: one grid row per set of style layers, SET;SET with SET=L,L, or "
     "'growing' for conv1_1; conv1_1+conv2_1; ... over --style_layers.",
 )
-flags.DEFINE_integer("inits", 1, "Grid columns from this many seeds (--seed, --seed+1, ...).")
+flags.DEFINE_integer(
+    "inits",
+    1,
+    "Grid columns from this many seeds (--seed, --seed+1, ...): a seed varies a noise start "
+    "(--init noise) and sampled kernels; --mode apply: noise draws.",
+)
 flags.DEFINE_list("tv_weights", None, "Grid columns, one per TV weight (lambda_beta sweep).")
 flags.DEFINE_list(
     "ratios", None, "Grid columns, one per content/style ratio alpha/beta (beta = alpha / r)."
@@ -131,7 +136,10 @@ flags.DEFINE_integer(
     "pyramid", 1, "Coarse-to-fine levels, each twice the size of the last, ending at --size."
 )
 flags.DEFINE_integer(
-    "start_size", 0, "Start the coarse-to-fine pyramid at this longest side (overrides --pyramid)."
+    "start_size",
+    0,
+    "Start the coarse-to-fine pyramid at the smallest --size / 2^k that is at least this "
+    "(overrides --pyramid).",
 )
 flags.DEFINE_list("level_steps", None, "Steps per pyramid level, coarse to fine (default --steps).")
 flags.DEFINE_bool(

@@ -98,7 +98,8 @@ class FolderJob:
         blend = self.config.loss.style_blend
         if blend is not None and len(blend) != len(self.styles):
             raise ValueError(
-                f"{len(blend)} --style_blend weights for {len(self.styles)} style images"
+                "--style_blend takes one weight per --style image: "
+                f"{len(blend)} for {len(self.styles)}"
             )
         for blend in self.blends or ():
             if len(blend) != len(self.styles) or any(

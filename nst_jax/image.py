@@ -68,9 +68,7 @@ def _opened(path: Path):
     """The image at ``path``, opened (its header read, nothing decoded), with every
     failure of a corrupt or foreign file as one ``ValueError``."""
     if path.is_dir():
-        raise ValueError(
-            f"{path} is a folder, not an image (a folder of contents takes --output_dir)"
-        )
+        raise ValueError(f"{path} is a folder, not an image")
     if not path.is_file():
         raise ValueError(f"image not found: {path}")
     try:

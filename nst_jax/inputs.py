@@ -48,6 +48,10 @@ class Inputs:
             value = getattr(self, name)
             if value is not None and not str(value).strip():
                 raise ValueError(f"--{name} is empty")
+        if self.content is not None and Path(self.content).is_dir():
+            raise ValueError(
+                f"--content {self.content} is a folder: a folder of contents takes --output_dir"
+            )
 
     def image_files(self) -> list[str]:
         """Every input image named: content, styles, masks, init."""
@@ -67,7 +71,8 @@ def aspect_differs(a: tuple[int, int], b: tuple[int, int]) -> bool:
 def load_masks(inputs: Inputs, n: int, content_shape, headers: dict, size: int):
     """``(content masks at their files' sizes, style masks or None)``, or ``(None, None)``.
 
-    A content mask of another size than the content gets a note (it is resized); a
+    A content mask of another size than the content gets a note (it is resized), and
+    so does a style mask of another aspect ratio than its style (it is stretched); a
     style mask that is all black is refused (its style would have no statistics), and
     a faint one (no pixel above 0.5) gets a warning."""
     if not inputs.content_masks:
@@ -92,13 +97,21 @@ def load_masks(inputs: Inputs, n: int, content_shape, headers: dict, size: int):
                 )
             if mask is not None and mask.max() < 0.5:
                 say(f"warning: style mask {path} is faint (no pixel above 0.5)")
+            style = inputs.styles[i] if i < len(inputs.styles) else None
+            if (
+                mask is not None
+                and style in headers
+                and aspect_differs(headers[path], headers[style])
+            ):
+                (h, w), (sh, sw) = headers[path], headers[style]
+                say(f"note: stretching style mask {path} from {w}x{h} to its style's {sw}x{sh}")
     masks = []
     for path in inputs.content_masks:
+        masks.append(load_mask(path, at_least=size))  # A damaged one fails before its note.
         if headers[path] != tuple(content_shape):
             h, w = headers[path]
             say(
                 f"note: resizing mask {path} from {w}x{h} to the content's "
                 f"{content_shape[1]}x{content_shape[0]}"
             )
-        masks.append(load_mask(path, at_least=size))
     return masks, style_masks

@@ -44,7 +44,7 @@ from nst_jax.tasks.pyramid import (
     style_scales,
     stylize_pyramid,
 )
-from nst_jax.tasks.stylize import check_shape
+from nst_jax.tasks.stylize import MIN_SIDE, check_shape
 from nst_jax.tasks.texture import texture_config
 from nst_jax.version import __version__
 
@@ -111,8 +111,8 @@ class Job:
     ratios: tuple[float, ...] | None = None
 
     def __post_init__(self):
-        if self.size <= 0:
-            raise ValueError(f"--size must be positive, got {self.size}")
+        if self.size < MIN_SIDE:
+            raise ValueError(f"--size must be at least {MIN_SIDE}, got {self.size}")
         if self.seeds < 1:
             raise ValueError(f"--inits must be >= 1, got {self.seeds}")
 
@@ -234,7 +234,9 @@ def run_files(job: Job, mode: str) -> Report:
         styles = [content]
     blend = job.config.loss.style_blend
     if blend is not None and len(blend) != len(styles):
-        raise ValueError(f"{len(blend)} --style_blend weights for {len(styles)} style images")
+        raise ValueError(
+            f"--style_blend takes one weight per --style image: {len(blend)} for {len(styles)}"
+        )
     content_masks, style_masks = load_masks(inputs, len(styles), full, headers, size)
     if content_masks is not None:
         final = resized_shape(content.shape[:2], size)
@@ -258,7 +260,7 @@ def run_files(job: Job, mode: str) -> Report:
         "style_masks": list(inputs.style_masks) or None,
         "style_scale": scales,
         "pyramid_sizes": sizes,
-        "init": inputs.init or job.config.init,
+        "init": inputs.init or rows[0][1].init,  # A texture's and an inversion's: noise.
         "size": job.size,
         "weights": inputs.weights or "default",
         "weights_sha256": weights.sha256,

@@ -338,7 +338,7 @@ def test_folder_flags_that_make_no_sense_are_refused(folder, tmp_path, capsys):
         (["--crop", "8x8"], "--crop must be at least 16x16"),
         (["--size", "8"], "--size must be at least 16"),
         (["--style_scale", "0"], "style_scale needs one positive value"),
-        (["--style_blend", "1,2,3"], "3 --style_blend weights for 2 style images"),
+        (["--style_blend", "1,2,3"], "one weight per --style image: 3 for 2"),
         (["--batch_size", "3", "--devices", "1"], None),
     ]:
         code, err = _cli(capsys, *_job(folder, out, *extra))

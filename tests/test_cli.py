@@ -108,7 +108,8 @@ BAD_INPUTS = [
     (["--lr_half_life=nan"], "lr_half_life must be a finite number >= 0"),
     (["--stop_window=0"], "stop_window must be >= 1"),
     (["--style_layer_weights", "1,2"], "2 style layer weights for 5"),
-    (["--size=-5"], "--size must be positive"),
+    (["--size=-5"], "--size must be at least 16"),
+    (["--size=8"], "--size must be at least 16, got 8"),
     (["--steps=-1"], "steps must be >= 0"),
     (["--steps=abc"], "steps"),
     (["--optimizer=sgd"], "optimizer"),
@@ -126,7 +127,8 @@ BAD_INPUTS = [
     (["--report", "{d}/r.json"], "--report: output path is a folder"),
     (["--output", "{d}/loop.png"], "output path is a symbolic link loop"),
     (["--content", "{d}/loop.png"], "image not found"),
-    (["--style", "{d}"], "is a folder, not an image (a folder of contents takes --output_dir)"),
+    (["--style", "{d}"], "is a folder, not an image"),
+    (["--content", "{d}"], "is a folder: a folder of contents takes --output_dir"),
     (["--style", "{d}/loop.png"], "image not found"),
     (["--output", "{d}/dangling.png"], "--output: output folder does not exist"),
     (
@@ -164,7 +166,7 @@ BAD_INPUTS = [
     (["--save_every=2", "--inits=2", "--init", "noise"], "--save_every is for single runs"),
     (["--content_masks", "{d}/mask.png,{d}/mask.png"], "2 --content_masks for 1 styles"),
     (["--style_masks", "{d}/mask.png"], "--style_masks needs --content_masks"),
-    (["--style_blend", "1,2"], "2 --style_blend weights for 1 style images"),
+    (["--style_blend", "1,2"], "one weight per --style image: 2 for 1"),
     (["--style_scale", "0"], "style_scale needs one positive value"),
     (["--preserve_color", "yes"], "preserve_color"),
     (["--convolution", "fft"], "convolution"),
@@ -640,6 +642,7 @@ def test_texture_mode(command, images, tmp_path, real_weights):
     settings = nst_jax.read_settings(out)
     assert settings["mode"] == "texture" and settings["content"] is None
     assert settings["config"]["loss"]["content_weight"] == 0.0
+    assert settings["init"] == settings["config"]["init"] == "noise"  # Not "content".
 
 
 def test_invert_sweep_writes_a_labelled_grid(command, images, tmp_path, real_weights):
@@ -656,6 +659,7 @@ def test_invert_sweep_writes_a_labelled_grid(command, images, tmp_path, real_wei
         "cols": ["seed 0", "seed 1"],
         "done": 2,
     }
+    assert settings["init"] == "noise"
     layout = nst_jax.grid.grid_layout(
         (24, 32), 2, 2, ["conv1_1", "pool1"], col_labels=["seed 0", "seed 1"]
     )
@@ -759,10 +763,11 @@ def test_masks_blend_colour_and_pyramid(command, images, tmp_path, real_weights)
 
 
 def test_notes_and_warnings_for_what_is_allowed_but_odd(command, images, tmp_path):
-    """A start of another shape is stretched, with a note; a faint style mask (no pixel
-    above 0.5) gets a warning. The run goes on (no steps: no compiling of a step). An
+    """A start of another shape is stretched, with a note, and so is a style mask of
+    another shape than its style's; a faint style mask (no pixel above 0.5) gets a
+    warning. The run goes on (no steps: no compiling of a step). An
     all-black one would leave its style no statistics: refused (``BAD_INPUTS``)."""
-    nst_jax.save_image(tmp_path / "faint.png", np.full((50, 50, 3), 0.3, np.float32))
+    nst_jax.save_image(tmp_path / "faint.png", np.full((25, 50, 3), 0.3, np.float32))
     result = command(
         "--content", images / "content.png", "--style", images / "style.png",
         "--content_masks", images / "mask.png", "--style_masks", tmp_path / "faint.png",
@@ -772,6 +777,9 @@ def test_notes_and_warnings_for_what_is_allowed_but_odd(command, images, tmp_pat
     assert result.returncode == 0, result.stderr
     assert f"note: stretching --init {images / 'wide.png'} from 80x4" in result.stderr
     assert f"warning: style mask {tmp_path / 'faint.png'} is faint" in result.stderr
+    assert f"stretching style mask {tmp_path / 'faint.png'} from 50x25 to its style's 50x50" in (
+        result.stderr
+    )
 
 
 def test_the_package_runs_as_a_module():

@@ -75,7 +75,10 @@ def check_shape(name: str, shape: tuple[int, ...]) -> None:
     if len(shape) != 3 or shape[-1] != 3:
         raise ValueError(f"{name} must be [H, W, 3] RGB, got shape {tuple(shape)}")
     if min(shape[:2]) < MIN_SIDE:
-        raise ValueError(f"{name} is {shape[1]}x{shape[0]}; need at least {MIN_SIDE} px a side")
+        raise ValueError(
+            f"{name} is {shape[1]}x{shape[0]}; need at least {MIN_SIDE} px a side (a larger"
+            " size, or a less elongated image)"
+        )
 
 
 def check_batch_weights(term_weights: Terms, blends: np.ndarray | None, config, styles: int):
