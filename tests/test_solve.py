@@ -159,6 +159,27 @@ def test_seeds_make_noise_runs_reproducible(small_weights, pair):
     assert solve.programs.compiled_programs == compiled
 
 
+def test_other_term_weights_compile_nothing_and_count(small_weights, pair):
+    """The terms' weights reach the programs as arguments: a loop over β compiles once,
+    and each run optimises its own β (as a run compiled afresh for it does)."""
+    content, style = pair
+
+    def run(**loss):
+        cfg = _config(steps=3, loss=shallow(tv_weight=0.0, **loss))
+        return nst_jax.stylize(content, style, cfg, weights=small_weights, progress=False)
+
+    run(style_weight=1.0, alpha_norm_weight=1.0)
+    compiled = solve.programs.compiled_programs
+    other = run(style_weight=8.0, alpha_norm_weight=3.0, content_weight=0.5)
+    assert solve.programs.compiled_programs == compiled
+    solve.programs._COMPILED.clear()
+    fresh = run(style_weight=8.0, alpha_norm_weight=3.0, content_weight=0.5)
+    assert solve.programs.compiled_programs > compiled
+    np.testing.assert_array_equal(other.image, fresh.image)
+    np.testing.assert_array_equal(other.history["total"], fresh.history["total"])
+    assert not np.allclose(run(style_weight=1.0, alpha_norm_weight=1.0).image, other.image)
+
+
 def test_callback_and_ctrl_c_keep_finished_work(small_weights, pair):
     content, style = pair
     seen = []

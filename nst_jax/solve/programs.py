@@ -135,15 +135,22 @@ def shapes_of(*trees) -> tuple:
     )
 
 
+# ``LossConfig``'s fields that ``Terms`` carries as the programs' arguments.
+TERM_WEIGHTS = ("content_weight", "style_weight", "tv_weight", "alpha_norm_weight")
+
+
 def _signature(config: Config, placement, *trees) -> tuple:
     """What decides a run's programs: the config (its step count and stopping rule, its
     seed and its colour handling aside: no program depends on them, beyond whether there
-    are steps; keys are arguments, colours are the host's), the placement, and every
-    argument's tree, shapes and dtypes."""
+    are steps; keys are arguments, colours are the host's; nor on the terms' weights,
+    beyond which are zero: they are arguments too, ``term_weights``), the placement, and
+    every argument's tree, shapes and dtypes."""
     host_only = dict(
         steps=min(config.steps, 1), stop_tol=0.0, stop_window=1, seed=0, preserve_color="none"
     )
-    return dataclasses.replace(config, **host_only), placement, shapes_of(*trees)
+    weights = {name: float(bool(getattr(config.loss, name))) for name in TERM_WEIGHTS}
+    loss = dataclasses.replace(config.loss, **weights)
+    return dataclasses.replace(config, loss=loss, **host_only), placement, shapes_of(*trees)
 
 
 def memoized(key, build: Callable):
