@@ -315,15 +315,14 @@ READS = {
               "inits", "generator", "norm", "texture_net"),
 }  # fmt: skip
 # What the optimisation modes do not read: the generators' flags, and what each mode
-# sets itself (a texture has no content and starts from noise; an inversion matches one
-# layer, --layer, from noise, with no style).
+# sets itself (a texture has no content; an inversion matches one layer, --layer, with
+# no style). Both start from noise, or from an --init image, not --init content or style.
 FEEDFORWARD_FLAGS = ("model", "train_data", "generator", "norm", "scales", "width",
                      "texture_net", "checkpoint_every")  # fmt: skip
 UNREAD = {
     "stylize": (*FEEDFORWARD_FLAGS, "layer"),
-    "texture": (*FEEDFORWARD_FLAGS, "layer", "init", *CONTENT_FLAGS),
-    "invert": (*FEEDFORWARD_FLAGS, "init", *CONTENT_FLAGS, *STYLE_FLAGS, "style_scale",
-               "style_blend"),
+    "texture": (*FEEDFORWARD_FLAGS, "layer", *CONTENT_FLAGS),
+    "invert": (*FEEDFORWARD_FLAGS, *CONTENT_FLAGS, *STYLE_FLAGS, "style_scale", "style_blend"),
 }  # fmt: skip
 # Flags that one setting makes moot: (flag, whether the setting is on, what it is).
 MOOT = (
@@ -335,7 +334,10 @@ MOOT = (
     ("stop_window", lambda: F.stop_tol == 0, "--stop_tol 0 (no stopping rule)"),
     ("style_weight", lambda: bool(F.ratios), "--ratios (each sets beta = alpha / r)"),
     ("tv_weight", lambda: bool(F.tv_weights), "--tv_weights (one column each)"),
-    ("style_layers", lambda: bool(F.style_layer_sets), "--style_layer_sets (one row each)"),
+    ("style_layers", lambda: (F.style_layer_sets or "growing").strip() != "growing",
+     "--style_layer_sets (one row each; 'growing' takes them)"),
+    ("init", lambda: F.mode != "stylize" and F.init in nst_jax.config.INIT_KINDS,
+     "--mode texture or invert (they start from noise, or from an --init image)"),
     ("style_layer_weights", lambda: bool(F.style_layer_sets),
      "--style_layer_sets (equal weights within a set)"),
     ("stat_layers", lambda: bool(F.style_layer_sets), "--style_layer_sets (one row each)"),

@@ -29,6 +29,7 @@ from nst_jax.image import (
     resized_shape,
     save_image,
 )
+from nst_jax.inputs import check_one_content
 from nst_jax.nets.weights import load_weights
 from nst_jax.progress import say
 from nst_jax.records import check_written
@@ -234,6 +235,7 @@ def apply_files(job: ApplyJob) -> ApplyReport:
     else:
         if job.content is None and not job.demo:
             raise ValueError(f"{job.model_dir} stylises a photo: give --content (or --demo)")
+        check_one_content(job.content)
         content = demo_images()[0] if job.content is None else load_image(job.content)
         if job.size is not None:
             trained.check_outputs(resized_shape(content.shape[:2], job.size), len(job.seeds))

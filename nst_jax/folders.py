@@ -26,6 +26,7 @@ from nst_jax.batch import Element, Outcome, find_contents, stylize_many
 from nst_jax.config import Config
 from nst_jax.hosts import agree
 from nst_jax.image import check_writable, load_image, read_settings, save_image
+from nst_jax.inputs import check_style_blend
 from nst_jax.nets.weights import load_weights
 from nst_jax.progress import say
 from nst_jax.signals import stopped_during
@@ -95,12 +96,7 @@ class FolderJob:
         if not self.styles:
             raise ValueError("a folder job needs --style")
         style_scales(self.style_scale, len(self.styles))
-        blend = self.config.loss.style_blend
-        if blend is not None and len(blend) != len(self.styles):
-            raise ValueError(
-                "--style_blend takes one weight per --style image: "
-                f"{len(blend)} for {len(self.styles)}"
-            )
+        check_style_blend(self.config.loss.style_blend, len(self.styles))
         for blend in self.blends or ():
             if len(blend) != len(self.styles) or any(
                 not (w >= 0 and math.isfinite(w)) for w in blend

@@ -48,10 +48,7 @@ class Inputs:
             value = getattr(self, name)
             if value is not None and not str(value).strip():
                 raise ValueError(f"--{name} is empty")
-        if self.content is not None and Path(self.content).is_dir():
-            raise ValueError(
-                f"--content {self.content} is a folder: a folder of contents takes --output_dir"
-            )
+        check_one_content(self.content)
 
     def image_files(self) -> list[str]:
         """Every input image named: content, styles, masks, init."""
@@ -63,12 +60,28 @@ class Inputs:
         return [Path(p) for p in [*self.image_files(), self.weights] if p]
 
 
+def check_one_content(content: str | None) -> None:
+    """Refuses a folder as the one ``--content`` of a run, pointing to folder jobs."""
+    if content is not None and Path(content).is_dir():
+        raise ValueError(
+            f"--content {content} is a folder: a folder of contents takes --output_dir"
+        )
+
+
+def check_style_blend(blend: Sequence[float] | None, styles: int) -> None:
+    """Refuses a ``--style_blend`` that is not one weight per style image."""
+    if blend is not None and len(blend) != styles:
+        raise ValueError(
+            f"--style_blend takes one weight per --style image: {len(blend)} for {styles}"
+        )
+
+
 def aspect_differs(a: tuple[int, int], b: tuple[int, int]) -> bool:
     """Whether shapes ``a`` and ``b`` (H, W) differ in aspect ratio by more than 1%."""
     return abs(a[0] * b[1] - b[0] * a[1]) > 0.01 * b[0] * a[1]
 
 
-def load_masks(inputs: Inputs, n: int, content_shape, headers: dict, size: int):
+def load_masks(inputs: Inputs, style_shapes, content_shape, headers: dict, size: int):
     """``(content masks at their files' sizes, style masks or None)``, or ``(None, None)``.
 
     A content mask of another size than the content gets a note (it is resized), and
@@ -77,6 +90,7 @@ def load_masks(inputs: Inputs, n: int, content_shape, headers: dict, size: int):
     a faint one (no pixel above 0.5) gets a warning."""
     if not inputs.content_masks:
         return None, None
+    n = len(style_shapes)  # (H, W) of each style, the demo's included.
     if len(inputs.content_masks) != n:
         raise ValueError(
             f"{len(inputs.content_masks)} --content_masks for {n} styles; give one each"
@@ -97,13 +111,8 @@ def load_masks(inputs: Inputs, n: int, content_shape, headers: dict, size: int):
                 )
             if mask is not None and mask.max() < 0.5:
                 say(f"warning: style mask {path} is faint (no pixel above 0.5)")
-            style = inputs.styles[i] if i < len(inputs.styles) else None
-            if (
-                mask is not None
-                and style in headers
-                and aspect_differs(headers[path], headers[style])
-            ):
-                (h, w), (sh, sw) = headers[path], headers[style]
+            if mask is not None and aspect_differs(headers[path], style_shapes[i]):
+                (h, w), (sh, sw) = headers[path], style_shapes[i]
                 say(f"note: stretching style mask {path} from {w}x{h} to its style's {sw}x{sh}")
     masks = []
     for path in inputs.content_masks:

@@ -30,7 +30,7 @@ from nst_jax.image import (
     resized_shape,
     save_image,
 )
-from nst_jax.inputs import Inputs, aspect_differs, load_masks
+from nst_jax.inputs import Inputs, aspect_differs, check_style_blend, load_masks
 from nst_jax.nets.weights import load_weights
 from nst_jax.progress import say
 from nst_jax.records import check_outputs, report_data, run_record, snapshot_path
@@ -232,12 +232,9 @@ def run_files(job: Job, mode: str) -> Report:
     full = headers.get(inputs.content, content.shape[:2])
     if mode == "invert":
         styles = [content]
-    blend = job.config.loss.style_blend
-    if blend is not None and len(blend) != len(styles):
-        raise ValueError(
-            f"--style_blend takes one weight per --style image: {len(blend)} for {len(styles)}"
-        )
-    content_masks, style_masks = load_masks(inputs, len(styles), full, headers, size)
+    check_style_blend(job.config.loss.style_blend, len(styles))
+    shapes = [s.shape[:2] for s in styles]
+    content_masks, style_masks = load_masks(inputs, shapes, full, headers, size)
     if content_masks is not None:
         final = resized_shape(content.shape[:2], size)
         for problem in mask_problems(np.stack([resize_mask(m, final) for m in content_masks])):

@@ -360,14 +360,10 @@ def style_targets(
             else:
                 targets[f"{stat}/{name}"] = jax.tree.map(lambda *ts: jnp.stack(ts), *each)
                 masks[name] = statistics.layer_masks(content_masks, name)
-
-    def scale(key, target):
-        stat = key.partition("/")[0]
-        if content_masks is None:
-            return statistics.scale(stat, target, loss)
-        return jax.vmap(lambda t: statistics.scale(stat, t, loss))(target)  # Each region's.
-
-    scales = {k: scale(k, t) for k, t in targets.items()}
+    scale = functools.partial(statistics.scale, loss=loss)
+    if content_masks is not None:  # Each region's own.
+        scale = jax.vmap(scale, in_axes=(None, 0))
+    scales = {k: scale(k.partition("/")[0], t) for k, t in targets.items()}
     return jax.lax.stop_gradient(StyleTargets(targets, masks, scales))
 
 

@@ -210,7 +210,10 @@ def test_bad_input_gets_one_line_and_exit_2(command, images, extra, match):
 
 MODE_FLAGS = [
     (["--mode", "texture", "--content_weight", "1"], "--content_weight does nothing in --mode"),
-    (["--mode", "texture", "--init", "noise"], "--init does nothing in --mode texture"),
+    (["--mode", "texture", "--init", "noise"], "--init does nothing with --mode texture or"),
+    (["--mode", "invert", "--init", "content"], "--init does nothing with --mode texture or"),
+    (["--mode", "texture", "--style_layer_sets", "conv1_1;conv2_1", "--style_layers", "conv1_1"],
+     "--style_layers does nothing with --style_layer_sets"),
     (["--mode", "texture", "--style_layer_sets", "growing", "--style_layer_weights", "1,1,1,1,1"],
      "--style_layer_weights does nothing with --style_layer_sets"),
     (["--mode", "invert", "--content_layers", "conv1_1"], "(--layer picks the layer)"),
@@ -643,6 +646,17 @@ def test_texture_mode(command, images, tmp_path, real_weights):
     assert settings["mode"] == "texture" and settings["content"] is None
     assert settings["config"]["loss"]["content_weight"] == 0.0
     assert settings["init"] == settings["config"]["init"] == "noise"  # Not "content".
+    # What texture mode does read: an --init image, and the layers "growing" grows over.
+    start = tmp_path / "start.png"
+    result = command(
+        "--mode", "texture", "--style", images / "style.png", "--size", "40", "--steps", "0",
+        "--output", start, "--init", images / "content.png", "--style_layer_sets", "growing",
+        "--style_layers", "conv1_1,conv2_1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    settings = nst_jax.read_settings(start)
+    assert settings["init"] == str(images / "content.png")
+    assert settings["grid"]["rows"] == ["conv1_1", "conv1_1+2_1"]
 
 
 def test_invert_sweep_writes_a_labelled_grid(command, images, tmp_path, real_weights):
@@ -780,6 +794,14 @@ def test_notes_and_warnings_for_what_is_allowed_but_odd(command, images, tmp_pat
     assert f"stretching style mask {tmp_path / 'faint.png'} from 50x25 to its style's 50x50" in (
         result.stderr
     )
+    nst_jax.save_image(tmp_path / "tall.png", np.ones((200, 50, 3), np.float32))
+    result = command(  # The demo's style too, which no file names.
+        "--demo", "--content_masks", images / "mask.png", "--style_masks", tmp_path / "tall.png",
+        "--steps", "0", "--size", "32", "--output", tmp_path / "demo.png",
+        "--style_layers", "conv1_1", "--content_layers", "conv1_2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"stretching style mask {tmp_path / 'tall.png'} from 50x200" in result.stderr
 
 
 def test_the_package_runs_as_a_module():

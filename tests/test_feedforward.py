@@ -806,6 +806,8 @@ def test_train_and_apply_from_the_command_line(files, tmp_path, capsys, monkeypa
           "-1"], "seed must be in [0, 2^31)"),
         (["--mode", "apply", "--model", model, "--content", files / "photo.png", "--inits",
           "0"], "--inits must be >= 1"),
+        (["--mode", "apply", "--model", model, "--content", files, "--output", tmp_path / "o.png"],
+         "a folder of contents takes --output_dir"),
         (["--mode", "apply", "--model", model, "--content", files / "photo.png", "--report",
           tmp_path], "--report must end in .json"),
         # Flags that do nothing in a mode (the colour, the optimiser) are refused.

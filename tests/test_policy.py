@@ -74,3 +74,7 @@ def test_a_styles_pass_is_refused_by_xlas_figure_not_the_steps_estimate(monkeypa
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: int(0.8 * xla / 0.9))
     with pytest.raises(ValueError, match=r"\(--style_scale 8 x --size 32\) will not fit: 256x192"):
         plan.check_style(config, shape, scale=8, size=32)
+    # A mix of styles: each one's pass is checked alone (its blend refused one style).
+    mixed = Config(loss=LossConfig(style_blend=(0.7, 0.3)), net=config.net)
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: int(1.5 * xla / 0.9))
+    plan.check_style(mixed, shape, scale=8, size=32)
