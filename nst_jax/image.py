@@ -152,13 +152,16 @@ def load_image(
     colour files come through Pillow at 8 bits a channel. The size the header claims is
     checked first (``MAX_PIXELS``). With ``at_least``, a JPEG is decoded at the smallest
     of its reduced scales (1/2, 1/4, 1/8) whose longest side is still at least that:
-    only the pixels a run will use are decoded. With ``size``, the longest side is then
-    resized to ``size``.
+    only the pixels a run will use are decoded. With ``size``, the same (``at_least``
+    defaults to it), and the longest side is then resized to ``size``: what a run of the
+    command line at ``--size`` runs on, so that the API and the command line give the
+    same image.
 
     Raises:
       ValueError: the file is missing, unreadable, not an image, or too large.
     """
     path = Path(path)
+    at_least = size if at_least is None else at_least
     with _opened(path) as img, warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")  # Pillow warns, rather than fails, on some damage.
         try:

@@ -214,6 +214,10 @@ def test_large_jpegs_decode_only_the_pixels_needed(tmp_path, rng):
     full = nst_jax.resize(nst_jax.load_image(path), (375, 500))
     assert np.abs(reduced - full).mean() < 0.01
     assert nst_jax.load_image(path, at_least=3000).shape == (1500, 2000, 3)
+    # size= reads as a run at --size does (decoded reduced, then resized), so the API's
+    # load_image(p, size=N) and the command line's --size N start from the same pixels.
+    api = nst_jax.load_image(path, size=300)
+    np.testing.assert_array_equal(api, nst_jax.resize(reduced, (225, 300)))
 
 
 def test_16bit_colour_pngs_come_through_at_8_bits(tmp_path):
