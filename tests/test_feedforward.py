@@ -71,6 +71,10 @@ def test_generators_are_fully_convolutional_and_vmap_like_a_loop(config, rng):
         a, b = (run(x, k) for k in keys[:2])
         c = run(x[::-1], keys[0])
         assert float(jnp.abs(a - b).max()) > 1e-4 and float(jnp.abs(a - c).max()) > 1e-3
+        # One example: a batch is vmap's, and pixels are floats (not a flax shape error).
+        for bad, match in [(x[None], r"\[H, W, 3\] RGB"), ((x * 255).astype(jnp.uint8), "float")]:
+            with pytest.raises(ValueError, match=match):
+                generator.apply(variables, config, bad, keys[0])
 
 
 def test_the_pyramids_downsampling_and_noise(rng):

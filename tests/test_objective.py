@@ -206,6 +206,25 @@ def test_masks_and_blends_are_refused_together(small_net, styles):
         _style(network, (24, 32), list(styles), _loss(), blend=jnp.float32(1.0))
 
 
+def test_the_objective_refuses_what_is_not_one_image(small_net, rng, styles):
+    """A batch, integer pixels or an image too small for a layer are refused, naming the
+    problem, where they failed deep in the network (or a batch passed silently)."""
+    network, loss = small_net(), _loss()
+    image = smooth_image(rng, 24, 32)
+    targets = _targets(network, image, styles[0], loss)
+    for bad, match in [
+        (image[None], r"\[H, W, 3\] RGB \(vmap over a batch\)"),
+        ((image * 255).astype(np.uint8), "float in \\[0, 1\\], got uint8"),
+        (image[:1, :1], r"1x1 leaves conv2_\d empty: it needs 2 px a side"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _terms(network, bad, targets, loss)
+        with pytest.raises(ValueError, match=match):
+            jax.jit(lambda n, c: content_targets(n, c, loss))(network, bad)
+        with pytest.raises(ValueError, match=match):
+            _style(network, (24, 32), bad, loss)
+
+
 def test_style_masks_restrict_the_style(small_net, styles):
     network = small_net()
     half = np.zeros((32, 32), np.float32)

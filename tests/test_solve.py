@@ -64,6 +64,10 @@ def test_vmapped_transfer_equals_the_driver_run(small_weights, rng):
         )
         np.testing.assert_allclose(result.image, batched[0], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(result.history["total"], hist[0, :, 0], rtol=1e-4)
+    # The network runs as prepared: a config asking for another pooling is refused.
+    averaging = nst_jax.prepare(small_weights, NetConfig(pooling="avg", convolution="direct"))
+    with pytest.raises(ValueError, match="prepared with avg pooling, the config asks for max"):
+        nst_jax.transfer(averaging, contents[0], style, cfg, key=keys[0])
 
 
 def _convolutions_outside_branches(jaxpr) -> int:

@@ -274,6 +274,10 @@ def _inputs(config, content, key, shape):
         raise ValueError("this generator stylises a content image: give one")
     if content is not None and config.texture:
         raise ValueError("a texture network takes no content image")
+    if content is not None and (content.ndim != 3 or content.shape[-1] != 3):
+        raise ValueError(f"content must be [H, W, 3] RGB (vmap over a batch), got {content.shape}")
+    if content is not None and not jnp.issubdtype(content.dtype, jnp.floating):
+        raise ValueError(f"content must be float in [0, 1], got {content.dtype} (divide by 255)")
     shape = tuple(content.shape[:2]) if content is not None else tuple(shape)
     return (None if content is None else content[None]), draw_noise(config, key, shape)
 

@@ -20,12 +20,13 @@ import numpy as np
 
 from nst_jax import losses
 from nst_jax.nets import conv, remat
-from nst_jax.nets.vgg import POOLING, VGG19, layer, widths_of
+from nst_jax.nets.vgg import POOLING, VGG19, feature_shape, layer, widths_of
 from nst_jax.nets.weights import Preprocessing, Weights, preprocess
 
 # "auto" is decided per run by the task layer (``tasks.policy``); the rest are
 # ``conv.ALGORITHMS``.
 CONVOLUTIONS = ("auto", *conv.ALGORITHMS)
+MIN_SIDE = 16  # Pixels: smaller images leave VGG's deeper layers empty.
 
 Moments = dict[str, tuple[tuple[str, ...], jax.Array | None]]
 
@@ -107,7 +108,8 @@ class Network:
           ``({layer: [h, w, c]}, {layer: {kind: [(R,) c, ...]}})``.
         """
         moments = moments or {}
-        x = preprocess(image, self.preprocessing)
+        check_image_shape(image, [*layers, *moments])
+        x = preprocess(image.astype(jnp.float32), self.preprocessing)
         if self.remat:
             return remat.features_and_sums(
                 self.params,
@@ -130,6 +132,25 @@ class Network:
     def features(self, image: jax.Array, layers: Sequence[str]) -> dict[str, jax.Array]:
         """Activations ``{layer: [h, w, c]}`` of an RGB image ``[H, W, 3]`` in [0, 1]."""
         return self.features_and_sums(image, layers)[0]
+
+
+def check_image_shape(image: jax.Array, layers: Sequence[str]) -> None:
+    """Refuses, while tracing, what the network cannot take as one image: another rank or
+    channel count (a batch is ``vmap``'s), integer pixels, or a side too small to leave a
+    position at the deepest of ``layers``.
+
+    Raises:
+      ValueError: naming what the image is.
+    """
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"an image must be [H, W, 3] RGB (vmap over a batch), got {image.shape}")
+    if not jnp.issubdtype(image.dtype, jnp.floating):
+        raise ValueError(f"an image must be float in [0, 1], got {image.dtype} (divide by 255)")
+    for name in layers:
+        if min(feature_shape(image.shape[:2], name)) < 1:
+            h, w = image.shape[:2]
+            side = layer(name).stride
+            raise ValueError(f"an image of {w}x{h} leaves {name} empty: it needs {side} px a side")
 
 
 def prepare(weights: Weights, net: NetConfig = NetConfig(convolution="direct")) -> Network:

@@ -3,7 +3,7 @@
 ``setup`` makes the targets and the starting ``State``, ``step`` takes one optimiser step,
 ``transfer`` runs every step in one ``lax.scan``. All are pure, jittable and vmappable
 (``jax.vmap`` over contents, keys, term weights or style mixes); the host driver
-(``driver.py``) vmaps and compiles them at one point (``compile.py``).
+(``driver.py``) vmaps and compiles them at one point (``programs.py``).
 """
 
 from __future__ import annotations
@@ -265,9 +265,11 @@ def transfer(
     """Stylises one content image: pure, jittable and vmappable.
 
     ``config`` is static (hashable); the network runs as it was prepared
-    (``nets.prepare``). To stylise a batch, ``jax.vmap`` over ``content``, ``key`` or
-    ``term_weights``; the compiled program runs every image in lock step. Compile with
-    ``solve.jit`` for this package's compiler options.
+    (``nets.prepare``), so ``config.net`` is not read, and a pooling other than the
+    network's is refused. It runs ``config.steps`` steps: the stopping rule
+    (``stop_tol``) is the host driver's (``stylize``). To stylise a batch, ``jax.vmap``
+    over ``content``, ``key`` or ``term_weights``; the compiled program runs every image
+    in lock step. Compile with ``solve.jit`` for this package's compiler options.
 
     Args:
       network: a prepared VGG19 (``nets.prepare``).
@@ -283,6 +285,11 @@ def transfer(
       ``HISTORY_KEYS``, the losses before each step. ``config.preserve_color`` is the
       host's (``stylize``), not this pure function's.
     """
+    if network.pooling != config.net.pooling:
+        raise ValueError(
+            f"the network was prepared with {network.pooling} pooling, the config asks for "
+            f"{config.net.pooling}: prepare it with the config's NetConfig"
+        )
     styles = tuple(style) if isinstance(style, (list, tuple)) else (style,)
     targets, state = setup(network, content, styles, init_image, config=config, key=key)
     term_weights = term_weights_of(config, term_weights)

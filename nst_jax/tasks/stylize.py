@@ -16,7 +16,7 @@ import numpy as np
 from nst_jax import color
 from nst_jax.config import Config
 from nst_jax.image import is_float, resize_mask
-from nst_jax.nets.network import Network
+from nst_jax.nets.network import MIN_SIDE, Network
 from nst_jax.nets.vgg import widths_of
 from nst_jax.nets.weights import Weights, load_weights
 from nst_jax.objective import Terms
@@ -25,8 +25,6 @@ from nst_jax.solve.driver import Result
 from nst_jax.solve.placement import Placement
 from nst_jax.solve.solver import term_weights_of
 from nst_jax.tasks import policy
-
-MIN_SIDE = 16  # Pixels: smaller images leave VGG's deeper layers empty.
 
 
 def _styles(style) -> tuple[np.ndarray, ...]:
