@@ -117,8 +117,6 @@ def _raise_too_big(
 ):
     """``need`` and ``lean`` are estimates that err high when ``sure`` < 1: the message
     then says what ``sure`` of ``need`` is ("at least"), and its sizes stay on the safe side."""
-    h, w = shape[:2]
-    what = f"{w}x{h}" if batch == 1 else f"a batch of {batch} at {w}x{h}"
     hint = ""
     if lean is not None:
         hint = (
@@ -126,11 +124,27 @@ def _raise_too_big(
             if lean <= 0.9 * have
             else f", or --size {_largest(shape, lean, have)} with --remat"
         )
-    amount = f"about {need / 2**30:.1f}" if sure == 1 else f"at least {sure * need / 2**30:.1f}"
     raise ValueError(
-        f"{what} needs {amount} GiB but {have / 2**30:.1f} GiB is free; "
+        f"{_needs(shape, need, have, batch, sure=sure)}; "
         f"the largest size that fits is about --size {_largest(shape, need, have)}{hint}"
     )
+
+
+def _needs(shape, need: int, have: int, batch: int = 1, *, sure: float = 1.0) -> str:
+    """ "WxH needs about N GiB but F GiB is free" (``sure`` as in ``check``)."""
+    h, w = shape[:2]
+    what = f"{w}x{h}" if batch == 1 else f"a batch of {batch} at {w}x{h}"
+    amount = f"about {need / 2**30:.1f}" if sure == 1 else f"at least {sure * need / 2**30:.1f}"
+    return f"{what} needs {amount} GiB but {have / 2**30:.1f} GiB is free"
+
+
+def shortfall(need: int, shape: tuple[int, int], *, sure: float = 1.0) -> tuple[str, int] | None:
+    """Where ``need`` bytes (``sure`` as in ``check``) won't fit: what it needs against
+    what is free, as ``check`` words it, and the longest side that would fit; else None."""
+    if fits(sure * need):
+        return None
+    have = available_bytes()
+    return _needs(shape, need, have, sure=sure), _largest(shape, need, have)
 
 
 def fits(need: int) -> bool:

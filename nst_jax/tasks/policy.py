@@ -92,14 +92,14 @@ class Plan(NamedTuple):
         sure = memory.SURELY  # Without XLA's figure, what surely won't fit.
         if analysis is not None:
             need, sure = memory.analysis_bytes(analysis), 1.0
-        try:
-            memory.check(need, shape, sure=sure)
-        except ValueError as e:  # Its message names a --size for the style's side.
-            need = str(e).split("; the largest size")[0]
+        short = memory.shortfall(need, shape, sure=sure)
+        if short is not None:
+            needs, side = short
             raise ValueError(
                 f"the style's pass (--style_scale {scale:g} x --size {size}) will not fit:"
-                f" {need}; lower --style_scale"
-            ) from None
+                f" {needs}; the largest that fits is about --style_scale"
+                f" {max(side, 16) / size:.3g}"
+            )
 
 
 def _shapes_only(net: NetConfig, widths: Sequence[int]) -> Network:
