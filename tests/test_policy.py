@@ -69,6 +69,9 @@ def test_a_styles_pass_is_refused_by_xlas_figure_not_the_steps_estimate(monkeypa
     network = policy._shapes_only(plan.net, SMALL_WIDTHS)
     xla = memory.analysis_bytes(programs.style_memory(network, shape, config, output=plan.shape))
     assert step > 3 * xla, (step, xla)  # 5.8x here.
+    # Asked again (a folder job's next batch): kept, not compiled again.
+    again = programs.style_memory(network, shape, config, output=plan.shape)
+    assert again is programs.style_memory(network, shape, config, output=plan.shape)
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: int(1.5 * xla / 0.9))
     plan.check_style(config, shape, scale=8, size=32)  # Even SURELY of the step's won't fit.
     monkeypatch.setattr(memory, "available_bytes", lambda device=None: int(0.8 * xla / 0.9))

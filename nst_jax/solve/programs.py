@@ -265,11 +265,13 @@ def style_memory(
     """XLA's memory analysis of a style's pass at ``shape`` = (H, W): the statistics a
     run whose output is ``output`` = (H, W) takes of it, compiled from shapes alone, as
     ``step_memory``. Returns ``compiled.memory_analysis()``, None where a backend has
-    none. One style's pass: a mix's weights (``style_blend``) are for all of them."""
+    none. One style's pass: a mix's weights (``style_blend``) are for all of them.
+    Memoized: a folder job's batches ask again."""
     style = jax.ShapeDtypeStruct((*shape, 3), jnp.float32)
     loss = dataclasses.replace(config.loss, style_blend=None)
     targets = jit(lambda n, s: objective.style_targets(n, s, loss, shape=output), once=True)
-    return targets.lower(network, style).compile().memory_analysis()
+    key = ("style_memory", loss, tuple(output), shapes_of(network, style))
+    return memoized(key, lambda: targets.lower(network, style).compile().memory_analysis())
 
 
 def cache_folder() -> Path:
