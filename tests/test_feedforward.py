@@ -557,11 +557,6 @@ def test_a_damaged_last_checkpoint_gives_way_to_the_one_before(small, tmp_path, 
     gc.collect()  # The coroutines orbax left behind go here, not in the next test.
 
 
-# Orbax's reader threads of the damaged-checkpoint test before may still post to their
-# closed event loop while this one runs (seen once in CI): that, and only that, is theirs.
-@pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. None:pytest.PytestUnraisableExceptionWarning"
-)
 def test_what_loading_holds_back_from_stderr_is_only_the_damaged_steps_noise(capfd):
     """Output while checkpoints load is passed on, errors or not, unless a damaged step
     was met; under a ``sys.stderr`` with no file behind it too."""
