@@ -166,9 +166,9 @@ def _check_mode(job: Job, mode: str) -> None:
         raise ValueError("--content_masks place styles on a content; they need --mode stylize")
     if inputs.style_masks and not inputs.content_masks:
         raise ValueError("--style_masks needs --content_masks")
-    if job.config.loss.style_blend and inputs.content_masks:
-        raise ValueError("--style_blend mixes styles everywhere; --content_masks places them")
     loss = job.config.loss
+    if loss.style_blend and inputs.content_masks:
+        raise ValueError("--style_blend mixes styles everywhere; --content_masks places them")
     drawn = any(statistics.sampled(stat, loss) for stat, _ in loss.style_loss)
     if job.seeds > 1 and mode == "stylize" and job.config.init != "noise" and not drawn:
         raise ValueError(

@@ -269,9 +269,13 @@ def style_memory(
     Memoized: a folder job's batches ask again."""
     style = jax.ShapeDtypeStruct((*shape, 3), jnp.float32)
     loss = dataclasses.replace(config.loss, style_blend=None)
-    targets = jit(lambda n, s: objective.style_targets(n, s, loss, shape=output), once=True)
     key = ("style_memory", loss, tuple(output), shapes_of(network, style))
-    return memoized(key, lambda: targets.lower(network, style).compile().memory_analysis())
+
+    def analysis():
+        targets = jit(lambda n, s: objective.style_targets(n, s, loss, shape=output), once=True)
+        return targets.lower(network, style).compile().memory_analysis()
+
+    return memoized(key, analysis)
 
 
 def cache_folder() -> Path:

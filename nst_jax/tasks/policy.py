@@ -9,6 +9,7 @@ XLA's own figure once the step is compiled, before any compute.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -87,7 +88,7 @@ class Plan(NamedTuple):
         need = memory.estimate_bytes(shape, config.loss, self.net, widths=self.widths)
         if memory.fits(need):
             return
-        network = _shapes_only(self.net, self.widths)
+        network = _shapes_only(self.net, tuple(self.widths))
         analysis = programs.style_memory(network, shape, config, output=self.shape)
         sure = memory.SURELY  # Without XLA's figure, what surely won't fit.
         if analysis is not None:
@@ -102,9 +103,11 @@ class Plan(NamedTuple):
             )
 
 
-def _shapes_only(net: NetConfig, widths: Sequence[int]) -> Network:
+@functools.cache
+def _shapes_only(net: NetConfig, widths: tuple[int, ...]) -> Network:
     """The network ``net`` runs with VGG19's topology at ``widths``, as shapes only:
-    compiling with it needs no memory for its weights."""
+    compiling with it needs no memory for its weights. Kept: a folder job's batches
+    ask again."""
 
     def network():
         return prepare(Weights(init_params(jax.random.key(0), widths=widths), CAFFE, ""), net)
